@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: venv test lint demo fashion-mnist bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) fashion-mnist
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# Fashion-MNIST from Debian's package when possible; otherwise the demo downloads it through torchvision.
+fashion-mnist:
+	@if [ ! -d $(FASHION_DIR) ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
+	    echo "note: could not install dataset-fashion-mnist; torchvision will download Fashion-MNIST"; \
+	  else echo "note: $(FASHION_DIR) missing; torchvision will download Fashion-MNIST"; fi; \
+	fi
+
+demo: $(STAMP) fashion-mnist
+	$(PY) -m amuse_lightning.cli fit --config configs/fashion_mnist_resnet.yaml
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/step_time.py --quick
+
+clean:
+	rm -rf $(VENV) lightning_logs .pytest_cache
