@@ -1,0 +1,134 @@
+"""Argument checking and param-group normalisation for AMUSE: errors say what to change."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .directions import FALLBACK_UPDATES, MUON_DIRECTIONS, MUON_SCALINGS, SPECTRAL_INPUTS
+from .polar import SUPPORTED_POWERS
+
+NONFINITE_POLICIES = ("raise", "skip", "off")
+NS_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+_FLAT_WARNING = (
+    "AMUSE got parameters without `use_muon`: matrices go to Muon and the rest to the fallback. "
+    "Embeddings, position tokens and the classifier head are matrices that belong in the fallback; "
+    "build groups with amuse_lightning.partition_parameters(model).param_groups() (AmuseMixin "
+    "does this for a LightningModule)."
+)
+
+
+def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return param-group dicts that each say ``use_muon``.
+
+    A flat parameter list, or a group without ``use_muon``/``use_fallback``, is split into a
+    matrix group (Muon) and a group of the rest (fallback), with a warning. timm's
+    ``use_fallback=True`` means ``use_muon=False``.
+    """
+    if isinstance(params, Tensor):
+        raise TypeError("params must be an iterable of tensors or dicts, not a single tensor")
+    items = list(params)
+    if not items:
+        raise ValueError("AMUSE got an empty parameter list; pass the model's parameters")
+    if not isinstance(items[0], dict):
+        items = [{"params": items}]
+    groups: list[dict[str, Any]] = []
+    warned = False
+    for group in items:
+        if not isinstance(group, dict):
+            raise TypeError("mix of tensors and dicts in params; pass one kind")
+        tensors = group["params"]
+        tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
+        group = {**group, "params": tensors}
+        if "use_muon" not in group and "use_fallback" in group:
+            group["use_muon"] = not group["use_fallback"]
+        if "use_muon" in group:
+            groups.append(group)
+            continue
+        matrices = [p for p in tensors if p.ndim >= 2]
+        others = [p for p in tensors if p.ndim < 2]
+        if matrices and not warned:
+            warnings.warn(_FLAT_WARNING, stacklevel=4)
+            warned = True
+        rest = {k: v for k, v in group.items() if k not in ("params", "names")}
+        groups += [
+            {**rest, "params": chosen, "use_muon": use_muon}
+            for chosen, use_muon in ((matrices, True), (others, False))
+            if chosen
+        ]
+    return groups
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _number(group: dict[str, Any], key: str) -> float:
+    value = group[key]
+    if isinstance(value, Tensor):
+        raise TypeError(f"{key} must be a Python number, not a tensor")
+    _check(
+        isinstance(value, (int, float)) and math.isfinite(value),
+        f"{key} must be a finite number, got {value!r}",
+    )
+    return float(value)
+
+
+def validate_group(group: dict[str, Any], index: int) -> None:
+    """Raise ValueError naming the argument, the allowed values and the group."""
+    where = f" (param group {index})"
+    lr = _number(group, "lr")
+    _check(lr >= 0.0, f"lr must be >= 0, got {lr}{where}")
+    _check(_number(group, "lr_scale") >= 0.0, f"lr_scale must be >= 0{where}")
+    beta1 = _number(group, "beta1")
+    _check(0.0 < beta1 <= 1.0, f"beta1 must be in (0, 1], got {beta1}{where}")
+    rho = _number(group, "rho")
+    _check(rho >= 0.0, f"rho must be >= 0 (0 keeps beta fixed), got {rho}{where}")
+    warmup = group["warmup_steps"]
+    _check(
+        isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 1,
+        f"warmup_steps must be an integer >= 1, got {warmup!r}{where}",
+    )
+    momentum = _number(group, "momentum")
+    _check(0.0 <= momentum < 1.0, f"momentum must be in [0, 1), got {momentum}{where}")
+    beta2 = _number(group, "beta2")
+    _check(0.0 <= beta2 < 1.0, f"beta2 must be in [0, 1), got {beta2}{where}")
+    _check(_number(group, "eps") >= 0.0, f"eps must be >= 0{where}")
+    for key in ("weight_decay", "weight_decay_at_y", "r", "weight_lr_power"):
+        _check(_number(group, key) >= 0.0, f"{key} must be >= 0, got {group[key]}{where}")
+    steps = group["ns_steps"]
+    _check(isinstance(steps, int) and steps >= 1, f"ns_steps must be an int >= 1{where}")
+    _check(group["ns_dtype"] in NS_DTYPES, f"ns_dtype must be one of {NS_DTYPES}{where}")
+    _choice(group, "aux_update_type", MUON_SCALINGS, where)
+    _choice(group, "update_type", FALLBACK_UPDATES, where)
+    _choice(group, "direction", MUON_DIRECTIONS, where)
+    _choice(group, "spectral_input", SPECTRAL_INPUTS, where)
+    _check(
+        group["spectral_power"] in SUPPORTED_POWERS,
+        f"spectral_power must be one of {SUPPORTED_POWERS}, got {group['spectral_power']!r}{where}",
+    )
+    _check(isinstance(group["use_muon"], bool), f"use_muon must be True or False{where}")
+    if group["use_muon"]:
+        _check_matrices(group, index)
+
+
+def _choice(group: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> None:
+    _check(group[key] in allowed, f"{key} must be one of {allowed}, got {group[key]!r}{where}")
+
+
+def _check_matrices(group: dict[str, Any], index: int) -> None:
+    names = group.get("names")
+    for j, p in enumerate(group["params"]):
+        if p.ndim < 2:
+            name = names[j] if names is not None and j < len(names) else f"params[{j}]"
+            raise ValueError(
+                f"{name} of param group {index} has shape {tuple(p.shape)} but use_muon=True: "
+                "Muon needs a matrix (or a conv kernel); put it in a group with use_muon=False"
+            )
