@@ -1,0 +1,324 @@
+"""LightningModules for the examples: a CIFAR-style ResNet and timm models (ViT fine-tuning).
+
+Both mix in :class:`~amuse_lightning.mixin.AmuseMixin`, so ``configure_optimizers`` partitions the
+parameters (Muon for hidden matrices and conv kernels; the fallback update for the stem, the head,
+norms, biases and tokens) and hands the groups to ``optimizer``: a LightningCLI
+``OptimizerCallable`` (YAML ``class_path: amuse_lightning.optim.AMUSE`` + ``init_args``). Without
+one, AMUSE gets the vision defaults ``lr=1e-2, beta1=0.8, rho=0.3``.
+
+Warmup as a fraction of the run: with ``warmup_fraction=f`` (default 0.05) the optimizer is built
+with ``warmup_steps = max(1, round(f * trainer.estimated_stepping_batches))``, overriding the
+factory's own ``warmup_steps``; set ``warmup_fraction: null`` to keep the factory's value. Only
+optimizers whose constructor takes ``warmup_steps`` (AMUSE, SFMuon) receive it.
+
+Loss: cross-entropy with ``label_smoothing`` on integer labels; on soft targets (a Mixup/CutMix
+batch, shape ``(batch, classes)``) timm's ``SoftTargetCrossEntropy``
+``L = mean_i sum_k -t_ik log softmax(z_i)_k``. Metrics (torchmetrics): ``train_acc`` (integer
+labels only), ``val_acc``/``test_acc`` top-1, and for :class:`TimmClassifier` ``*_acc_top5``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torchmetrics
+from lightning.pytorch import LightningModule
+from torch import nn
+from torch.optim import Optimizer
+
+from amuse_lightning.examples.models import CifarResNet
+from amuse_lightning.mixin import AmuseFactory, AmuseMixin, default_amuse_factory
+
+__all__ = [
+    "VISION_AMUSE_DEFAULTS",
+    "ImageClassifier",
+    "ResNetClassifier",
+    "TimmClassifier",
+    "warmup_steps_from_fraction",
+    "with_warmup_steps",
+]
+
+OptimizerCallable = Callable[[Any], Optimizer]
+
+VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
+"""AMUSE settings used when a classifier gets no ``optimizer`` (ALGORITHMS.md section 5)."""
+
+
+def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
+    """``max(1, round(fraction * total_steps))``, or ``None`` when the run length is unknown."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1], got {fraction}")
+    if not math.isfinite(total_steps) or total_steps <= 0:
+        return None
+    return max(1, round(fraction * total_steps))
+
+
+def _target_class(factory: Any) -> Any:
+    """The class a factory builds: itself, or the class inside a (jsonargparse) ``partial``."""
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, functools.partial):
+        for candidate in (factory.func, *factory.args):
+            if isinstance(candidate, type) and issubclass(candidate, Optimizer):
+                return candidate
+            if isinstance(candidate, functools.partial):
+                return _target_class(candidate)
+    return None
+
+
+def with_warmup_steps(factory: OptimizerCallable, warmup_steps: int) -> OptimizerCallable | None:
+    """``factory`` rebuilt to pass ``warmup_steps``; ``None`` if its optimizer takes no such arg."""
+    if isinstance(factory, AmuseFactory):
+        return default_amuse_factory(**{**factory.kwargs, "warmup_steps": warmup_steps})
+    cls = _target_class(factory)
+    if cls is None or "warmup_steps" not in inspect.signature(cls).parameters:
+        return None
+    return functools.partial(factory, warmup_steps=warmup_steps)
+
+
+class ImageClassifier(AmuseMixin, LightningModule):
+    """Shared training/eval steps of the example classifiers (subclasses set ``self.model``).
+
+    Args:
+        num_classes: number of classes.
+        label_smoothing: cross-entropy label smoothing for integer labels.
+        optimizer: ``param_groups -> Optimizer``; ``None`` builds AMUSE with
+            :data:`VISION_AMUSE_DEFAULTS`.
+        warmup_fraction: warmup length as a fraction of the total optimizer steps (see module
+            docstring); ``None`` keeps the optimizer's ``warmup_steps``.
+        muon_patterns, fallback_patterns: parameter-name globs forcing a side of the partition.
+        top_k: extra top-k accuracy logged as ``*_acc_top{k}`` (``None``/1: none).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerCallable | None = None,
+        warmup_fraction: float | None = 0.05,
+        muon_patterns: Sequence[str] = (),
+        fallback_patterns: Sequence[str] = (),
+        top_k: int | None = None,
+    ) -> None:
+        super().__init__()
+        if warmup_fraction is not None:
+            warmup_steps_from_fraction(warmup_fraction, 1)  # validates the range
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.optimizer = optimizer
+        self.warmup_fraction = warmup_fraction
+        self.muon_patterns = tuple(muon_patterns)
+        self.fallback_patterns = tuple(fallback_patterns)
+        self.top_k = top_k if top_k is not None and 1 < top_k <= num_classes else None
+        self.train_acc = self._accuracy(1)
+        self.val_acc = self._accuracy(1)
+        self.test_acc = self._accuracy(1)
+        if self.top_k is not None:
+            self.val_acc_topk = self._accuracy(self.top_k)
+            self.test_acc_topk = self._accuracy(self.top_k)
+
+    def _accuracy(self, top_k: int) -> torchmetrics.Metric:
+        return torchmetrics.Accuracy(task="multiclass", num_classes=self.num_classes, top_k=top_k)
+
+    # -- optimisation ------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Optimizer:
+        """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set."""
+        factory = self.optimizer or default_amuse_factory(**VISION_AMUSE_DEFAULTS)
+        if self.warmup_fraction is not None:
+            factory = self._with_fraction_warmup(factory)
+        original, self.optimizer = self.optimizer, factory
+        try:
+            return super().configure_optimizers()
+        finally:
+            self.optimizer = original
+
+    def _with_fraction_warmup(self, factory: OptimizerCallable) -> OptimizerCallable:
+        total = float(self.trainer.estimated_stepping_batches)
+        steps = warmup_steps_from_fraction(self.warmup_fraction, total)
+        rebuilt = None if steps is None else with_warmup_steps(factory, steps)
+        if rebuilt is None:
+            warnings.warn(
+                f"warmup_fraction={self.warmup_fraction} ignored: the run length is unknown "
+                f"({total} steps) or the optimizer takes no warmup_steps; set max_epochs/max_steps "
+                "or warmup_fraction=null",
+                stacklevel=2,
+            )
+            return factory
+        self.resolved_warmup_steps = steps
+        return rebuilt
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Soft-target cross-entropy for ``(B, C)`` float targets, else smoothed cross-entropy."""
+        if target.ndim == 2 and target.is_floating_point():
+            return torch.sum(-target * torch.log_softmax(logits, dim=-1), dim=-1).mean()
+        return nn.functional.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, target = batch
+        logits = self(x)
+        loss = self.loss(logits, target)
+        self.log("train_loss", loss, prog_bar=True)
+        if target.ndim == 1:
+            self.train_acc(logits, target)
+            self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Sequence[torch.Tensor], stage: str) -> None:
+        x, target = batch
+        logits = self(x)
+        self.log(f"{stage}_loss", self.loss(logits, target), sync_dist=True)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits, target)
+        self.log(f"{stage}_acc", acc, prog_bar=True)
+        if self.top_k is not None:
+            topk = getattr(self, f"{stage}_acc_topk")
+            topk(logits, target)
+            self.log(f"{stage}_acc_top{self.top_k}", topk)
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"probs": softmax, "preds": argmax}`` (and ``"target"`` when the batch has labels)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        probs = torch.softmax(self(x), dim=-1)
+        out = {"probs": probs, "preds": probs.argmax(dim=-1)}
+        if isinstance(batch, (list, tuple)) and len(batch) > 1:
+            out["target"] = batch[1]
+        return out
+
+
+class ResNetClassifier(ImageClassifier):
+    """CIFAR-style ResNet (3x3 stem, no max-pool) trained with AMUSE.
+
+    Args:
+        num_classes: outputs (10 for CIFAR-10 / Fashion-MNIST, 100 for CIFAR-100).
+        in_channels: 3 for RGB, 1 for Fashion-MNIST.
+        width: stem / first-stage channels (64 = ResNet-18; 16 trains on a CPU).
+        num_blocks: basic blocks per stage (``[2, 2, 2, 2]`` = ResNet-18).
+        channels_last: keep weights and inputs in ``torch.channels_last`` (about 2x faster
+            convolutions on CPU, and the fast layout for mixed precision on GPU).
+        (the rest as :class:`ImageClassifier`)
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        width: int = 64,
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        label_smoothing: float = 0.0,
+        channels_last: bool = True,
+        optimizer: OptimizerCallable | None = None,
+        warmup_fraction: float | None = 0.05,
+        muon_patterns: Sequence[str] = (),
+        fallback_patterns: Sequence[str] = (),
+    ) -> None:
+        super().__init__(
+            num_classes, label_smoothing, optimizer, warmup_fraction, muon_patterns,
+            fallback_patterns,
+        )  # fmt: skip
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.channels_last = channels_last
+        self.model = CifarResNet(num_classes, in_channels, width, tuple(num_blocks))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+
+class TimmClassifier(ImageClassifier):
+    """Any timm image model (ViT fine-tuning) trained with AMUSE and layer-wise lr decay.
+
+    The model is ``timm.create_model(model_name, pretrained=..., num_classes=...,
+    drop_path_rate=..., **model_kwargs)``. Pretrained weights come from timm's hub
+    (``pretrained=True``), from a local file (``pretrained_file``: timm's
+    ``pretrained_cfg_overlay=dict(file=...)``, which adapts the head to ``num_classes``), or from
+    a full checkpoint of this architecture (``checkpoint_path``, timm's own argument).
+
+    ``layer_decay`` (e.g. 0.65 for ViT-B, 0.75 for ViT-S) scales the lr of layer ``i`` of ``L`` by
+    ``layer_decay ** (L - 1 - i)`` through the param groups' ``lr_scale``, which AMUSE applies.
+
+    Args:
+        model_name: timm model name, e.g. ``vit_small_patch16_224``.
+        num_classes: classes of the new head.
+        pretrained: load timm's pretrained weights (needs the hub or a local cache).
+        pretrained_file: local weights file (``.safetensors``/``.pth``/``.npz``) to start from.
+        checkpoint_path: full model checkpoint (same ``num_classes``) to load after creation.
+        drop_path_rate: stochastic depth.
+        model_kwargs: more ``create_model`` keywords (e.g. ``img_size: 32`` for tests).
+        layer_decay: layer-wise lr decay in (0, 1], ``None`` for none.
+        top_k: extra top-k accuracy (``val_acc_top5``); dropped when ``num_classes < top_k``.
+        (the rest as :class:`ImageClassifier`)
+    """
+
+    def __init__(
+        self,
+        model_name: str = "vit_small_patch16_224",
+        num_classes: int = 1000,
+        pretrained: bool = False,
+        pretrained_file: str | None = None,
+        checkpoint_path: str | None = None,
+        drop_path_rate: float = 0.1,
+        model_kwargs: dict[str, Any] | None = None,
+        layer_decay: float | None = 0.75,
+        label_smoothing: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        warmup_fraction: float | None = 0.05,
+        muon_patterns: Sequence[str] = (),
+        fallback_patterns: Sequence[str] = (),
+        top_k: int | None = 5,
+    ) -> None:
+        super().__init__(
+            num_classes, label_smoothing, optimizer, warmup_fraction, muon_patterns,
+            fallback_patterns, top_k,
+        )  # fmt: skip
+        self.save_hyperparameters(ignore=["optimizer"])
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1] or null, got {layer_decay}")
+        self.layer_decay = layer_decay
+        self.model = self._create_model(
+            model_name, pretrained, pretrained_file, checkpoint_path, drop_path_rate, model_kwargs
+        )
+
+    def _create_model(
+        self,
+        model_name: str,
+        pretrained: bool,
+        pretrained_file: str | None,
+        checkpoint_path: str | None,
+        drop_path_rate: float,
+        model_kwargs: dict[str, Any] | None,
+    ) -> nn.Module:
+        import timm
+
+        kwargs = dict(model_kwargs or {})
+        if pretrained_file is not None:
+            kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+        if checkpoint_path is not None:
+            kwargs["checkpoint_path"] = checkpoint_path
+        return timm.create_model(
+            model_name,
+            pretrained=pretrained or pretrained_file is not None,
+            num_classes=self.num_classes,
+            drop_path_rate=drop_path_rate,
+            **kwargs,
+        )
