@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .directions import compute_direction
-from .schedule import ScheduleState, advance_schedule, warn_if_degenerate
+from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import NONFINITE_POLICIES, normalise_groups, validate_group
 
 __all__ = ["AMUSE", "SFMuon"]
@@ -166,8 +166,7 @@ class AMUSE(Optimizer):
         if self.nonfinite != "off" and not self._gradients_finite(work):
             return loss
         for group, params, grads in work:
-            if params:
-                self._step_group(group, params, grads)
+            self._step_group(group, params, grads)
         return loss
 
     def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
@@ -218,6 +217,10 @@ class AMUSE(Optimizer):
         return "an unknown parameter"
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """Advance the group's clock (every step, like Schedule-Free) and move its parameters.
+
+        Parameters without a gradient keep y, z and the beta that built y, so their x stays exact.
+        """
         schedule = advance_schedule(
             ScheduleState(group["step"], group["weight_sum"], group["c_warmup"]),
             lr=group["lr"] * group["lr_scale"],
@@ -227,28 +230,33 @@ class AMUSE(Optimizer):
             r=group["r"],
             weight_lr_power=group["weight_lr_power"],
         )
-        t, lr_t = schedule.state.step, schedule.lr_t
-        states = [self.state[p] for p in params]
-        if group["averaging"]:
-            zs = self._z_buffers(params, states, group)
-            self._decay_at_y(params, zs, states, group, lr_t)
-            self._recover_x(params, zs, states, group, schedule.beta_t)
-            updates = compute_direction(grads, states, group, t)
-            self._move_z(zs, updates, group, lr_t)
-            self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
-            for state in states:
-                state["beta"] = schedule.beta_t
-        else:
-            updates = compute_direction(grads, states, group, t)
-            self._move_z(params, updates, group, lr_t)
+        if params:
+            self._update(group, params, grads, schedule)
         group.update(
-            step=t,
+            step=schedule.state.step,
             weight_sum=schedule.state.weight_sum,
             c_warmup=schedule.state.c_warmup,
-            lr_t=lr_t,
+            lr_t=schedule.lr_t,
             c_t=schedule.c_t,
             beta_t=schedule.beta_t,
         )
+
+    def _update(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], schedule: ScheduleStep
+    ) -> None:
+        t, lr_t = schedule.state.step, schedule.lr_t
+        states = [self.state[p] for p in params]
+        if not group["averaging"]:
+            self._move_z(params, compute_direction(grads, states, group, t), group, lr_t)
+            return
+        zs = self._z_buffers(params, states, group)
+        self._decay_at_y(params, zs, states, group, lr_t)
+        self._recover_x(params, zs, states, group, schedule.beta_t)
+        updates = compute_direction(grads, states, group, t)
+        self._move_z(zs, updates, group, lr_t)
+        self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
+        for state in states:
+            state["beta"] = schedule.beta_t
 
     def _z_buffers(self, params: list[Tensor], states: list[dict], group: dict) -> list[Tensor]:
         """``z`` starts as a copy of the parameter, so ``x_1 = y_1 = z_1``."""
