@@ -53,9 +53,7 @@ def gradients(points, scales, targets, skip: set[int] = frozenset()):
 def run_both(cfg: dict, steps: int = 24, skip_schedule=lambda step: set()):
     init, scales, targets = make_problem(0)
     params = [torch.nn.Parameter(p.clone()) for p in init]
-    groups = [
-        {"params": [p], "use_muon": m} for p, m in zip(params, IS_MUON, strict=True)
-    ]
+    groups = [{"params": [p], "use_muon": m} for p, m in zip(params, IS_MUON, strict=True)]
     opt = AMUSE(groups, ns_dtype=torch.float64, **cfg)
     ref = ReferenceAMUSE(init, IS_MUON, **cfg)
     for step in range(steps):

@@ -112,7 +112,8 @@ class AMUSE(Optimizer):
         for group in normalise_groups([param_group]):
             candidate = {**self.defaults, **group}
             validate_group(candidate, len(self.param_groups))
-            warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
+            if candidate["averaging"]:
+                warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
             super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
