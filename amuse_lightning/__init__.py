@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
+from .mixin import AmuseMixin, default_amuse_factory
 from .optim import AMUSE, SFMuon
+from .partition import Partition, layer_decay_scales, partition_parameters
