@@ -1,0 +1,795 @@
+"""AmuseCallback: which weights (``y`` or ``x``) the rest of Lightning sees.
+
+A schedule-free optimizer such as :class:`amuse_lightning.AMUSE` keeps the point where gradients
+are taken, ``y``, in the parameters while training, and can convert them in place to the averaged
+model ``x`` (``optimizer.eval()``) and back (``optimizer.train()``); ``group["train_mode"]`` says
+which one the parameters hold. This callback makes those conversions at the right moments::
+
+    hook (in order)                        parameters hold   optimizer mode
+    -------------------------------------  ----------------  --------------
+    training forward / backward / step     y                 train
+    on_sanity_check_start / on_train_start resume: y from the checkpoint is put back here
+    on_validation_start .. _end            x                 eval      (fit-time and standalone)
+    on_test_start .. _end                  x                 eval
+    on_predict_start .. _end               x                 eval
+    on_validation_end (ours, then          y again           train     (bit for bit with
+      ModelCheckpoint)                                                    swap="copy")
+    on_train_end -> after fit returns      x                 eval      (``trainer.test()`` uses x)
+    on_exception                           whatever was there before the evaluation started
+
+Every checkpoint, from every save path, gets ``x`` in ``checkpoint["state_dict"]`` (new tensors;
+the live parameters are never touched): when the module holds ``y`` at save time, ``x`` is made
+by an exact temporary swap. The checkpoint also carries ``checkpoint["amuse"]`` (``y`` by
+parameter name, and the training-time BatchNorm buffers when they differ from the saved ones), so
+``trainer.fit(ckpt_path=...)`` continues the run bit for bit.
+
+``save_weights_only=True`` skips every callback's ``on_save_checkpoint``; Lightning still calls the
+LightningModule's. The callback therefore puts a thin stand-in for ``pl_module.on_save_checkpoint``
+on the module instance at ``setup`` (it calls the callback first, then the module's own hook) and
+removes it at ``teardown``. Only public hooks are used for this.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, IterableDataset
+
+SwapMode = Literal["copy", "inplace"]
+CopyDevice = Literal["same", "cpu"]
+BatchNormForward = Callable[[LightningModule, Any], Any]
+
+CHECKPOINT_KEY = "amuse"
+_CHECKPOINT_FORMAT = 1
+# group key -> keys an optimizer may store it under (AMUSE, then Meta's schedulefree)
+_SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "beta_t": ("beta_t",),
+    "lr_t": ("lr_t", "scheduled_lr"),
+    "c_t": ("c_t",),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The swap between y and x
+# ----------------------------------------------------------------------------------------------
+class WeightSwap:
+    """Moves the parameters of one schedule-free optimizer between ``y`` and ``x``.
+
+    ``to_x`` calls ``optimizer.eval()``; with ``exact=True`` it first copies ``y`` into buffers
+    allocated once (outside ``inference_mode``, so they can be reused from any context, on
+    ``copy_device``), and ``to_y`` then writes that copy back and marks every group
+    ``train_mode=True``. That round trip is bit-exact, unlike ``optimizer.train()``, which
+    recomputes ``y = (1 - beta) z + beta x`` in floating point.
+
+    Args:
+        optimizer: an optimizer with ``train()``/``eval()`` and ``group["train_mode"]``.
+        exact: keep a copy of ``y`` (``True``) or convert in place (``False``).
+        copy_device: ``"same"`` (the parameter's device) or ``"cpu"``.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, exact: bool = True, copy_device: str = "same"
+    ):
+        self.optimizer = optimizer
+        self.exact = exact
+        self.copy_device = copy_device
+        self._buffers: list[Tensor] | None = None
+        self._copy_valid = False
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The optimizer's parameters, group by group."""
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    @property
+    def holds_x(self) -> bool:
+        """Whether the parameters hold ``x`` (every group in eval mode)."""
+        modes = {bool(group["train_mode"]) for group in self.optimizer.param_groups}
+        if len(modes) > 1:
+            raise RuntimeError(
+                "The optimizer's param groups disagree on train_mode (some hold y, some x). "
+                "Call optimizer.train() or optimizer.eval() on the whole optimizer, never on a "
+                "single group."
+            )
+        return modes == {False}
+
+    @property
+    def y_copy(self) -> list[Tensor] | None:
+        """The stored ``y`` (aligned with :attr:`params`) while the parameters hold ``x``."""
+        return self._buffers if self._copy_valid and self.holds_x else None
+
+    @torch.no_grad()
+    def to_x(self, exact: bool | None = None) -> bool:
+        """Turn ``y`` into ``x``; returns ``False`` when the parameters already held ``x``."""
+        if self.holds_x:
+            return False
+        self._copy_valid = False
+        if self.exact if exact is None else exact:
+            self._store_y()
+        self.optimizer.eval()
+        return True
+
+    @torch.no_grad()
+    def to_y(self) -> bool:
+        """Bring ``y`` back (exactly when a copy exists); returns ``False`` if nothing to do."""
+        if not self.holds_x:
+            self._copy_valid = False
+            return False
+        if self._copy_valid:
+            assert self._buffers is not None
+            _copy_all(self.params, self._buffers)
+            for group in self.optimizer.param_groups:
+                group["train_mode"] = True
+        else:
+            self.optimizer.train()
+        self._copy_valid = False
+        if not self.exact:
+            self._buffers = None
+        return True
+
+    @torch.no_grad()
+    def set_y_copy(self, values: list[Tensor]) -> None:
+        """Record ``values`` as the ``y`` that belongs to the ``x`` now in the parameters."""
+        self._allocate()
+        assert self._buffers is not None
+        _copy_all(self._buffers, values)
+        self._copy_valid = True
+
+    def _allocate(self) -> None:
+        params = self.params
+        if self._buffers is not None and len(self._buffers) == len(params):
+            return
+        with torch.inference_mode(False):
+            self._buffers = [
+                torch.empty_like(p, device="cpu" if self.copy_device == "cpu" else p.device)
+                for p in params
+            ]
+
+    def _store_y(self) -> None:
+        self.set_y_copy([p.detach() for p in self.params])
+
+
+def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
+    """``target.copy_(source)`` for every pair; one fused call when everything shares a device."""
+    if all(t.device == s.device for t, s in zip(targets, sources, strict=True)):
+        torch._foreach_copy_(targets, sources)
+        return
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm statistics and the random state
+# ----------------------------------------------------------------------------------------------
+def batchnorm_buffer_names(module: torch.nn.Module) -> list[str]:
+    """Names (as in ``module.state_dict()``) of every BatchNorm running-statistics buffer."""
+    names = []
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, _BatchNorm) and layer.track_running_stats:
+            dot = f"{prefix}." if prefix else ""
+            names += [f"{dot}running_mean", f"{dot}running_var", f"{dot}num_batches_tracked"]
+    return names
+
+
+def _snapshot(module: torch.nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    buffers = dict(module.named_buffers())
+    with torch.inference_mode(False):
+        return {name: buffers[name].detach().clone() for name in names}
+
+
+@torch.no_grad()
+def _load_buffers(module: torch.nn.Module, values: dict[str, Tensor]) -> None:
+    buffers = dict(module.named_buffers())
+    for name, value in values.items():
+        buffers[name].copy_(value)
+
+
+def default_bn_forward(module: LightningModule, batch: Any) -> None:
+    """Forward pass used for BatchNorm recalibration: ``module(batch[0])`` for a tuple/list
+    batch (inputs, targets, ...), ``module(batch)`` otherwise."""
+    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+    module(inputs)
+
+
+def _generators_of(loader: Any) -> list[torch.Generator]:
+    """torch.Generator objects a DataLoader (or its samplers) draws from."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+@contextmanager
+def preserved_random_state(generators: Iterable[torch.Generator] = ()) -> Iterator[None]:
+    """Restore the global random streams (python, numpy, torch CPU and CUDA) and the given
+    generators on exit, so work done inside leaves no trace in the run's randomness."""
+    generators = list(generators)
+    python_state = random.getstate()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    generator_states = [g.get_state() for g in generators]
+    try:
+        import numpy
+
+        numpy_state = numpy.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torch in practice
+        numpy = None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        for gen, state in zip(generators, generator_states, strict=True):
+            gen.set_state(state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _fresh_loader(loader: Any) -> Any:
+    """A loader over the same data and sampler as ``loader`` with its own iterator, so that
+    iterating it never touches the training iterator (persistent workers, stateful loaders)."""
+    if not isinstance(loader, DataLoader):
+        return loader
+    common: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "generator": loader.generator,
+    }
+    if loader.num_workers > 0:
+        common["multiprocessing_context"] = loader.multiprocessing_context
+        common["prefetch_factor"] = loader.prefetch_factor
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common
+        )
+    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks at setup
+# ----------------------------------------------------------------------------------------------
+def _check_strategy(strategy: Strategy) -> None:
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+    if supported and not any("DeepSpeed" in name for name in names):
+        return
+    raise MisconfigurationException(
+        f"AmuseCallback does not support the {type(strategy).__name__} strategy yet. Supported: "
+        "a single device (strategy='auto') and DDP (strategy='ddp', 'ddp_spawn', 'ddp_fork', "
+        "'ddp_notebook'). FSDP shards parameters while Newton-Schulz needs whole matrices, and "
+        "DeepSpeed ignores checkpoint['state_dict']; use strategy='ddp'."
+    )
+
+
+def _check_trainable(pl_module: LightningModule) -> None:
+    if any(p.requires_grad for p in pl_module.parameters()):
+        return
+    raise MisconfigurationException(
+        f"{type(pl_module).__name__} has no trainable parameters (none with requires_grad=True), "
+        "so AMUSE has nothing to optimise. Unfreeze the layers to train, or remove AmuseCallback "
+        "if this run only evaluates."
+    )
+
+
+def _is_schedule_free(optimizer: Any) -> bool:
+    return (
+        callable(getattr(optimizer, "train", None))
+        and callable(getattr(optimizer, "eval", None))
+        and all("train_mode" in group for group in optimizer.param_groups)
+    )
+
+
+def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
+
+
+# ----------------------------------------------------------------------------------------------
+# The callback
+# ----------------------------------------------------------------------------------------------
+class AmuseCallback(Callback):
+    """Show ``y`` to training and ``x`` to everything else, and checkpoint ``x``.
+
+    Works with any optimizer that follows the Schedule-Free convention: ``optimizer.train()`` /
+    ``optimizer.eval()`` convert the parameters in place between ``y`` and ``x`` and every param
+    group carries ``train_mode`` (:class:`amuse_lightning.AMUSE`,
+    ``schedulefree.AdamWScheduleFree``).
+    Do not call ``optimizer.train()``/``eval()`` yourself when using this callback.
+
+    Args:
+        swap: ``"copy"`` (default) keeps a copy of ``y`` while ``x`` is in the parameters and
+            writes it back bit for bit; ``"inplace"`` uses ``optimizer.eval()``/``train()`` only,
+            which needs no extra memory but moves ``y`` by rounding error at each evaluation.
+            Checkpoints always use an exact temporary copy.
+        y_copy_device: where the copy of ``y`` lives: ``"same"`` as the parameter, or ``"cpu"``
+            to spare accelerator memory.
+        bn_recalibration_batches: if ``N > 0``, re-estimate BatchNorm running statistics at ``x``
+            with ``N`` training batches (train mode, no gradients, cumulative average) before
+            each evaluation, at the end of fit and before a checkpoint's ``x`` is written. The
+            batches come from a separate iterator over the training data; the random streams
+            are restored afterwards, so the training run is unchanged. The training-time
+            statistics come back with ``y``.
+        bn_forward: how to run one recalibration batch through the module;
+            defaults to :func:`default_bn_forward` (``module(batch[0])`` for tuple batches).
+        keep_y_in_checkpoint: store ``y`` in ``checkpoint["amuse"]["y"]`` for an exact resume
+            (default). Without it a resume recomputes ``y`` from ``x`` and ``z`` (close, not exact).
+        log_schedule: log ``amuse/{beta_t,lr_t,c_t}/group{i}`` to the Trainer's loggers at the
+            Trainer's ``log_every_n_steps``.
+        allow_lr_scheduler: AMUSE warms its learning rate up by itself and averages instead of
+            decaying; an LR scheduler is refused unless this is ``True`` (then you take
+            responsibility, e.g. for a final cooldown).
+
+    Manual optimization is supported as long as the module uses exactly one schedule-free
+    optimizer. Strategies: single device and DDP.
+    """
+
+    def __init__(
+        self,
+        swap: SwapMode = "copy",
+        y_copy_device: CopyDevice = "same",
+        bn_recalibration_batches: int = 0,
+        bn_forward: BatchNormForward | None = None,
+        keep_y_in_checkpoint: bool = True,
+        log_schedule: bool = True,
+        allow_lr_scheduler: bool = False,
+    ) -> None:
+        if swap not in ("copy", "inplace"):
+            raise ValueError(f"swap must be 'copy' or 'inplace', got {swap!r}.")
+        if y_copy_device not in ("same", "cpu"):
+            raise ValueError(f"y_copy_device must be 'same' or 'cpu', got {y_copy_device!r}.")
+        if not isinstance(bn_recalibration_batches, int) or bn_recalibration_batches < 0:
+            raise ValueError(
+                "bn_recalibration_batches must be an int >= 0 (0 turns recalibration off), "
+                f"got {bn_recalibration_batches!r}."
+            )
+        self.swap = swap
+        self.y_copy_device = y_copy_device
+        self.bn_recalibration_batches = bn_recalibration_batches
+        self.bn_forward = bn_forward or default_bn_forward
+        self.keep_y_in_checkpoint = keep_y_in_checkpoint
+        self.log_schedule = log_schedule
+        self.allow_lr_scheduler = allow_lr_scheduler
+        self.last_schedule: dict[str, float] = {}
+        self._weights: WeightSwap | None = None
+        self._eval_swapped = False  # x is in the parameters because an evaluation loop runs
+        self._train_bn: dict[str, Tensor] | None = None  # y-time BN buffers while x's are loaded
+        self._x_bn_cache: tuple[Any, dict[str, Tensor]] | None = None
+        self._pending_resume: dict[str, Any] | None = None
+        self._loaded_x_for_eval = False
+        self._warned_outside_eval = False
+
+    # ------------------------------------------------------------------ setup / teardown
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        _check_strategy(trainer.strategy)
+        if stage == "fit":
+            if not is_overridden("configure_model", pl_module):
+                _check_trainable(pl_module)
+            self._weights = None
+            self._eval_swapped = False
+            self._train_bn = None
+            self._x_bn_cache = None
+            self._pending_resume = None
+        self._loaded_x_for_eval = False
+        _install_module_save_hook(self, pl_module)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        _remove_module_save_hook(self, pl_module)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizer = self._fit_optimizer(trainer)
+        _check_trainable(pl_module)
+        if trainer.lr_scheduler_configs and not self.allow_lr_scheduler:
+            kinds = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
+            raise MisconfigurationException(
+                f"configure_optimizers returned an LR scheduler ({kinds}) next to "
+                f"{type(optimizer).__name__}. AMUSE has a built-in linear warmup (warmup_steps) "
+                "and averages the iterates instead of decaying the learning rate, so a scheduler "
+                "fights it. Remove the scheduler, or pass AmuseCallback(allow_lr_scheduler=True) "
+                "to combine them on purpose."
+            )
+        self._weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
+        self._weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
+
+    def _fit_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
+        optimizers = [_unwrap(o) for o in trainer.optimizers]
+        if len(optimizers) != 1:
+            raise MisconfigurationException(
+                f"AmuseCallback needs exactly one optimizer, got {len(optimizers)}. AMUSE is one "
+                "hybrid optimizer: put every parameter in it (Muon groups for matrices, "
+                "fallback groups for the rest) instead of returning several optimizers."
+            )
+        optimizer = optimizers[0]
+        if not _is_schedule_free(optimizer):
+            raise MisconfigurationException(
+                f"AmuseCallback needs a schedule-free optimizer (train()/eval() methods and "
+                f"'train_mode' in every param group), got {type(optimizer).__name__}. Return "
+                "amuse_lightning.AMUSE (or e.g. schedulefree.AdamWScheduleFree) from "
+                "configure_optimizers, or remove AmuseCallback."
+            )
+        return optimizer
+
+    # ------------------------------------------------------------------ training
+    def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish_resume(pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish_resume(pl_module)
+        self._leave_eval(pl_module)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        weights = self._weights
+        if weights is None or not weights.holds_x:
+            return
+        if self._eval_swapped:
+            self._leave_eval(pl_module)
+            return
+        if not self._warned_outside_eval:
+            rank_zero_warn(
+                "The parameters held x at the start of a training batch: something called "
+                "optimizer.eval() outside AmuseCallback. Switched back with optimizer.train(). "
+                "Remove manual optimizer.train()/eval() calls; AmuseCallback manages them."
+            )
+            self._warned_outside_eval = True
+        weights.to_y()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.log_schedule or self._weights is None:
+            return
+        self.last_schedule = self._schedule_metrics(self._weights.optimizer)
+        if not trainer.loggers or not trainer._logger_connector.should_update_logs:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in trainer.loggers:
+            logger.log_metrics(self.last_schedule, step=step)
+
+    @staticmethod
+    def _schedule_metrics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        metrics = {}
+        for index, group in enumerate(optimizer.param_groups):
+            for name, keys in _SCHEDULE_KEYS.items():
+                key = next((k for k in keys if k in group), None)
+                if key is not None:
+                    metrics[f"amuse/{name}/group{index}"] = float(group[key])
+        return metrics
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Leave ``x`` in the parameters (optimizer in eval mode) once training is over."""
+        self._leave_eval(pl_module)
+        self._enter_x(trainer, pl_module, for_evaluation=False)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending_resume is None or self._weights is None:
+            return
+        # fit(ckpt_path=...) with nothing left to train: the module holds x from the checkpoint.
+        state, self._pending_resume = self._pending_resume, None
+        for group in self._weights.optimizer.param_groups:
+            group["train_mode"] = False
+        y = state.get("y")
+        if y:
+            named = dict(pl_module.named_parameters())
+            id_to_name = {id(p): n for n, p in named.items()}
+            self._weights.set_y_copy([y[id_to_name[id(p)]] for p in self._weights.params])
+        self._train_bn = state.get("train_buffers")
+
+    # ------------------------------------------------------------------ evaluation
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._enter_x(trainer, pl_module, for_evaluation=True)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._leave_eval(pl_module)
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._enter_x(trainer, pl_module, for_evaluation=True)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._leave_eval(pl_module)
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._enter_x(trainer, pl_module, for_evaluation=True)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._leave_eval(pl_module)
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        """Undo an evaluation swap so that weights and optimizer mode agree again."""
+        self._leave_eval(pl_module)
+
+    def _weights_for(self, trainer: Trainer) -> WeightSwap | None:
+        """The swap for this stage: the fit's, or one for an optimizer a finished fit left."""
+        if self._loaded_x_for_eval:
+            return None  # a standalone stage loaded x from a checkpoint: nothing to convert
+        optimizers = [_unwrap(o) for o in trainer.optimizers]
+        if len(optimizers) != 1 or not _is_schedule_free(optimizers[0]):
+            return None
+        if self._weights is None or self._weights.optimizer is not optimizers[0]:
+            self._weights = WeightSwap(optimizers[0], self.swap == "copy", self.y_copy_device)
+        return self._weights
+
+    def _enter_x(self, trainer: Trainer, pl_module: LightningModule, for_evaluation: bool) -> None:
+        weights = self._weights_for(trainer)
+        if weights is None or self._eval_swapped or not weights.to_x():
+            return
+        self._eval_swapped = for_evaluation
+        if not self._recalibrates(pl_module):
+            return
+        try:
+            self._train_bn = _snapshot(pl_module, batchnorm_buffer_names(pl_module))
+            self._load_x_bn_stats(trainer, pl_module)
+        except BaseException:
+            self._eval_swapped = True
+            self._leave_eval(pl_module)
+            raise
+
+    def _leave_eval(self, pl_module: LightningModule) -> None:
+        if not self._eval_swapped or self._weights is None:
+            return
+        if self._train_bn is not None:
+            _load_buffers(pl_module, self._train_bn)
+            self._train_bn = None
+        self._weights.to_y()
+        self._eval_swapped = False
+
+    # ------------------------------------------------------------------ BatchNorm
+    def _recalibrates(self, pl_module: LightningModule) -> bool:
+        return self.bn_recalibration_batches > 0 and bool(batchnorm_buffer_names(pl_module))
+
+    def _load_x_bn_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Put BatchNorm statistics estimated at the current ``x`` into the module (cached per
+        optimizer step, so evaluation and the checkpoint of one step share one estimate)."""
+        assert self._weights is not None
+        key = (id(self._weights.optimizer), trainer.global_step)
+        if self._x_bn_cache is not None and self._x_bn_cache[0] == key:
+            _load_buffers(pl_module, self._x_bn_cache[1])
+            return
+        self.recalibrate_batchnorm(trainer, pl_module)
+        self._x_bn_cache = (key, _snapshot(pl_module, batchnorm_buffer_names(pl_module)))
+
+    def recalibrate_batchnorm(self, trainer: Trainer, pl_module: LightningModule) -> int:
+        """Re-estimate BatchNorm running statistics of the weights now in ``pl_module`` with up
+        to ``bn_recalibration_batches`` training batches; returns the number of batches used.
+
+        Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in
+        train mode under ``no_grad``; every random stream is restored afterwards.
+        """
+        layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
+        layers = [m for m in layers if m.track_running_stats]
+        loader = self._recalibration_loader(trainer)
+        momenta = [m.momentum for m in layers]
+        modes = [(m, m.training) for m in pl_module.modules()]
+        used = 0
+        with preserved_random_state(_generators_of(loader)), torch.no_grad():
+            iterator = iter(_fresh_loader(loader))
+            try:
+                for m in layers:
+                    m.reset_running_stats()
+                    m.momentum = None
+                pl_module.train()
+                for batch in iterator:
+                    self._forward_batch(trainer, pl_module, batch)
+                    used += 1
+                    if used == self.bn_recalibration_batches:
+                        break
+            finally:
+                del iterator
+                for m, momentum in zip(layers, momenta, strict=True):
+                    m.momentum = momentum
+                for m, training in modes:
+                    m.training = training
+        if used == 0:
+            raise RuntimeError(
+                "BatchNorm recalibration got no batches from the train dataloader; give it data "
+                "or set AmuseCallback(bn_recalibration_batches=0)."
+            )
+        return used
+
+    def _forward_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+        batch = trainer.precision_plugin.convert_input(batch)
+        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+        with trainer.precision_plugin.forward_context():
+            self.bn_forward(pl_module, batch)
+
+    @staticmethod
+    def _recalibration_loader(trainer: Trainer) -> Any:
+        loader = trainer.train_dataloader
+        source = trainer.fit_loop._data_source
+        if loader is None and source.is_defined():
+            loader = source.dataloader()
+        if loader is None:
+            raise MisconfigurationException(
+                "bn_recalibration_batches > 0 needs training batches to re-estimate BatchNorm "
+                "statistics, but this Trainer has no train dataloader. Pass train_dataloaders or "
+                "a datamodule with train_dataloader(), or set bn_recalibration_batches=0."
+            )
+        if isinstance(loader, (dict, list, tuple)):
+            raise MisconfigurationException(
+                "BatchNorm recalibration supports a single train dataloader; got "
+                f"{type(loader).__name__} of loaders. Subclass AmuseCallback and override "
+                "recalibrate_batchnorm, or set bn_recalibration_batches=0."
+            )
+        return loader
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._write_checkpoint(trainer, pl_module, checkpoint, full=True)
+
+    def _write_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any], full: bool
+    ) -> None:
+        """Write ``x`` into ``checkpoint["state_dict"]`` and, for a full checkpoint, what an exact
+        resume needs into ``checkpoint["amuse"]``. Live tensors are never modified."""
+        weights = self._weights_for(trainer)
+        if weights is None or CHECKPOINT_KEY in checkpoint or "state_dict" not in checkpoint:
+            return
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        recalibrates = self._recalibrates(pl_module)
+        if weights.holds_x:  # the live state_dict already is x
+            y_values = weights.y_copy
+            y = None
+            if y_values is not None:
+                y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
+            train_bn = self._train_bn
+        else:
+            y = {names[id(p)]: p.detach() for p in weights.params}
+            train_bn = (
+                _snapshot(pl_module, batchnorm_buffer_names(pl_module)) if recalibrates else None
+            )
+            self._write_x_state_dict(trainer, pl_module, checkpoint["state_dict"], weights)
+        if not full:
+            return
+        keep_y = self.keep_y_in_checkpoint and y is not None
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": _CHECKPOINT_FORMAT,
+            "y": _cloned(y) if keep_y else None,
+            "train_buffers": _cloned(train_bn) if train_bn is not None else None,
+        }
+
+    def _write_x_state_dict(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        state_dict: dict[str, Any],
+        weights: WeightSwap,
+    ) -> None:
+        param_ids = {id(p) for p in weights.params}
+        recalibrates = self._recalibrates(pl_module)
+        bn_names = set(batchnorm_buffer_names(pl_module)) if recalibrates else set()
+        train_bn = _snapshot(pl_module, bn_names) if recalibrates else None
+        weights.to_x(exact=True)
+        try:
+            if recalibrates:
+                self._load_x_bn_stats(trainer, pl_module)
+            for key, live in pl_module.state_dict(keep_vars=True).items():
+                if key in state_dict and (id(live) in param_ids or key in bn_names):
+                    state_dict[key] = live.detach().clone()
+        finally:
+            if train_bn is not None:
+                _load_buffers(pl_module, train_bn)
+            weights.to_y()
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            # a standalone stage loads the checkpoint's state_dict (x): nothing left to convert
+            self._loaded_x_for_eval = True
+            return
+        state = checkpoint.get(CHECKPOINT_KEY)
+        # state_dict holds x when the checkpoint came from AmuseCallback; otherwise trust the
+        # optimizer's saved train_mode flag.
+        self._pending_resume = dict(state) if state is not None else {"foreign": True}
+
+    def _finish_resume(self, pl_module: LightningModule) -> None:
+        """After the optimizer state is loaded: put ``y`` (and training BN buffers) back."""
+        state, self._pending_resume = self._pending_resume, None
+        weights = self._weights
+        if state is None or weights is None:
+            return
+        groups = weights.optimizer.param_groups
+        y = state.get("y")
+        with torch.no_grad():
+            if y:
+                named = dict(pl_module.named_parameters())
+                names = {id(p): n for n, p in named.items()}
+                missing = [names[id(p)] for p in weights.params if names[id(p)] not in y]
+                if missing:
+                    raise RuntimeError(
+                        f"The checkpoint's y does not cover the parameters {missing[:5]}; "
+                        "resume with the model the checkpoint was written for."
+                    )
+                for name, value in y.items():
+                    named[name].copy_(value)
+                for group in groups:
+                    group["train_mode"] = True
+            else:
+                if not state.get("foreign"):
+                    for group in groups:
+                        group["train_mode"] = False
+                weights.optimizer.train()
+            if state.get("train_buffers"):
+                _load_buffers(pl_module, state["train_buffers"])
+        self._x_bn_cache = None
+
+
+def _cloned(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    with torch.inference_mode(False):
+        return {name: value.detach().clone() for name, value in values.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# save_weights_only: the LightningModule hook stands in for the skipped callback hook
+# ----------------------------------------------------------------------------------------------
+class _ModuleSaveHook:
+    """Replaces ``pl_module.on_save_checkpoint`` on the instance: writes ``x`` for checkpoints
+    the callback hook did not see (``save_weights_only=True``), then calls the module's hook."""
+
+    def __init__(
+        self,
+        callback: AmuseCallback,
+        module: LightningModule,
+        original: Callable[[dict[str, Any]], None],
+        had_instance_attribute: bool,
+    ):
+        self.callback = callback
+        self.module = module
+        self.original = original
+        self.had_instance_attribute = had_instance_attribute
+
+    def __call__(self, checkpoint: dict[str, Any]) -> None:
+        trainer = self.module._trainer
+        if trainer is not None and any(cb is self.callback for cb in trainer.callbacks):
+            self.callback._write_checkpoint(trainer, self.module, checkpoint, full=False)
+        self.original(checkpoint)
+
+
+def _install_module_save_hook(callback: AmuseCallback, pl_module: LightningModule) -> None:
+    current = pl_module.__dict__.get("on_save_checkpoint")
+    if isinstance(current, _ModuleSaveHook):
+        if current.callback is callback:
+            return
+        current = current.original
+    original = pl_module.on_save_checkpoint if current is None else current
+    hook = _ModuleSaveHook(callback, pl_module, original, current is not None)
+    object.__setattr__(pl_module, "on_save_checkpoint", hook)
+
+
+def _remove_module_save_hook(callback: AmuseCallback, pl_module: LightningModule) -> None:
+    hook = pl_module.__dict__.get("on_save_checkpoint")
+    if not isinstance(hook, _ModuleSaveHook) or hook.callback is not callback:
+        return
+    if hook.had_instance_attribute:
+        object.__setattr__(pl_module, "on_save_checkpoint", hook.original)
+    else:
+        del pl_module.__dict__["on_save_checkpoint"]
