@@ -20,10 +20,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .directions import compute_direction
+from .directions import MatrixMap, compute_direction, map_matrices
+from .distributed import RankSplit, check_no_dtensor, split_world_size
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import NONFINITE_POLICIES, normalise_groups, validate_group
 
@@ -60,6 +62,11 @@ class AMUSE(Optimizer):
             to compare a direction with its own paper.
         nonfinite: non-finite gradients: ``"raise"`` (names the parameter), ``"skip"`` (warn and
             skip the whole step; state untouched) or ``"off"`` (no check, no host sync).
+        distributed: split the Newton-Schulz work across data-parallel ranks (each rank
+            orthogonalises its share, results are all-gathered; see ``distributed.py``).
+            ``None`` (default): split when torch.distributed is initialised with more than one
+            rank in ``process_group``; ``False``: every rank computes every matrix.
+        process_group: the data-parallel group to split over (default: the world).
 
     Modes follow Schedule-Free: ``eval()`` turns parameters into ``x`` in place, ``train()``
     back into ``y``; the mode is ``group["train_mode"]`` and is saved by ``state_dict()``.
@@ -91,9 +98,13 @@ class AMUSE(Optimizer):
         reference_compat: bool = False,
         averaging: bool = True,
         nonfinite: str = "raise",
+        distributed: bool | None = None,
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        if distributed not in (None, True, False):
+            raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
         defaults = dict(
             lr=lr, beta1=beta1, rho=rho, warmup_steps=warmup_steps, r=r,
             weight_lr_power=weight_lr_power, momentum=momentum, nesterov=nesterov,
@@ -105,6 +116,9 @@ class AMUSE(Optimizer):
             lr_t=0.0, c_t=0.0, beta_t=beta1,
         )  # fmt: skip
         self.nonfinite = nonfinite
+        self.distributed = distributed
+        self.process_group = process_group
+        self._rank_split: RankSplit | None = None
         super().__init__(normalise_groups(params), defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -112,6 +126,7 @@ class AMUSE(Optimizer):
         for group in normalise_groups([param_group]):
             candidate = {**self.defaults, **group}
             validate_group(candidate, len(self.param_groups))
+            check_no_dtensor(candidate["params"])
             if candidate["averaging"]:
                 warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
             super().add_param_group(group)
@@ -119,6 +134,24 @@ class AMUSE(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
+        self.__dict__.setdefault("distributed", None)
+        self.__dict__.setdefault("process_group", None)
+        self.__dict__.setdefault("_rank_split", None)
+
+    def _matrix_map(self) -> MatrixMap:
+        """``map_matrices``, or a :class:`RankSplit` over ``process_group`` when splitting."""
+        if self.distributed is False:
+            return map_matrices
+        if split_world_size(self.process_group) == 1:
+            if self.distributed:
+                raise RuntimeError(
+                    "AMUSE(distributed=True) needs torch.distributed initialised with more than "
+                    "one rank; call init_process_group first or use distributed=None (auto)"
+                )
+            return map_matrices
+        if self._rank_split is None:
+            self._rank_split = RankSplit(self.process_group)
+        return self._rank_split
 
     # ----------------------------------------------------------------- modes
     @torch.no_grad()
@@ -247,13 +280,15 @@ class AMUSE(Optimizer):
     ) -> None:
         t, lr_t = schedule.state.step, schedule.lr_t
         states = [self.state[p] for p in params]
+        matrix_map = self._matrix_map()
         if not group["averaging"]:
-            self._move_z(params, compute_direction(grads, states, group, t), group, lr_t)
+            updates = compute_direction(grads, states, group, t, matrix_map)
+            self._move_z(params, updates, group, lr_t)
             return
         zs = self._z_buffers(params, states, group)
         self._decay_at_y(params, zs, states, group, lr_t)
         self._recover_x(params, zs, states, group, schedule.beta_t)
-        updates = compute_direction(grads, states, group, t)
+        updates = compute_direction(grads, states, group, t, matrix_map)
         self._move_z(zs, updates, group, lr_t)
         self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
         for state in states:

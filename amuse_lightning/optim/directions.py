@@ -23,6 +23,8 @@ SPECTRAL_INPUTS = ("momentum", "rms")
 
 State = dict[str, Any]
 BatchFn = Callable[[Tensor], Tensor]
+MatrixMap = Callable[[Sequence[Tensor], BatchFn], list[Tensor]]
+"""``map_matrices`` or a drop-in that splits the work across ranks (``distributed.RankSplit``)."""
 
 
 def map_matrices(tensors: Sequence[Tensor], fn: BatchFn) -> list[Tensor]:
@@ -73,7 +75,12 @@ def _momentum_input(grads: Sequence[Tensor], states: Sequence[State], group: dic
     return momenta
 
 
-def muon_direction(grads: Sequence[Tensor], states: Sequence[State], group: dict) -> list[Tensor]:
+def muon_direction(
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    group: dict,
+    matrix_map: MatrixMap = map_matrices,
+) -> list[Tensor]:
     """Muon: ``U = scale * NS5(u)`` with ``u`` the (Nesterov) momentum; one buffer."""
     inputs = _momentum_input(grads, states, group)
 
@@ -82,11 +89,14 @@ def muon_direction(grads: Sequence[Tensor], states: Sequence[State], group: dict
         ortho = newton_schulz(batch, group["ns_steps"], group["ns_dtype"])
         return ortho.mul_(muon_scale(rows, cols, group["aux_update_type"]))
 
-    return map_matrices(inputs, orthogonalise)
+    return matrix_map(inputs, orthogonalise)
 
 
 def adamuon_direction(
-    grads: Sequence[Tensor], states: Sequence[State], group: dict
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    group: dict,
+    matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
     """AdaMuon (arXiv 2507.11005): second moment of the orthogonalised sign, RMS-0.2 rescale.
 
@@ -95,7 +105,7 @@ def adamuon_direction(
     """
     inputs = _momentum_input(grads, states, group)
     signs = torch._foreach_sign(inputs)
-    ortho = map_matrices(signs, lambda b: newton_schulz(b, group["ns_steps"], group["ns_dtype"]))
+    ortho = matrix_map(signs, lambda b: newton_schulz(b, group["ns_steps"], group["ns_dtype"]))
     second = _buffers(states, "exp_avg_sq", grads)
     torch._foreach_lerp_(second, torch._foreach_mul(ortho, ortho), 1.0 - group["momentum"])
     denom = torch._foreach_sqrt(second)
@@ -110,7 +120,11 @@ def adamuon_direction(
 
 
 def spectral_direction(
-    grads: Sequence[Tensor], states: Sequence[State], group: dict, step: int
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    group: dict,
+    step: int,
+    matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
     """Spectral power family (arXiv 2602.04669): ``U = Psi_p(O) = U_O Sigma^p V_O^T``, no rescale.
 
@@ -122,7 +136,7 @@ def spectral_direction(
     else:
         inputs = _rms_normalised(grads, states, group, step)
     power = group["spectral_power"]
-    return map_matrices(
+    return matrix_map(
         inputs, lambda b: spectral_power(b, power, group["ns_steps"], group["ns_dtype"])
     )
 
@@ -162,16 +176,24 @@ def adam_fallback(
 
 
 def compute_direction(
-    grads: Sequence[Tensor], states: Sequence[State], group: dict, step: int
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    group: dict,
+    step: int,
+    matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
-    """Dispatch on the group: Muon-side ``direction`` or fallback ``update_type``."""
+    """Dispatch on the group: Muon-side ``direction`` or fallback ``update_type``.
+
+    ``matrix_map`` runs the per-matrix work (Newton-Schulz, spectral powers); pass a
+    ``distributed.RankSplit`` to split it across data-parallel ranks.
+    """
     if group["use_muon"]:
         direction = group["direction"]
         if direction == "muon":
-            return muon_direction(grads, states, group)
+            return muon_direction(grads, states, group, matrix_map)
         if direction == "adamuon":
-            return adamuon_direction(grads, states, group)
-        return spectral_direction(grads, states, group, step)
+            return adamuon_direction(grads, states, group, matrix_map)
+        return spectral_direction(grads, states, group, step, matrix_map)
     if group["update_type"] == "adamw":
         return adam_fallback(grads, states, group, step)
     return list(grads)  # "sgd": U = g (read only, never modified)
