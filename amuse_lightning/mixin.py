@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 
+from amuse_lightning.optim import AMUSE
 from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
 
 __all__ = ["AmuseFactory", "AmuseMixin", "default_amuse_factory"]
@@ -42,13 +43,13 @@ class AmuseFactory:
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = dict(kwargs)
-        amuse_cls = _amuse_class(required=False)
-        if amuse_cls is not None:
-            _check_kwargs(amuse_cls, self.kwargs)
+        try:
+            inspect.signature(AMUSE).bind([], **self.kwargs)
+        except TypeError as err:
+            raise TypeError(f"AMUSE does not accept {sorted(kwargs)}: {err}") from None
 
     def __call__(self, params: Any) -> Optimizer:
-        amuse_cls = _amuse_class(required=True)
-        return amuse_cls(params, **self.kwargs)
+        return AMUSE(params, **self.kwargs)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
@@ -58,23 +59,6 @@ class AmuseFactory:
 def default_amuse_factory(**kwargs: Any) -> AmuseFactory:
     """A callable building :class:`amuse_lightning.AMUSE` from param groups with ``kwargs``."""
     return AmuseFactory(**kwargs)
-
-
-def _amuse_class(required: bool) -> type[Optimizer] | None:
-    try:
-        from amuse_lightning.optim.amuse import AMUSE
-    except ModuleNotFoundError as err:
-        if err.name != "amuse_lightning.optim.amuse" or required:
-            raise
-        return None
-    return AMUSE
-
-
-def _check_kwargs(amuse_cls: type, kwargs: dict[str, Any]) -> None:
-    try:
-        inspect.signature(amuse_cls).bind([], **kwargs)
-    except TypeError as err:
-        raise TypeError(f"AMUSE does not accept {sorted(kwargs)}: {err}") from None
 
 
 class AmuseMixin:
