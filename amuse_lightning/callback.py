@@ -381,6 +381,7 @@ class AmuseCallback(Callback):
         self._pending_resume: dict[str, Any] | None = None
         self._loaded_x_for_eval = False
         self._warned_outside_eval = False
+        self._train_ended = False
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -413,6 +414,7 @@ class AmuseCallback(Callback):
             )
         self._weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         self._weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
+        self._train_ended = False
 
     def _fit_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
         optimizers = [_unwrap(o) for o in trainer.optimizers]
@@ -484,20 +486,16 @@ class AmuseCallback(Callback):
         """Leave ``x`` in the parameters (optimizer in eval mode) once training is over."""
         self._leave_eval(pl_module)
         self._enter_x(trainer, pl_module, for_evaluation=False)
+        self._train_ended = True
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._pending_resume is None or self._weights is None:
+        """Fits that never reach ``on_train_end`` (e.g. ``fit(ckpt_path=...)`` with nothing
+        left to train) end with ``x`` in the parameters too."""
+        if self._train_ended or self._weights is None:
             return
-        # fit(ckpt_path=...) with nothing left to train: the module holds x from the checkpoint.
-        state, self._pending_resume = self._pending_resume, None
-        for group in self._weights.optimizer.param_groups:
-            group["train_mode"] = False
-        y = state.get("y")
-        if y:
-            named = dict(pl_module.named_parameters())
-            id_to_name = {id(p): n for n, p in named.items()}
-            self._weights.set_y_copy([y[id_to_name[id(p)]] for p in self._weights.params])
-        self._train_bn = state.get("train_buffers")
+        self._finish_resume(pl_module)
+        self._leave_eval(pl_module)
+        self._enter_x(trainer, pl_module, for_evaluation=False)
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
