@@ -123,6 +123,7 @@ class Recorder(LightningModule):
             if "z" in state:
                 z[f"z:{name}"] = state["z"].detach().clone()
                 z[f"beta:{name}"] = beta_of(optimizer, p)
+        z["__bn__"] = self.bn_state()
         self.record("step_end", z)
         self._maybe_fail("train_end")
 
