@@ -184,6 +184,27 @@ class Recorder(LightningModule):
         return found
 
 
+def check_training_sees_y(model: Recorder) -> int:
+    """Each training_step sees exactly the y of the previous step, in train mode."""
+    checked = 0
+    for index, (kind, _, entry) in enumerate(model.events):
+        if kind == "train":
+            assert entry["__modes__"] == {True}
+            assert_same(params_only(entry), params_only(model.last_y_before(index)))
+            checked += 1
+    return checked
+
+
+def check_evaluation_sees_x(model: Recorder, kind: str, exact: bool = True) -> int:
+    """Each evaluation step sees x = y + (1 - 1/beta)(z - y) of the current y and z."""
+    checked = 0
+    for index, (k, _, entry) in enumerate(model.events):
+        if k == kind:
+            assert_same(params_only(entry), expected_x(model.last_y_before(index)), exact=exact)
+            checked += 1
+    return checked
+
+
 def make_optimizer(module: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
     if kind == "schedulefree":
         return schedulefree.AdamWScheduleFree(module.parameters(), lr=lr, warmup_steps=2)

@@ -7,11 +7,13 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from amuse_lightning import AMUSE, AmuseCallback
+from amuse_lightning import AMUSE, AmuseCallback, AmuseMixin, default_amuse_factory
 from amuse_lightning.callback import WeightSwap
 from tests.callback_testkit import (
     Recorder,
     assert_same,
+    check_evaluation_sees_x,
+    check_training_sees_y,
     differs,
     expected_x,
     make_optimizer,
@@ -21,27 +23,6 @@ from tests.callback_testkit import (
 )
 
 OPTIMIZERS = ["amuse", "schedulefree"]
-
-
-def check_training_sees_y(model: Recorder) -> int:
-    """Each training_step sees exactly the y of the previous step, in train mode."""
-    checked = 0
-    for index, (kind, _, entry) in enumerate(model.events):
-        if kind == "train":
-            assert entry["__modes__"] == {True}
-            assert_same(params_only(entry), params_only(model.last_y_before(index)))
-            checked += 1
-    return checked
-
-
-def check_evaluation_sees_x(model: Recorder, kind: str) -> int:
-    """Each evaluation step sees x = y + (1 - 1/beta)(z - y) of the current y and z."""
-    checked = 0
-    for index, (k, _, entry) in enumerate(model.events):
-        if k == kind:
-            assert_same(params_only(entry), expected_x(model.last_y_before(index)))
-            checked += 1
-    return checked
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -286,6 +267,22 @@ def test_fresh_trainer_without_optimizer_evaluates_weights_as_they_are(tmp_path)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer(tmp_path, [AmuseCallback()]).test(model)
     assert_same({n: p.detach() for n, p in model.named_parameters()}, before)
+
+
+class MixinRecorder(AmuseMixin, Recorder):
+    """The partition-driven configure_optimizers of AmuseMixin instead of the test's own."""
+
+    optimizer = default_amuse_factory(lr=0.05, warmup_steps=2, ns_dtype=torch.float32)
+
+
+def test_with_amuse_mixin(tmp_path, recwarn):
+    pl.seed_everything(0)
+    model = MixinRecorder()
+    trainer(tmp_path, [AmuseCallback()], max_epochs=1, val_check_interval=0.5).fit(model)
+    assert check_training_sees_y(model) == 6
+    assert check_evaluation_sees_x(model, "val") == 5
+    assert_same(model.snapshot(), expected_x(model.of_kind("step_end")[-1][1]))
+    assert not [w for w in recwarn if "no AmuseCallback" in str(w.message)]
 
 
 def test_amuse_export():
