@@ -335,3 +335,98 @@ def test_lightning_ddp_splits_the_work_and_matches_one_process(tmp_path) -> None
     for rank, record in enumerate(ranks):
         assert record["world_size"] == WORLD
         assert record["local_matrices"] == owners.count(rank) * LIGHTNING_STEPS
+
+
+# ------------------------------------------------------------- FSDP2 (fully_shard), 2 processes
+
+FSDP_CONFIGS = ("muon", "adamuon")
+
+
+def make_uneven_model() -> nn.Module:
+    """A 15-row matrix so that the two row shards differ in size (8 and 7 rows)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 15), nn.Tanh(), nn.Linear(15, 4)
+    )
+
+
+def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        results = {}
+        for name in FSDP_CONFIGS:
+            model = make_uneven_model()
+            for layer in model:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            opt = make_optimizer(model, **CONFIGS[name])
+            history = run_steps(model, opt, rank, world)
+            z = opt.state[opt.param_groups[0]["params"][1]]["z"]
+            split = next(iter(opt._sharded_maps.values())).split
+            opt.eval()
+            results[name] = {
+                "y": [[p.full_tensor() for p in step] for step in history],
+                "x": [p.full_tensor() for g in opt.param_groups for p in g["params"]],
+                "z_local_rows": z.to_local().shape[0],
+                "z_is_dtensor": type(z).__name__ == "DTensor",
+                "local_matrices": split.local_matrices,
+            }
+        results["column_sharded_error"] = _column_sharded_error(mesh)
+        torch.save(results, Path(out_dir) / f"fsdp_rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _column_sharded_error(mesh) -> str:
+    """A tensor-parallel style layout (columns sharded) must be refused with a message."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    weight = nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(1)]))
+    try:
+        AMUSE([{"params": [weight], "use_muon": True}])
+    except NotImplementedError as error:
+        return str(error)
+    return ""
+
+
+@pytest.fixture(scope="module")
+def fsdp_results() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_fsdp_worker, args=(WORLD, init_file, tmp), nprocs=WORLD, join=True)
+        return {r: torch.load(Path(tmp) / f"fsdp_rank{r}.pt") for r in range(WORLD)}
+
+
+@pytest.mark.parametrize("name", FSDP_CONFIGS)
+def test_fsdp2_equals_one_process_with_whole_matrix_newton_schulz(fsdp_results, name) -> None:
+    model = make_uneven_model()
+    opt = make_optimizer(model, **CONFIGS[name])
+    single = run_steps(model, opt, rank=0, world=1)
+    opt.eval()
+    single_x = [p.detach() for g in opt.param_groups for p in g["params"]]
+    for rank in range(WORLD):
+        got = fsdp_results[rank][name]
+        for step in range(STEPS):
+            for a, b in zip(got["y"][step], single[step], strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+        for a, b in zip(got["x"], single_x, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
+    # state is sharded like the parameter: the 15-row matrix has 8 rows on rank 0, 7 on rank 1
+    assert [fsdp_results[r][name]["z_local_rows"] for r in range(WORLD)] == [8, 7]
+    assert all(fsdp_results[r][name]["z_is_dtensor"] for r in range(WORLD))
+    shapes = tuple(tuple(p.shape) for p in make_uneven_model().parameters() if p.ndim >= 2)
+    owners = assign_matrices(shapes, WORLD)
+    for rank in range(WORLD):
+        assert fsdp_results[rank][name]["local_matrices"] == owners.count(rank) * STEPS
+
+
+def test_layouts_other_than_fsdp2_rows_fail_at_construction(fsdp_results) -> None:
+    for rank in range(WORLD):
+        message = fsdp_results[rank]["column_sharded_error"]
+        assert "Shard(dim=1)" in message and "DDP" in message and "fully_shard" in message

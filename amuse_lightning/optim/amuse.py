@@ -25,7 +25,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .directions import MatrixMap, compute_direction, map_matrices
-from .distributed import RankSplit, check_no_dtensor, split_world_size
+from .distributed import (
+    RankSplit,
+    ShardedMatrixMap,
+    check_dtensor_layout,
+    is_dtensor,
+    split_world_size,
+)
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import NONFINITE_POLICIES, normalise_groups, validate_group
 
@@ -67,6 +73,9 @@ class AMUSE(Optimizer):
             ``None`` (default): split when torch.distributed is initialised with more than one
             rank in ``process_group``; ``False``: every rank computes every matrix.
         process_group: the data-parallel group to split over (default: the world).
+            FSDP2 (DTensor) parameters: Newton-Schulz runs on whole matrices gathered over
+            the parameters' own 1-D mesh (split over its ranks unless ``distributed=False``);
+            everything elementwise runs on the local shards, and the state is sharded alike.
 
     Modes follow Schedule-Free: ``eval()`` turns parameters into ``x`` in place, ``train()``
     back into ``y``; the mode is ``group["train_mode"]`` and is saved by ``state_dict()``.
@@ -119,6 +128,7 @@ class AMUSE(Optimizer):
         self.distributed = distributed
         self.process_group = process_group
         self._rank_split: RankSplit | None = None
+        self._sharded_maps: dict[int, ShardedMatrixMap] = {}
         super().__init__(normalise_groups(params), defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -126,7 +136,7 @@ class AMUSE(Optimizer):
         for group in normalise_groups([param_group]):
             candidate = {**self.defaults, **group}
             validate_group(candidate, len(self.param_groups))
-            check_no_dtensor(candidate["params"])
+            check_dtensor_layout(candidate["params"])
             if candidate["averaging"]:
                 warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
             super().add_param_group(group)
@@ -137,9 +147,15 @@ class AMUSE(Optimizer):
         self.__dict__.setdefault("distributed", None)
         self.__dict__.setdefault("process_group", None)
         self.__dict__.setdefault("_rank_split", None)
+        self.__dict__.setdefault("_sharded_maps", {})
 
-    def _matrix_map(self) -> MatrixMap:
-        """``map_matrices``, or a :class:`RankSplit` over ``process_group`` when splitting."""
+    def _matrix_map(self, params: list[Tensor]) -> MatrixMap:
+        """``map_matrices``, or a :class:`RankSplit` over ``process_group`` when splitting.
+
+        FSDP2 (DTensor) parameters get a :class:`ShardedMatrixMap` over their own mesh.
+        """
+        if params and is_dtensor(params[0]):
+            return self._sharded_map(params[0])
         if self.distributed is False:
             return map_matrices
         if split_world_size(self.process_group) == 1:
@@ -152,6 +168,16 @@ class AMUSE(Optimizer):
         if self._rank_split is None:
             self._rank_split = RankSplit(self.process_group)
         return self._rank_split
+
+    def _sharded_map(self, param: Tensor) -> ShardedMatrixMap:
+        mesh = param.device_mesh
+        key = id(mesh)
+        if key not in self._sharded_maps:
+            split = None
+            if self.distributed is not False and mesh.size() > 1:
+                split = RankSplit(mesh.get_group())
+            self._sharded_maps[key] = ShardedMatrixMap(split)
+        return self._sharded_maps[key]
 
     # ----------------------------------------------------------------- modes
     @torch.no_grad()
@@ -280,7 +306,7 @@ class AMUSE(Optimizer):
     ) -> None:
         t, lr_t = schedule.state.step, schedule.lr_t
         states = [self.state[p] for p in params]
-        matrix_map = self._matrix_map()
+        matrix_map = self._matrix_map(params)
         if not group["averaging"]:
             updates = compute_direction(grads, states, group, t, matrix_map)
             self._move_z(params, updates, group, lr_t)

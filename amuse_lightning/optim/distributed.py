@@ -20,6 +20,13 @@ orthogonalises only its share and the results are all-gathered:
 Everything elementwise (momentum, second moments, the Schedule-Free averaging) stays local: it is
 cheap, and every rank already has the whole (all-reduced) gradient.
 
+FSDP2 (``fully_shard``, DTensor parameters on a 1-D mesh, rows sharded): the elementwise work
+runs on the local shards through DTensor, and :class:`ShardedMatrixMap` hands Newton-Schulz whole
+matrices: it all-gathers each input, splits the whole matrices over the mesh's ranks as above, and
+each rank keeps its own rows of every result. That moves every matrix twice per step (once
+gathered, once in the result exchange); an all-to-all to the owning rank and back would move
+``2 / world_size`` of that (the plan for large models).
+
 All ranks must call with the same list of shapes in the same order (DDP guarantees the same
 parameters have gradients on every rank); the first call with a new list checks that with one
 small all-reduce and raises if the ranks disagree, instead of hanging.
@@ -42,8 +49,10 @@ from .polar import as_matrix
 __all__ = [
     "ExchangePlan",
     "RankSplit",
+    "ShardedMatrixMap",
     "assign_matrices",
-    "check_no_dtensor",
+    "check_dtensor_layout",
+    "is_dtensor",
     "matrix_cost",
     "plan_exchange",
     "split_world_size",
@@ -221,19 +230,61 @@ class RankSplit:
         self._checked.add(key)
 
 
-def check_no_dtensor(params: Iterable[Tensor]) -> None:
-    """Raise a clear error for sharded (DTensor) parameters: FSDP2 / tensor parallel."""
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (a parameter sharded by FSDP2 ``fully_shard`` or TP)."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # pragma: no cover - torch without DTensor
-        return
+        return False
+    return isinstance(t, DTensor)
+
+
+def check_dtensor_layout(params: Iterable[Tensor]) -> None:
+    """Accept FSDP2 layouts (1-D mesh, ``Shard(0)`` or ``Replicate()``); explain anything else."""
     for p in params:
-        if isinstance(p, DTensor):
+        if not is_dtensor(p):
+            continue
+        mesh, placements = p.device_mesh, p.placements
+        row_sharded = all(pl.is_replicate() or (pl.is_shard() and pl.dim == 0) for pl in placements)
+        if mesh.ndim != 1 or not row_sharded:
             raise NotImplementedError(
-                f"AMUSE got a sharded DTensor parameter (shape {tuple(p.shape)}, placements "
-                f"{p.placements}): FSDP2 / fully_shard and tensor parallelism are not supported "
-                "yet, because Newton-Schulz needs whole matrices. Supported setups: a single "
-                "device, and data parallel replicas (DDP: Lightning strategy='ddp' or "
-                "'ddp_spawn', or torch DistributedDataParallel), where AMUSE splits the "
-                "Newton-Schulz work across ranks by itself."
+                f"AMUSE got a DTensor parameter (shape {tuple(p.shape)}) on a {mesh.ndim}-D "
+                f"device mesh with placements {placements}: only FSDP2 sharding over a 1-D "
+                "mesh (fully_shard(module, mesh=mesh['data_parallel']), Shard(0)) is supported; "
+                "tensor parallelism and HSDP are not. Supported setups: a single device, DDP "
+                "(Lightning strategy='ddp'), and FSDP2 fully_shard on a 1-D mesh."
             )
+
+
+class ShardedMatrixMap:
+    """``map_matrices`` for DTensor inputs (FSDP2): whole matrices for ``fn``, shards back.
+
+    Every input shard is all-gathered into its whole matrix (``full_tensor``), ``fn`` runs on the
+    whole matrices (split across the mesh's ranks by ``split`` when given, else on every rank),
+    and each rank keeps the rows of every result that its own shard covers (no communication:
+    every rank holds the same whole results). Elementwise work never comes here, so it stays on
+    the local shards.
+    """
+
+    def __init__(self, split: RankSplit | None = None) -> None:
+        self.split = split
+
+    def __call__(self, tensors: Sequence[Tensor], fn: BatchFn) -> list[Tensor]:
+        from .directions import map_matrices
+
+        whole = [t.full_tensor() if is_dtensor(t) else t for t in tensors]
+        results = (self.split or map_matrices)(whole, fn)
+        return [
+            _reshard_like(result, like) if is_dtensor(like) else result
+            for result, like in zip(results, tensors, strict=True)
+        ]
+
+
+def _reshard_like(whole: Tensor, like: Tensor) -> Tensor:
+    """The DTensor with ``like``'s layout whose whole value is ``whole`` (same on every rank)."""
+    from torch.distributed.tensor import distribute_tensor
+
+    try:  # every rank already holds ``whole``: slice locally, no broadcast
+        return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
+    except TypeError:  # pragma: no cover - torch < 2.6: broadcast from rank 0 (same values)
+        return distribute_tensor(whole, like.device_mesh, like.placements)
