@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import amuse_lightning.optim.directions as directions
 from amuse_lightning import AMUSE
+from amuse_lightning.optim.directions import map_matrices
 from amuse_lightning.optim.distributed import (
     RankSplit,
     assign_matrices,
     matrix_cost,
     plan_exchange,
 )
+from amuse_lightning.optim.polar import newton_schulz
 
 WORLD = 2
 STEPS = 3
@@ -205,9 +207,24 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 "local_matrices": opt._rank_split.local_matrices,
             }
         results["mismatch_error"] = _mismatch_error(rank)
+        results["exchange_exact"] = _exchange_is_exact()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _exchange_is_exact() -> bool:
+    """Same inputs on every rank: the split equals map_matrices bit for bit, bf16 wire included."""
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(8, 5), (5, 8), (8, 5), (6, 2, 3, 3), (4, 4), (8, 5)]
+    tensors = [torch.randn(shape, generator=gen) for shape in shapes]
+    split = RankSplit()
+    exact = True
+    for ns_dtype, wire in [(torch.bfloat16, torch.bfloat16), (torch.float32, None)]:
+        fn = lambda b, d=ns_dtype: newton_schulz(b, 5, d)  # noqa: E731
+        for a, b in zip(split(tensors, fn, wire), map_matrices(tensors, fn), strict=True):
+            exact = exact and a.shape == b.shape and torch.equal(a, b)
+    return exact and split.local_matrices < 2 * len(shapes)
 
 
 def _mismatch_error(rank: int) -> str:
@@ -263,6 +280,10 @@ def test_each_rank_computes_only_its_share(ddp_results, name) -> None:
         assert ddp_results[rank][name]["local_matrices"] == share * STEPS
         uses_ns = name != "spectral_half"
         assert ddp_results[rank][name]["ns_matrices"] == (share * STEPS if uses_ns else 0)
+
+
+def test_split_exchange_is_exact_and_bf16_results_travel_losslessly(ddp_results) -> None:
+    assert all(ddp_results[rank]["exchange_exact"] for rank in range(WORLD))
 
 
 def test_ranks_with_different_matrices_fail_with_a_message(ddp_results) -> None:

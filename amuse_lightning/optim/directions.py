@@ -23,16 +23,20 @@ SPECTRAL_INPUTS = ("momentum", "rms")
 
 State = dict[str, Any]
 BatchFn = Callable[[Tensor], Tensor]
-MatrixMap = Callable[[Sequence[Tensor], BatchFn], list[Tensor]]
+MatrixMap = Callable[..., list[Tensor]]
 """``map_matrices`` or a drop-in that splits the work across ranks (``distributed.RankSplit``)."""
 
 
-def map_matrices(tensors: Sequence[Tensor], fn: BatchFn) -> list[Tensor]:
+def map_matrices(
+    tensors: Sequence[Tensor], fn: BatchFn, wire_dtype: torch.dtype | None = None
+) -> list[Tensor]:
     """Apply ``fn`` to every tensor viewed as a matrix, one batched call per (shape, dtype, device).
 
     ``fn`` gets a stack of shape ``(B, rows, cols)`` and returns a stack of the same shape; the
     results come back in the tensors' own shapes (conv kernels ``(out, in, kh, kw)`` are flattened
-    to ``(out, in*kh*kw)`` for ``fn`` and reshaped back).
+    to ``(out, in*kh*kw)`` for ``fn`` and reshaped back). ``wire_dtype`` promises that every
+    result is exactly representable in that dtype (e.g. a bf16 Newton-Schulz cast up), so a
+    distributed map may send results in it; here it is unused.
     """
     buckets: dict[tuple, list[int]] = {}
     matrices = [as_matrix(t) for t in tensors]
@@ -83,13 +87,14 @@ def muon_direction(
 ) -> list[Tensor]:
     """Muon: ``U = scale * NS5(u)`` with ``u`` the (Nesterov) momentum; one buffer."""
     inputs = _momentum_input(grads, states, group)
+    ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), group["ns_dtype"])
+    scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
+    torch._foreach_mul_(ortho, scales)
+    return ortho
 
-    def orthogonalise(batch: Tensor) -> Tensor:
-        rows, cols = batch.shape[-2:]
-        ortho = newton_schulz(batch, group["ns_steps"], group["ns_dtype"])
-        return ortho.mul_(muon_scale(rows, cols, group["aux_update_type"]))
 
-    return matrix_map(inputs, orthogonalise)
+def _newton_schulz(batch: Tensor, group: dict) -> Tensor:
+    return newton_schulz(batch, group["ns_steps"], group["ns_dtype"])
 
 
 def adamuon_direction(
@@ -105,7 +110,7 @@ def adamuon_direction(
     """
     inputs = _momentum_input(grads, states, group)
     signs = torch._foreach_sign(inputs)
-    ortho = matrix_map(signs, lambda b: newton_schulz(b, group["ns_steps"], group["ns_dtype"]))
+    ortho = matrix_map(signs, lambda b: _newton_schulz(b, group), group["ns_dtype"])
     second = _buffers(states, "exp_avg_sq", grads)
     torch._foreach_lerp_(second, torch._foreach_mul(ortho, ortho), 1.0 - group["momentum"])
     denom = torch._foreach_sqrt(second)
@@ -136,8 +141,9 @@ def spectral_direction(
     else:
         inputs = _rms_normalised(grads, states, group, step)
     power = group["spectral_power"]
+    wire = group["ns_dtype"] if power == 0 else None  # p = 0 is a plain Newton-Schulz
     return matrix_map(
-        inputs, lambda b: spectral_power(b, power, group["ns_steps"], group["ns_dtype"])
+        inputs, lambda b: spectral_power(b, power, group["ns_steps"], group["ns_dtype"]), wire
     )
 
 

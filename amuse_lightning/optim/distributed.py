@@ -13,9 +13,10 @@ orthogonalises only its share and the results are all-gathered:
 2. **Compute**: a rank stacks the same-shape matrices of its share and runs one batched call per
    shape (the same batching as the single-process path).
 3. **Exchange** (:class:`RankSplit`): each rank packs its results into one flat buffer, padded to
-   the longest share, and one ``all_gather`` per dtype hands every rank every result. Each rank
-   unpacks views into the gathered buffer. The gathered bytes are the same on every rank, so
-   parameters stay identical on every rank after every step.
+   the longest share, and one ``all_gather`` per dtype hands every rank every result (results of
+   a bf16 Newton-Schulz are bf16 numbers cast up, so they travel in bf16: half the bytes, exact).
+   Each rank unpacks views into the gathered buffer. The gathered bytes are the same on every
+   rank, so parameters stay identical on every rank after every step.
 
 Everything elementwise (momentum, second moments, the Schedule-Free averaging) stays local: it is
 cheap, and every rank already has the whole (all-reduced) gradient.
@@ -173,25 +174,40 @@ class RankSplit:
         self.local_matrices = 0
         self._checked: set[tuple[tuple[Shape, ...], str, str]] = set()
 
-    def __call__(self, tensors: Sequence[Tensor], fn: BatchFn) -> list[Tensor]:
+    def __call__(
+        self, tensors: Sequence[Tensor], fn: BatchFn, wire_dtype: torch.dtype | None = None
+    ) -> list[Tensor]:
+        """``fn`` on this rank's share, then one all-gather per (dtype, device) bucket.
+
+        ``wire_dtype``: the caller's promise that every result is exactly representable in it
+        (a bf16 Newton-Schulz cast up to fp32); results are then sent in it when it is narrower.
+        """
         matrices = [as_matrix(t) for t in tensors]
         buckets: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for i, m in enumerate(matrices):
             buckets.setdefault((m.dtype, m.device), []).append(i)
         out: list[Tensor | None] = [None] * len(tensors)
         for (dtype, device), indices in buckets.items():
-            results = self._exchange([matrices[i] for i in indices], fn, dtype, device)
+            wire = dtype
+            if wire_dtype is not None and wire_dtype.itemsize < dtype.itemsize:
+                wire = wire_dtype
+            results = self._exchange([matrices[i] for i in indices], fn, dtype, wire, device)
             for i, result in zip(indices, results, strict=True):
                 out[i] = result.view(tensors[i].shape)
         return out  # type: ignore[return-value]
 
     def _exchange(
-        self, matrices: list[Tensor], fn: BatchFn, dtype: torch.dtype, device: torch.device
+        self,
+        matrices: list[Tensor],
+        fn: BatchFn,
+        dtype: torch.dtype,
+        wire: torch.dtype,
+        device: torch.device,
     ) -> list[Tensor]:
         shapes = tuple(tuple(m.shape) for m in matrices)
         self._check_same_shapes(shapes, dtype, device)
         plan = plan_exchange(shapes, self.world_size)
-        send = torch.empty(plan.slot_numel, dtype=dtype, device=device)
+        send = torch.empty(plan.slot_numel, dtype=wire, device=device)
         for indices in plan.batches[self.rank]:
             result = fn(torch.stack([matrices[i] for i in indices]))
             if result.shape != (len(indices), *shapes[indices[0]]) or result.dtype != dtype:
@@ -202,9 +218,9 @@ class RankSplit:
             start = plan.offsets[indices[0]]
             send[start : start + result.numel()].view(result.shape).copy_(result)
             self.local_matrices += len(indices)
-        gathered = torch.empty(self.world_size * plan.slot_numel, dtype=dtype, device=device)
+        gathered = torch.empty(self.world_size * plan.slot_numel, dtype=wire, device=device)
         _all_gather(gathered, send, self.process_group)
-        slots = gathered.view(self.world_size, plan.slot_numel)
+        slots = gathered.view(self.world_size, plan.slot_numel).to(dtype)
         return [
             slots[owner, start : start + m.numel()].view(m.shape)
             for m, owner, start in zip(matrices, plan.owners, plan.offsets, strict=True)
@@ -269,11 +285,13 @@ class ShardedMatrixMap:
     def __init__(self, split: RankSplit | None = None) -> None:
         self.split = split
 
-    def __call__(self, tensors: Sequence[Tensor], fn: BatchFn) -> list[Tensor]:
+    def __call__(
+        self, tensors: Sequence[Tensor], fn: BatchFn, wire_dtype: torch.dtype | None = None
+    ) -> list[Tensor]:
         from .directions import map_matrices
 
         whole = [t.full_tensor() if is_dtensor(t) else t for t in tensors]
-        results = (self.split or map_matrices)(whole, fn)
+        results = (self.split or map_matrices)(whole, fn, wire_dtype)
         return [
             _reshard_like(result, like) if is_dtensor(like) else result
             for result, like in zip(results, tensors, strict=True)
