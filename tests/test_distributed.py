@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -451,3 +453,25 @@ def test_layouts_other_than_fsdp2_rows_fail_at_construction(fsdp_results) -> Non
     for rank in range(WORLD):
         message = fsdp_results[rank]["column_sharded_error"]
         assert "Shard(dim=1)" in message and "DDP" in message and "fully_shard" in message
+
+
+def test_lightning_model_parallel_strategy_with_fully_shard_equals_one_process(tmp_path) -> None:
+    """ModelParallelStrategy with fully_shard in configure_model, on CPU; no AMUSE-specific code."""
+    script = Path(__file__).with_name("fsdp2_lightning_run.py")
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    gen = torch.Generator().manual_seed(7)
+    x, y = torch.randn(24, 6, generator=gen), torch.randn(24, 4, generator=gen)
+    model = make_uneven_model()
+    opt = make_optimizer(model)
+    for step in range(3):
+        opt.zero_grad()
+        rows = slice(8 * step, 8 * step + 8)
+        nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
+        opt.step()
+    for a, b, c in zip(ranks[0], ranks[1], model.parameters(), strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=2e-6)
