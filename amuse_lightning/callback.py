@@ -296,6 +296,17 @@ def _check_trainable(pl_module: LightningModule) -> None:
     )
 
 
+def _check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: LightningModule) -> None:
+    own = {id(p) for p in pl_module.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+    if foreign:
+        raise MisconfigurationException(
+            f"The optimizer holds {foreign} tensor(s) that are not parameters of "
+            f"{type(pl_module).__name__}; AmuseCallback checkpoints y by parameter name. Register "
+            "them as nn.Parameter on the module, or optimise them separately."
+        )
+
+
 def _is_schedule_free(optimizer: Any) -> bool:
     return (
         callable(getattr(optimizer, "train", None))
@@ -412,6 +423,7 @@ class AmuseCallback(Callback):
                 "fights it. Remove the scheduler, or pass AmuseCallback(allow_lr_scheduler=True) "
                 "to combine them on purpose."
             )
+        _check_params_belong_to(optimizer, pl_module)
         self._weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         self._weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._train_ended = False
@@ -463,11 +475,11 @@ class AmuseCallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.log_schedule or self._weights is None:
+        if not self.log_schedule or self._weights is None or not trainer.loggers:
+            return
+        if not trainer._logger_connector.should_update_logs:  # log_every_n_steps
             return
         self.last_schedule = self._schedule_metrics(self._weights.optimizer)
-        if not trainer.loggers or not trainer._logger_connector.should_update_logs:
-            return
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         for logger in trainer.loggers:
             logger.log_metrics(self.last_schedule, step=step)
@@ -701,8 +713,10 @@ class AmuseCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
-            # a standalone stage loads the checkpoint's state_dict (x): nothing left to convert
+            # a standalone stage loads the checkpoint's state_dict (x): nothing left to convert,
+            # and a y kept from an earlier fit no longer belongs to these weights
             self._loaded_x_for_eval = True
+            self._weights = None
             return
         state = checkpoint.get(CHECKPOINT_KEY)
         # state_dict holds x when the checkpoint came from AmuseCallback; otherwise trust the

@@ -224,3 +224,17 @@ def test_keep_y_false_stores_no_y(tmp_path):
     checkpoint = torch.load(tmp_path / "no_y.ckpt", weights_only=False)
     assert checkpoint["amuse"]["y"] is None
     assert_same(dict(checkpoint["state_dict"]), expected_x(model.y_at_step(6)))
+
+
+def test_test_with_ckpt_path_uses_its_x_and_forgets_the_old_y(tmp_path):
+    model = Recorder()
+    epoch_end = ModelCheckpoint(tmp_path / "ck", save_top_k=-1, save_on_train_epoch_end=True)
+    run = fit(tmp_path, model, [epoch_end], max_epochs=2)
+    first = sorted(saved(tmp_path / "ck"))[0]
+    x_first = expected_x(model.y_at_step(torch.load(first, weights_only=False)["global_step"]))
+    run.test(model, ckpt_path=first)
+    assert_same(params_only(model.of_kind("test")[-1][1]), x_first)
+    run.save_checkpoint(tmp_path / "after_test.ckpt")
+    checkpoint = torch.load(tmp_path / "after_test.ckpt", weights_only=False)
+    assert_same(dict(checkpoint["state_dict"]), x_first)
+    assert "amuse" not in checkpoint  # the final y does not belong to the loaded x

@@ -119,3 +119,14 @@ def test_failed_setup_leaves_weights_untouched(tmp_path):
     after = model.snapshot()
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert {g["train_mode"] for g in model.trainer.optimizers[0].param_groups} == {True}
+
+
+class ForeignTensor(Recorder):
+    def configure_optimizers(self):
+        extra = torch.nn.Parameter(torch.zeros(3))
+        return make_optimizer(torch.nn.ParameterList([*self.parameters(), extra]), "amuse", 0.05)
+
+
+def test_optimizer_tensor_outside_the_module_is_refused(tmp_path):
+    with pytest.raises(MisconfigurationException, match="not parameters of ForeignTensor"):
+        trainer(tmp_path, [AmuseCallback()]).fit(ForeignTensor())
