@@ -71,7 +71,9 @@ class AMUSE(Optimizer):
         distributed: split the Newton-Schulz work across data-parallel ranks (each rank
             orthogonalises its share, results are all-gathered; see ``distributed.py``).
             ``None`` (default): split when torch.distributed is initialised with more than one
-            rank in ``process_group``; ``False``: every rank computes every matrix.
+            rank in ``process_group``; ``False``: every rank computes every matrix. Splitting
+            assumes data-parallel replicas (the same gradients on every rank, as after DDP's
+            all-reduce); pass ``False`` if ranks train different models or unsynced gradients.
         process_group: the data-parallel group to split over (default: the world).
             FSDP2 (DTensor) parameters: Newton-Schulz runs on whole matrices gathered over
             the parameters' own 1-D mesh (split over its ranks unless ``distributed=False``);
