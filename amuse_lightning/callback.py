@@ -26,7 +26,9 @@ parameter name, and the training-time BatchNorm buffers when they differ from th
 ``save_weights_only=True`` skips every callback's ``on_save_checkpoint``; Lightning still calls the
 LightningModule's. The callback therefore puts a thin stand-in for ``pl_module.on_save_checkpoint``
 on the module instance at ``setup`` (it calls the callback first, then the module's own hook) and
-removes it at ``teardown``. Only public hooks are used for this.
+removes it at ``teardown``. Only public hooks are used for this. After an exception (Lightning
+calls no ``teardown`` then) the stand-in stays until the next ``setup``/``teardown``; it does
+nothing while the module is attached to a Trainer without this callback.
 """
 
 from __future__ import annotations
