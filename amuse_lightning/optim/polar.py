@@ -1,0 +1,220 @@
+"""Batched matrix functions without an SVD: the hot path of the Muon family.
+
+* :func:`newton_schulz` - quintic Newton-Schulz, an approximate polar factor ``U V^T``.
+* :func:`coupled_newton_sqrt` - coupled Newton iteration for ``A^{1/2}`` and ``A^{-1/2}``.
+* :func:`inverse_fourth_root` - ``A^{-1/4}`` from two coupled runs.
+* :func:`spectral_power` - ``Psi_p(O) = U Sigma^p V^T`` for ``p in {0, 1/4, 1/2, 1}``.
+
+Every function takes a stack ``(..., m, n)`` of same-shape matrices and runs one batched matrix
+product per iteration (no Python loop over matrices, no host synchronisation), on CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "NS_COEFFICIENTS",
+    "SUPPORTED_POWERS",
+    "as_matrix",
+    "coupled_newton_sqrt",
+    "inverse_fourth_root",
+    "newton_schulz",
+    "spectral_power",
+]
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""``(a, b, c)`` of the quintic ``f(x) = a x + b x^3 + c x^5`` applied to each singular value."""
+
+SUPPORTED_POWERS = (0.0, 0.25, 0.5, 1.0)
+"""The exponents ``p`` that :func:`spectral_power` implements."""
+
+
+def as_matrix(t: Tensor) -> Tensor:
+    """View a parameter-shaped tensor as a matrix ``(shape[0], prod(shape[1:]))``.
+
+    A conv kernel ``(out, in, kh, kw)`` becomes ``(out, in*kh*kw)``; a 2-D tensor is returned as is.
+    The result is a view whenever ``t`` is contiguous.
+    """
+    if t.ndim < 2:
+        raise ValueError(
+            f"as_matrix needs a tensor with at least 2 dims, got shape {tuple(t.shape)}; "
+            "route vectors and scalars to the fallback (non-matrix) update instead"
+        )
+    if t.ndim == 2:
+        return t
+    return t.reshape(t.shape[0], math.prod(t.shape[1:]))
+
+
+def _as_stack(X: Tensor) -> Tensor:
+    """Reshape ``(..., m, n)`` to ``(batch, m, n)`` so that ``torch.baddbmm`` applies."""
+    return X.reshape(math.prod(X.shape[:-2]), X.shape[-2], X.shape[-1])
+
+
+def _check_matrix_stack(X: Tensor, name: str) -> None:
+    if X.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (..., m, n) with at least 2 dims, got {tuple(X.shape)}"
+        )
+
+
+def newton_schulz(
+    G: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7
+) -> Tensor:
+    """Approximate the polar factor ``U V^T`` of each ``G = U S V^T`` in a stack ``(..., m, n)``.
+
+    In ``dtype``, on the wide orientation (``X = G^T`` when ``m > n``)::
+
+        X <- X / (||X||_F + eps)                       (per matrix)
+        repeat `steps` times:  A = X X^T;  B = b A + c A A;  X = a X + B X
+
+    with ``(a, b, c) = NS_COEFFICIENTS``. Each step maps every singular value ``x`` to
+    ``f(x) = a x + b x^3 + c x^5`` and keeps the singular vectors. The quintic trades exactness for
+    speed: it does not converge to 1. After 5 steps every normalised singular value
+    ``x = s / ||G||_F >= 1.31e-3`` lands in ``[0.60, 1.21]`` (``x >= 1.5e-3``: ``[0.68, 1.21]``),
+    and further steps keep it in the invariant band ``[0.68, 1.14]``; smaller ones stay smaller.
+
+    Returns a new tensor in ``G.dtype``; ``G`` is not modified. A zero matrix maps to zero.
+    """
+    _check_matrix_stack(G, "newton_schulz input")
+    a, b, c = NS_COEFFICIENTS
+    wide = G.shape[-2] <= G.shape[-1]
+    X = _as_stack(G).to(dtype)
+    if not wide:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    if not wide:
+        X = X.mT
+    return X.reshape(G.shape).to(G.dtype)
+
+
+def _compute_dtype(A: Tensor) -> torch.dtype:
+    return torch.float64 if A.dtype == torch.float64 else torch.float32
+
+
+def _symmetrize(X: Tensor) -> Tensor:
+    return 0.5 * (X + X.mT)
+
+
+def coupled_newton_sqrt(
+    A: Tensor, iters: int = 15, eps: float = 1e-7, symmetrize_every: int = 3
+) -> tuple[Tensor, Tensor]:
+    """Return ``(A^{1/2}, A^{-1/2})`` for a stack of SPD matrices ``A`` of shape ``(..., d, d)``.
+
+    Coupled Newton(-Schulz) iteration, in fp32 (fp64 if ``A`` is fp64)::
+
+        A_r = A + (eps + 1e-4 tr(A) / d) I,   s = ||A_r||_F,   Y = A_r / s,   Z = I
+        repeat `iters` times:  T = (3 I - Z Y) / 2;   Y = Y T;   Z = T Z
+        return sqrt(s) Y, Z / sqrt(s)        # -> A_r^{1/2}, A_r^{-1/2}
+
+    ``Y`` and ``Z`` are symmetrised every ``symmetrize_every`` iterations (0 turns that off).
+    The results are the roots of the regularised ``A_r``, so directions with eigenvalues near
+    ``1e-4 tr(A)/d`` are damped. An eigenvalue ``lambda`` of ``A_r / s`` needs about
+    ``log(1/lambda) / log(2.25) + 4`` iterations, so 15 iterations resolve ``lambda >~ 1e-4``;
+    unresolved tiny eigenvalues give under-estimates (never blow-ups). Output in ``A.dtype``.
+    """
+    _check_matrix_stack(A, "coupled_newton_sqrt input")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(
+            f"coupled_newton_sqrt needs square matrices (..., d, d), got {tuple(A.shape)}"
+        )
+    if symmetrize_every < 0:
+        raise ValueError(f"symmetrize_every must be >= 0 (0 disables), got {symmetrize_every}")
+    d = A.shape[-1]
+    work = _as_stack(A).to(_compute_dtype(A))
+    eye = torch.eye(d, dtype=work.dtype, device=work.device)
+    trace = work.diagonal(dim1=-2, dim2=-1).sum(-1)
+    shift = (eps + 1e-4 * trace / d)[:, None, None]
+    A_r = work + shift * eye
+    s = torch.linalg.matrix_norm(A_r, keepdim=True)
+    Y = A_r / s
+    Z = eye.expand_as(Y)
+    for i in range(1, iters + 1):
+        T = torch.baddbmm(eye, Z, Y, beta=1.5, alpha=-0.5)
+        Y = Y @ T
+        Z = T @ Z
+        if symmetrize_every and i % symmetrize_every == 0:
+            Y, Z = _symmetrize(Y), _symmetrize(Z)
+    root_s = s.sqrt()
+    sqrt_A = (Y * root_s).reshape(A.shape).to(A.dtype)
+    inv_sqrt_A = (Z / root_s).reshape(A.shape).to(A.dtype)
+    return sqrt_A, inv_sqrt_A
+
+
+def inverse_fourth_root(A: Tensor, iters: int = 15, eps: float = 1e-7) -> Tensor:
+    """Return ``A^{-1/4}`` for a stack of SPD matrices ``A`` of shape ``(..., d, d)``.
+
+    Two coupled Newton runs (:func:`coupled_newton_sqrt`)::
+
+        S = A^{1/2}            (first run, the Y output)
+        A^{-1/4} = S^{-1/2}    (second run on S, the Z output)
+
+    The second run starts from ``A^{1/2}`` rather than from ``A^{-1/2}`` (whose square root is
+    also ``A^{-1/4}``): both have condition number ``sqrt(kappa(A))``, but this way the second
+    run's regularisation only touches the small-eigenvalue directions of ``A``, which carry little
+    weight in ``O A^{-1/4}``. Measured in fp32 on ``A = O^T O``, relative error of ``O A^{-1/4}``:
+    both orders stay below 2e-4 for well-conditioned ``O``; for ``kappa(O) >= 1e3`` this order gives
+    1.1e-2..1.6e-2 against 1.6e-2..2.7e-2 for the other (the regularisation bias dominates).
+    Computed in fp32 (fp64 for fp64 input); output in ``A.dtype``.
+    """
+    work = A.to(_compute_dtype(A))
+    sqrt_A, _ = coupled_newton_sqrt(work, iters=iters, eps=eps)
+    _, inv_fourth = coupled_newton_sqrt(sqrt_A, iters=iters, eps=eps)
+    return inv_fourth.to(A.dtype)
+
+
+def _half_power(O: Tensor, newton_iters: int) -> Tensor:
+    """``Psi_{1/2}(O) = U Sigma^{1/2} V^T`` through the smaller Gram matrix.
+
+    ``O G^{-1/4}`` with ``G = O^T O`` when ``n <= m``, else ``G^{-1/4} O`` with ``G = O O^T``.
+    ``O`` is first divided by its Frobenius norm (``Psi_p`` is ``p``-homogeneous) so that the
+    regularisation inside the coupled iteration is relative to ``O``'s scale, not absolute.
+    """
+    norm = torch.linalg.matrix_norm(O, keepdim=True)
+    unit = O / norm.clamp_min(torch.finfo(O.dtype).tiny)
+    if O.shape[-1] <= O.shape[-2]:
+        out = unit @ inverse_fourth_root(unit.mT @ unit, iters=newton_iters)
+    else:
+        out = inverse_fourth_root(unit @ unit.mT, iters=newton_iters) @ unit
+    return out * norm.sqrt()
+
+
+def spectral_power(
+    O: Tensor,
+    power: float,
+    ns_steps: int = 5,
+    ns_dtype: torch.dtype = torch.bfloat16,
+    newton_iters: int = 15,
+) -> Tensor:
+    """``Psi_p(O) = U Sigma^p V^T`` for ``O = U Sigma V^T`` of shape ``(..., m, n)``, no SVD.
+
+    * ``p = 0``: :func:`newton_schulz` (Muon; singular values land in its band, not exactly 1);
+    * ``p = 1/2``: ``O G^{-1/4}`` with the smaller Gram matrix ``G`` (see :func:`_half_power`);
+    * ``p = 1/4``: the ``p = 1/2`` transform applied twice, ``Psi_{1/2}(Psi_{1/2}(O))``;
+    * ``p = 1``: a copy of ``O``.
+
+    ``p = 1/2, 1/4`` run in fp32 (fp64 for fp64 input). The regularisation of the coupled
+    iteration damps singular values far below the others: with ``x = s / ||O||_F`` over ``k``
+    singular values, ``Psi_{1/2}`` returns about ``s^{1/2} (1 - 1e-4 / (4 k x^2))``; e.g. one value
+    10x below 23 others comes out 0.3% low (this term plus a smaller one from the second run).
+    Output in ``O.dtype``; ``O`` is untouched.
+    """
+    _check_matrix_stack(O, "spectral_power input")
+    if power not in SUPPORTED_POWERS:
+        allowed = ", ".join(f"{p:g}" for p in SUPPORTED_POWERS)
+        raise ValueError(f"spectral_power: power must be one of {{{allowed}}}, got {power!r}")
+    if power == 0:
+        return newton_schulz(O, steps=ns_steps, dtype=ns_dtype)
+    if power == 1:
+        return O.clone()
+    out = _half_power(O.to(_compute_dtype(O)), newton_iters)
+    if power == 0.25:
+        out = _half_power(out, newton_iters)
+    return out.to(O.dtype)
