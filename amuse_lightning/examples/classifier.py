@@ -23,12 +23,13 @@ import functools
 import inspect
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torchmetrics
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 from torch.optim import Optimizer
 
@@ -40,11 +41,10 @@ __all__ = [
     "ImageClassifier",
     "ResNetClassifier",
     "TimmClassifier",
+    "optimizer_class_of",
     "warmup_steps_from_fraction",
     "with_warmup_steps",
 ]
-
-OptimizerCallable = Callable[[Any], Optimizer]
 
 VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
 """AMUSE settings used when a classifier gets no ``optimizer`` (ALGORITHMS.md section 5)."""
@@ -59,8 +59,13 @@ def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | Non
     return max(1, round(fraction * total_steps))
 
 
-def _target_class(factory: Any) -> Any:
-    """The class a factory builds: itself, or the class inside a (jsonargparse) ``partial``."""
+def optimizer_class_of(factory: Any) -> type | None:
+    """The class a factory builds: itself, the class inside a (jsonargparse) ``partial``, AMUSE
+    for an :class:`~amuse_lightning.mixin.AmuseFactory`; ``None`` when it cannot be told."""
+    if isinstance(factory, AmuseFactory):
+        from amuse_lightning.optim import AMUSE
+
+        return AMUSE
     if isinstance(factory, type):
         return factory
     if isinstance(factory, functools.partial):
@@ -68,7 +73,7 @@ def _target_class(factory: Any) -> Any:
             if isinstance(candidate, type) and issubclass(candidate, Optimizer):
                 return candidate
             if isinstance(candidate, functools.partial):
-                return _target_class(candidate)
+                return optimizer_class_of(candidate)
     return None
 
 
@@ -76,7 +81,7 @@ def with_warmup_steps(factory: OptimizerCallable, warmup_steps: int) -> Optimize
     """``factory`` rebuilt to pass ``warmup_steps``; ``None`` if its optimizer takes no such arg."""
     if isinstance(factory, AmuseFactory):
         return default_amuse_factory(**{**factory.kwargs, "warmup_steps": warmup_steps})
-    cls = _target_class(factory)
+    cls = optimizer_class_of(factory)
     if cls is None or "warmup_steps" not in inspect.signature(cls).parameters:
         return None
     return functools.partial(factory, warmup_steps=warmup_steps)
