@@ -328,3 +328,14 @@ def test_beta_rises_monotonically_to_one_after_warmup() -> None:
     assert betas[:5] == [0.6] * 5
     assert all(b2 >= b1 for b1, b2 in itertools.pairwise(betas))
     assert 0.95 < betas[-1] < 1.0
+
+
+def test_ns_dtype_is_stored_by_name_and_accepts_names() -> None:
+    model = tiny_model()
+    opt = AMUSE(groups_of(model), ns_dtype="float32")
+    assert {g["ns_dtype"] for g in opt.param_groups} == {"float32"}
+    opt.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))], "use_muon": True,
+                         "ns_dtype": torch.float64})  # fmt: skip
+    assert opt.param_groups[-1]["ns_dtype"] == "float64"
+    with pytest.raises(ValueError, match="ns_dtype must be one of"):
+        AMUSE(groups_of(model), ns_dtype=torch.int8)

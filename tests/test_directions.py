@@ -10,7 +10,7 @@ import torch
 from amuse_lightning.optim.directions import compute_direction, map_matrices, muon_scale
 
 GROUP = dict(
-    momentum=0.9, nesterov=False, ns_steps=5, ns_dtype=torch.float64, aux_update_type="adamw",
+    momentum=0.9, nesterov=False, ns_steps=5, ns_dtype="float64", aux_update_type="adamw",
     eps=1e-12, beta2=0.99, use_muon=True, direction="muon", spectral_power=0.0,
     spectral_input="momentum", update_type="adamw",
 )  # fmt: skip

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .directions import MatrixMap, compute_direction, map_matrices
+from .directions import MatrixMap, compute_direction, map_matrices, ns_dtype_name
 from .distributed import (
     RankSplit,
     ShardedMatrixMap,
@@ -57,7 +57,8 @@ class AMUSE(Optimizer):
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
         beta2, eps: second-moment decay and epsilon of the AdamW fallback (and AdaMuon's eps).
-        ns_steps, ns_dtype: Newton-Schulz iterations and the dtype they run in.
+        ns_steps, ns_dtype: Newton-Schulz iterations and the dtype they run in (a torch dtype or
+            its name, e.g. ``"float32"``; stored by name in the param groups).
         aux_update_type: Muon update scaling, ``"adamw"`` or ``"sgd"``.
         update_type: fallback update for non-Muon groups, ``"adamw"`` or ``"sgd"``.
         direction: Muon-side direction, ``"muon"``, ``"adamuon"`` or ``"spectral"``.
@@ -100,7 +101,7 @@ class AMUSE(Optimizer):
         beta2: float = 0.999,
         eps: float = 1e-10,
         ns_steps: int = 5,
-        ns_dtype: torch.dtype = torch.bfloat16,
+        ns_dtype: torch.dtype | str = torch.bfloat16,
         aux_update_type: str = "adamw",
         update_type: str = "adamw",
         direction: str = "muon",
@@ -120,7 +121,7 @@ class AMUSE(Optimizer):
             lr=lr, beta1=beta1, rho=rho, warmup_steps=warmup_steps, r=r,
             weight_lr_power=weight_lr_power, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, weight_decay_at_y=weight_decay_at_y, beta2=beta2, eps=eps,
-            ns_steps=ns_steps, ns_dtype=ns_dtype, aux_update_type=aux_update_type,
+            ns_steps=ns_steps, ns_dtype=ns_dtype_name(ns_dtype), aux_update_type=aux_update_type,
             update_type=update_type, direction=direction, spectral_power=spectral_power,
             spectral_input=spectral_input, lr_scale=1.0, reference_compat=reference_compat,
             averaging=averaging, train_mode=True, step=0, weight_sum=0.0, c_warmup=None,
@@ -141,6 +142,8 @@ class AMUSE(Optimizer):
             check_dtensor_layout(candidate["params"])
             if candidate["averaging"]:
                 warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
+            if "ns_dtype" in group:  # stored by name: plain data for any state_dict reader
+                group["ns_dtype"] = ns_dtype_name(group["ns_dtype"])
             super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -20,6 +20,29 @@ MUON_DIRECTIONS = ("muon", "adamuon", "spectral")
 FALLBACK_UPDATES = ("adamw", "sgd")
 MUON_SCALINGS = ("adamw", "sgd")
 SPECTRAL_INPUTS = ("momentum", "rms")
+NS_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+"""Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
+
+
+def ns_dtype(group: dict) -> torch.dtype:
+    """The group's Newton-Schulz dtype (stored as a name such as ``"bfloat16"``)."""
+    return NS_DTYPES[group["ns_dtype"]]
+
+
+def ns_dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+    if name not in NS_DTYPES:
+        raise ValueError(
+            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
+        )
+    return name
+
 
 State = dict[str, Any]
 BatchFn = Callable[[Tensor], Tensor]
@@ -87,14 +110,14 @@ def muon_direction(
 ) -> list[Tensor]:
     """Muon: ``U = scale * NS5(u)`` with ``u`` the (Nesterov) momentum; one buffer."""
     inputs = _momentum_input(grads, states, group)
-    ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), group["ns_dtype"])
+    ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), ns_dtype(group))
     scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
     torch._foreach_mul_(ortho, scales)
     return ortho
 
 
 def _newton_schulz(batch: Tensor, group: dict) -> Tensor:
-    return newton_schulz(batch, group["ns_steps"], group["ns_dtype"])
+    return newton_schulz(batch, group["ns_steps"], ns_dtype(group))
 
 
 def adamuon_direction(
@@ -110,7 +133,7 @@ def adamuon_direction(
     """
     inputs = _momentum_input(grads, states, group)
     signs = torch._foreach_sign(inputs)
-    ortho = matrix_map(signs, lambda b: _newton_schulz(b, group), group["ns_dtype"])
+    ortho = matrix_map(signs, lambda b: _newton_schulz(b, group), ns_dtype(group))
     second = _buffers(states, "exp_avg_sq", grads)
     torch._foreach_lerp_(second, torch._foreach_mul(ortho, ortho), 1.0 - group["momentum"])
     denom = torch._foreach_sqrt(second)
@@ -141,9 +164,9 @@ def spectral_direction(
     else:
         inputs = _rms_normalised(grads, states, group, step)
     power = group["spectral_power"]
-    wire = group["ns_dtype"] if power == 0 else None  # p = 0 is a plain Newton-Schulz
+    wire = ns_dtype(group) if power == 0 else None  # p = 0 is a plain Newton-Schulz
     return matrix_map(
-        inputs, lambda b: spectral_power(b, power, group["ns_steps"], group["ns_dtype"]), wire
+        inputs, lambda b: spectral_power(b, power, group["ns_steps"], ns_dtype(group)), wire
     )
 
 

@@ -7,14 +7,18 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from .directions import FALLBACK_UPDATES, MUON_DIRECTIONS, MUON_SCALINGS, SPECTRAL_INPUTS
+from .directions import (
+    FALLBACK_UPDATES,
+    MUON_DIRECTIONS,
+    MUON_SCALINGS,
+    SPECTRAL_INPUTS,
+    ns_dtype_name,
+)
 from .polar import SUPPORTED_POWERS
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
-NS_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 _FLAT_WARNING = (
     "AMUSE got parameters without `use_muon`: matrices go to Muon and the rest to the fallback. "
@@ -105,7 +109,7 @@ def validate_group(group: dict[str, Any], index: int) -> None:
         _check(_number(group, key) >= 0.0, f"{key} must be >= 0, got {group[key]}{where}")
     steps = group["ns_steps"]
     _check(isinstance(steps, int) and steps >= 1, f"ns_steps must be an int >= 1{where}")
-    _check(group["ns_dtype"] in NS_DTYPES, f"ns_dtype must be one of {NS_DTYPES}{where}")
+    ns_dtype_name(group["ns_dtype"])  # raises with the allowed names
     _choice(group, "aux_update_type", MUON_SCALINGS, where)
     _choice(group, "update_type", FALLBACK_UPDATES, where)
     _choice(group, "direction", MUON_DIRECTIONS, where)
