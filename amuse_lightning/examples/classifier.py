@@ -7,7 +7,7 @@ norms, biases and tokens) and hands the groups to ``optimizer``: a LightningCLI
 one, AMUSE gets the vision defaults ``lr=1e-2, beta1=0.8, rho=0.3``.
 
 Warmup as a fraction of the run: with ``warmup_fraction=f`` (default 0.05) the optimizer is built
-with ``warmup_steps = max(1, round(f * trainer.estimated_stepping_batches))``, overriding the
+with ``warmup_steps = max(2, round(f * trainer.estimated_stepping_batches))``, overriding the
 factory's own ``warmup_steps``; set ``warmup_fraction: null`` to keep the factory's value. Only
 optimizers whose constructor takes ``warmup_steps`` (AMUSE, SFMuon) receive it.
 
@@ -51,12 +51,16 @@ VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
 
 
 def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
-    """``max(1, round(fraction * total_steps))``, or ``None`` when the run length is unknown."""
+    """``max(2, round(fraction * total_steps))``, or ``None`` when the run length is unknown.
+
+    The floor is 2 because one warmup step anchors AMUSE's beta schedule at ``c_1 = 1``, which
+    sends ``beta_t`` to 1 (gradients taken at ``x`` only) from the second step on.
+    """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1], got {fraction}")
     if not math.isfinite(total_steps) or total_steps <= 0:
         return None
-    return max(1, round(fraction * total_steps))
+    return max(2, round(fraction * total_steps))
 
 
 def optimizer_class_of(factory: Any) -> type | None:
