@@ -25,17 +25,17 @@ parameter name, and the training-time BatchNorm buffers when they differ from th
 
 ``save_weights_only=True`` skips every callback's ``on_save_checkpoint``; Lightning still calls the
 LightningModule's. The callback therefore puts a thin stand-in for ``pl_module.on_save_checkpoint``
-on the module instance at ``setup`` (it calls the callback first, then the module's own hook) and
-removes it at ``teardown``. Only public hooks are used for this. After an exception (Lightning
+on the module instance at ``setup`` (:mod:`amuse_lightning.save_hook`; it calls the callback
+first, then the module's own hook) and removes it at ``teardown``. After an exception (Lightning
 calls no ``teardown`` then) the stand-in stays until the next ``setup``/``teardown``; it does
 nothing while the module is attached to a Trainer without this callback.
+
+The pieces live next door: :mod:`amuse_lightning.swap` (the exact ``y`` <-> ``x`` swap) and
+:mod:`amuse_lightning.batchnorm` (BatchNorm statistics at ``x``, preserved random streams).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -46,12 +46,29 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader, IterableDataset
+
+from amuse_lightning.batchnorm import (
+    BatchNormForward,
+    batchnorm_buffer_names,
+    default_bn_forward,
+    load_buffers,
+    preserved_random_state,
+    recalibrate,
+    snapshot_buffers,
+)
+from amuse_lightning.save_hook import install_module_save_hook, remove_module_save_hook
+from amuse_lightning.swap import WeightSwap, is_schedule_free
+
+__all__ = [
+    "AmuseCallback",
+    "WeightSwap",
+    "batchnorm_buffer_names",
+    "default_bn_forward",
+    "preserved_random_state",
+]
 
 SwapMode = Literal["copy", "inplace"]
 CopyDevice = Literal["same", "cpu"]
-BatchNormForward = Callable[[LightningModule, Any], Any]
 
 CHECKPOINT_KEY = "amuse"
 _CHECKPOINT_FORMAT = 1
@@ -61,215 +78,6 @@ _SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
     "lr_t": ("lr_t", "scheduled_lr"),
     "c_t": ("c_t",),
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# The swap between y and x
-# ----------------------------------------------------------------------------------------------
-class WeightSwap:
-    """Moves the parameters of one schedule-free optimizer between ``y`` and ``x``.
-
-    ``to_x`` calls ``optimizer.eval()``; with ``exact=True`` it first copies ``y`` into buffers
-    allocated once (outside ``inference_mode``, so they can be reused from any context, on
-    ``copy_device``), and ``to_y`` then writes that copy back and marks every group
-    ``train_mode=True``. That round trip is bit-exact, unlike ``optimizer.train()``, which
-    recomputes ``y = (1 - beta) z + beta x`` in floating point.
-
-    Args:
-        optimizer: an optimizer with ``train()``/``eval()`` and ``group["train_mode"]``.
-        exact: keep a copy of ``y`` (``True``) or convert in place (``False``).
-        copy_device: ``"same"`` (the parameter's device) or ``"cpu"``.
-    """
-
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, exact: bool = True, copy_device: str = "same"
-    ):
-        self.optimizer = optimizer
-        self.exact = exact
-        self.copy_device = copy_device
-        self._buffers: list[Tensor] | None = None
-        self._copy_valid = False
-
-    @property
-    def params(self) -> list[Tensor]:
-        """The optimizer's parameters, group by group."""
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
-
-    @property
-    def holds_x(self) -> bool:
-        """Whether the parameters hold ``x`` (every group in eval mode)."""
-        modes = {bool(group["train_mode"]) for group in self.optimizer.param_groups}
-        if len(modes) > 1:
-            raise RuntimeError(
-                "The optimizer's param groups disagree on train_mode (some hold y, some x). "
-                "Call optimizer.train() or optimizer.eval() on the whole optimizer, never on a "
-                "single group."
-            )
-        return modes == {False}
-
-    @property
-    def y_copy(self) -> list[Tensor] | None:
-        """The stored ``y`` (aligned with :attr:`params`) while the parameters hold ``x``."""
-        return self._buffers if self._copy_valid and self.holds_x else None
-
-    @torch.no_grad()
-    def to_x(self, exact: bool | None = None) -> bool:
-        """Turn ``y`` into ``x``; returns ``False`` when the parameters already held ``x``."""
-        if self.holds_x:
-            return False
-        self._copy_valid = False
-        if self.exact if exact is None else exact:
-            self._store_y()
-        self.optimizer.eval()
-        return True
-
-    @torch.no_grad()
-    def to_y(self) -> bool:
-        """Bring ``y`` back (exactly when a copy exists); returns ``False`` if nothing to do."""
-        if not self.holds_x:
-            self._copy_valid = False
-            return False
-        if self._copy_valid:
-            assert self._buffers is not None
-            _copy_all(self.params, self._buffers)
-            for group in self.optimizer.param_groups:
-                group["train_mode"] = True
-        else:
-            self.optimizer.train()
-        self._copy_valid = False
-        if not self.exact:
-            self._buffers = None
-        return True
-
-    @torch.no_grad()
-    def set_y_copy(self, values: list[Tensor]) -> None:
-        """Record ``values`` as the ``y`` that belongs to the ``x`` now in the parameters."""
-        self._allocate()
-        assert self._buffers is not None
-        _copy_all(self._buffers, values)
-        self._copy_valid = True
-
-    def _allocate(self) -> None:
-        params = self.params
-        if self._buffers is not None and len(self._buffers) == len(params):
-            return
-        with torch.inference_mode(False):
-            self._buffers = [
-                torch.empty_like(p, device="cpu" if self.copy_device == "cpu" else p.device)
-                for p in params
-            ]
-
-    def _store_y(self) -> None:
-        self.set_y_copy([p.detach() for p in self.params])
-
-
-def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
-    """``target.copy_(source)`` for every pair; one fused call when everything shares a device."""
-    if all(t.device == s.device for t, s in zip(targets, sources, strict=True)):
-        torch._foreach_copy_(targets, sources)
-        return
-    for target, source in zip(targets, sources, strict=True):
-        target.copy_(source)
-
-
-# ----------------------------------------------------------------------------------------------
-# BatchNorm statistics and the random state
-# ----------------------------------------------------------------------------------------------
-def batchnorm_buffer_names(module: torch.nn.Module) -> list[str]:
-    """Names (as in ``module.state_dict()``) of every BatchNorm running-statistics buffer."""
-    names = []
-    for prefix, layer in module.named_modules():
-        if isinstance(layer, _BatchNorm) and layer.track_running_stats:
-            dot = f"{prefix}." if prefix else ""
-            names += [f"{dot}running_mean", f"{dot}running_var", f"{dot}num_batches_tracked"]
-    return names
-
-
-def _snapshot(module: torch.nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
-    buffers = dict(module.named_buffers())
-    with torch.inference_mode(False):
-        return {name: buffers[name].detach().clone() for name in names}
-
-
-@torch.no_grad()
-def _load_buffers(module: torch.nn.Module, values: dict[str, Tensor]) -> None:
-    buffers = dict(module.named_buffers())
-    for name, value in values.items():
-        buffers[name].copy_(value)
-
-
-def default_bn_forward(module: LightningModule, batch: Any) -> None:
-    """Forward pass used for BatchNorm recalibration: ``module(batch[0])`` for a tuple/list
-    batch (inputs, targets, ...), ``module(batch)`` otherwise."""
-    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
-    module(inputs)
-
-
-def _generators_of(loader: Any) -> list[torch.Generator]:
-    """torch.Generator objects a DataLoader (or its samplers) draws from."""
-    found: list[torch.Generator] = []
-    batch_sampler = getattr(loader, "batch_sampler", None)
-    for owner in (
-        loader,
-        getattr(loader, "sampler", None),
-        batch_sampler,
-        getattr(batch_sampler, "sampler", None),
-    ):
-        gen = getattr(owner, "generator", None)
-        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
-            found.append(gen)
-    return found
-
-
-@contextmanager
-def preserved_random_state(generators: Iterable[torch.Generator] = ()) -> Iterator[None]:
-    """Restore the global random streams (python, numpy, torch CPU and CUDA) and the given
-    generators on exit, so work done inside leaves no trace in the run's randomness."""
-    generators = list(generators)
-    python_state = random.getstate()
-    torch_state = torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    generator_states = [g.get_state() for g in generators]
-    try:
-        import numpy
-
-        numpy_state = numpy.random.get_state()
-    except ImportError:  # pragma: no cover - numpy ships with torch in practice
-        numpy = None
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        for gen, state in zip(generators, generator_states, strict=True):
-            gen.set_state(state)
-        if numpy is not None:
-            numpy.random.set_state(numpy_state)
-
-
-def _fresh_loader(loader: Any) -> Any:
-    """A loader over the same data and sampler as ``loader`` with its own iterator, so that
-    iterating it never touches the training iterator (persistent workers, stateful loaders)."""
-    if not isinstance(loader, DataLoader):
-        return loader
-    common: dict[str, Any] = {
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-    }
-    if loader.num_workers > 0:
-        common["multiprocessing_context"] = loader.multiprocessing_context
-        common["prefetch_factor"] = loader.prefetch_factor
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
-        return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common
-        )
-    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,14 +115,6 @@ def _check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: Lightni
             f"{type(pl_module).__name__}; AmuseCallback checkpoints y by parameter name. Register "
             "them as nn.Parameter on the module, or optimise them separately."
         )
-
-
-def _is_schedule_free(optimizer: Any) -> bool:
-    return (
-        callable(getattr(optimizer, "train", None))
-        and callable(getattr(optimizer, "eval", None))
-        and all("train_mode" in group for group in optimizer.param_groups)
-    )
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
@@ -394,7 +194,6 @@ class AmuseCallback(Callback):
         self._pending_resume: dict[str, Any] | None = None
         self._loaded_x_for_eval = False
         self._warned_outside_eval = False
-        self._train_ended = False
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -408,10 +207,10 @@ class AmuseCallback(Callback):
             self._x_bn_cache = None
             self._pending_resume = None
         self._loaded_x_for_eval = False
-        _install_module_save_hook(self, pl_module)
+        install_module_save_hook(self, pl_module)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        _remove_module_save_hook(self, pl_module)
+        remove_module_save_hook(self, pl_module)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = self._fit_optimizer(trainer)
@@ -428,7 +227,6 @@ class AmuseCallback(Callback):
         _check_params_belong_to(optimizer, pl_module)
         self._weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         self._weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
-        self._train_ended = False
 
     def _fit_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
         optimizers = [_unwrap(o) for o in trainer.optimizers]
@@ -439,7 +237,7 @@ class AmuseCallback(Callback):
                 "fallback groups for the rest) instead of returning several optimizers."
             )
         optimizer = optimizers[0]
-        if not _is_schedule_free(optimizer):
+        if not is_schedule_free(optimizer):
             raise MisconfigurationException(
                 f"AmuseCallback needs a schedule-free optimizer (train()/eval() methods and "
                 f"'train_mode' in every param group), got {type(optimizer).__name__}. Return "
@@ -500,12 +298,12 @@ class AmuseCallback(Callback):
         """Leave ``x`` in the parameters (optimizer in eval mode) once training is over."""
         self._leave_eval(pl_module)
         self._enter_x(trainer, pl_module, for_evaluation=False)
-        self._train_ended = True
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fits that never reach ``on_train_end`` (e.g. ``fit(ckpt_path=...)`` with nothing
-        left to train) end with ``x`` in the parameters too."""
-        if self._train_ended or self._weights is None:
+        left to train) end with ``x`` in the parameters too; after ``on_train_end`` this finds
+        ``x`` already there and does nothing."""
+        if self._weights is None:
             return
         self._finish_resume(pl_module)
         self._leave_eval(pl_module)
@@ -541,7 +339,7 @@ class AmuseCallback(Callback):
         if self._loaded_x_for_eval:
             return None  # a standalone stage loaded x from a checkpoint: nothing to convert
         optimizers = [_unwrap(o) for o in trainer.optimizers]
-        if len(optimizers) != 1 or not _is_schedule_free(optimizers[0]):
+        if len(optimizers) != 1 or not is_schedule_free(optimizers[0]):
             return None
         if self._weights is None or self._weights.optimizer is not optimizers[0]:
             self._weights = WeightSwap(optimizers[0], self.swap == "copy", self.y_copy_device)
@@ -555,7 +353,7 @@ class AmuseCallback(Callback):
         if not self._recalibrates(pl_module):
             return
         try:
-            self._train_bn = _snapshot(pl_module, batchnorm_buffer_names(pl_module))
+            self._train_bn = snapshot_buffers(pl_module, batchnorm_buffer_names(pl_module))
             self._load_x_bn_stats(trainer, pl_module)
         except BaseException:
             self._eval_swapped = True
@@ -566,7 +364,7 @@ class AmuseCallback(Callback):
         if not self._eval_swapped or self._weights is None:
             return
         if self._train_bn is not None:
-            _load_buffers(pl_module, self._train_bn)
+            load_buffers(pl_module, self._train_bn)
             self._train_bn = None
         self._weights.to_y()
         self._eval_swapped = False
@@ -581,75 +379,20 @@ class AmuseCallback(Callback):
         assert self._weights is not None
         key = (id(self._weights.optimizer), trainer.global_step)
         if self._x_bn_cache is not None and self._x_bn_cache[0] == key:
-            _load_buffers(pl_module, self._x_bn_cache[1])
+            load_buffers(pl_module, self._x_bn_cache[1])
             return
         self.recalibrate_batchnorm(trainer, pl_module)
-        self._x_bn_cache = (key, _snapshot(pl_module, batchnorm_buffer_names(pl_module)))
+        self._x_bn_cache = (key, snapshot_buffers(pl_module, batchnorm_buffer_names(pl_module)))
 
     def recalibrate_batchnorm(self, trainer: Trainer, pl_module: LightningModule) -> int:
         """Re-estimate BatchNorm running statistics of the weights now in ``pl_module`` with up
         to ``bn_recalibration_batches`` training batches; returns the number of batches used.
 
         Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in
-        train mode under ``no_grad``; every random stream is restored afterwards.
+        train mode under ``no_grad``; every random stream is restored afterwards
+        (:func:`amuse_lightning.batchnorm.recalibrate`). Override to recalibrate differently.
         """
-        layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
-        layers = [m for m in layers if m.track_running_stats]
-        loader = self._recalibration_loader(trainer)
-        momenta = [m.momentum for m in layers]
-        modes = [(m, m.training) for m in pl_module.modules()]
-        used = 0
-        with preserved_random_state(_generators_of(loader)), torch.no_grad():
-            iterator = iter(_fresh_loader(loader))
-            try:
-                for m in layers:
-                    m.reset_running_stats()
-                    m.momentum = None
-                pl_module.train()
-                for batch in iterator:
-                    self._forward_batch(trainer, pl_module, batch)
-                    used += 1
-                    if used == self.bn_recalibration_batches:
-                        break
-            finally:
-                del iterator
-                for m, momentum in zip(layers, momenta, strict=True):
-                    m.momentum = momentum
-                for m, training in modes:
-                    m.training = training
-        if used == 0:
-            raise RuntimeError(
-                "BatchNorm recalibration got no batches from the train dataloader; give it data "
-                "or set AmuseCallback(bn_recalibration_batches=0)."
-            )
-        return used
-
-    def _forward_batch(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
-        batch = trainer.precision_plugin.convert_input(batch)
-        batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
-        batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
-        with trainer.precision_plugin.forward_context():
-            self.bn_forward(pl_module, batch)
-
-    @staticmethod
-    def _recalibration_loader(trainer: Trainer) -> Any:
-        loader = trainer.train_dataloader
-        source = trainer.fit_loop._data_source
-        if loader is None and source.is_defined():
-            loader = source.dataloader()
-        if loader is None:
-            raise MisconfigurationException(
-                "bn_recalibration_batches > 0 needs training batches to re-estimate BatchNorm "
-                "statistics, but this Trainer has no train dataloader. Pass train_dataloaders or "
-                "a datamodule with train_dataloader(), or set bn_recalibration_batches=0."
-            )
-        if isinstance(loader, (dict, list, tuple)):
-            raise MisconfigurationException(
-                "BatchNorm recalibration supports a single train dataloader; got "
-                f"{type(loader).__name__} of loaders. Subclass AmuseCallback and override "
-                "recalibrate_batchnorm, or set bn_recalibration_batches=0."
-            )
-        return loader
+        return recalibrate(trainer, pl_module, self.bn_recalibration_batches, self.bn_forward)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(
@@ -666,7 +409,6 @@ class AmuseCallback(Callback):
         if weights is None or CHECKPOINT_KEY in checkpoint or "state_dict" not in checkpoint:
             return
         names = {id(p): n for n, p in pl_module.named_parameters()}
-        recalibrates = self._recalibrates(pl_module)
         if weights.holds_x:  # the live state_dict already is x
             y_values = weights.y_copy
             y = None
@@ -674,11 +416,10 @@ class AmuseCallback(Callback):
                 y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
             train_bn = self._train_bn
         else:
-            y = {names[id(p)]: p.detach() for p in weights.params}
-            train_bn = (
-                _snapshot(pl_module, batchnorm_buffer_names(pl_module)) if recalibrates else None
+            train_bn = self._write_x_state_dict(
+                trainer, pl_module, checkpoint["state_dict"], weights
             )
-            self._write_x_state_dict(trainer, pl_module, checkpoint["state_dict"], weights)
+            y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
         if not full:
             return
         keep_y = self.keep_y_in_checkpoint and y is not None
@@ -694,11 +435,14 @@ class AmuseCallback(Callback):
         pl_module: LightningModule,
         state_dict: dict[str, Any],
         weights: WeightSwap,
-    ) -> None:
+    ) -> dict[str, Tensor] | None:
+        """Replace the parameters (and, with recalibration, the BatchNorm buffers) in
+        ``state_dict`` by copies of ``x`` through an exact temporary swap; returns the
+        training-time BatchNorm buffers when recalibration replaced them."""
         param_ids = {id(p) for p in weights.params}
         recalibrates = self._recalibrates(pl_module)
         bn_names = set(batchnorm_buffer_names(pl_module)) if recalibrates else set()
-        train_bn = _snapshot(pl_module, bn_names) if recalibrates else None
+        train_bn = snapshot_buffers(pl_module, bn_names) if recalibrates else None
         weights.to_x(exact=True)
         try:
             if recalibrates:
@@ -708,8 +452,9 @@ class AmuseCallback(Callback):
                     state_dict[key] = live.detach().clone()
         finally:
             if train_bn is not None:
-                _load_buffers(pl_module, train_bn)
+                load_buffers(pl_module, train_bn)
             weights.to_y()
+        return train_bn
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
@@ -753,57 +498,10 @@ class AmuseCallback(Callback):
                         group["train_mode"] = False
                 weights.optimizer.train()
             if state.get("train_buffers"):
-                _load_buffers(pl_module, state["train_buffers"])
+                load_buffers(pl_module, state["train_buffers"])
         self._x_bn_cache = None
 
 
 def _cloned(values: dict[str, Tensor]) -> dict[str, Tensor]:
     with torch.inference_mode(False):
         return {name: value.detach().clone() for name, value in values.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# save_weights_only: the LightningModule hook stands in for the skipped callback hook
-# ----------------------------------------------------------------------------------------------
-class _ModuleSaveHook:
-    """Replaces ``pl_module.on_save_checkpoint`` on the instance: writes ``x`` for checkpoints
-    the callback hook did not see (``save_weights_only=True``), then calls the module's hook."""
-
-    def __init__(
-        self,
-        callback: AmuseCallback,
-        module: LightningModule,
-        original: Callable[[dict[str, Any]], None],
-        had_instance_attribute: bool,
-    ):
-        self.callback = callback
-        self.module = module
-        self.original = original
-        self.had_instance_attribute = had_instance_attribute
-
-    def __call__(self, checkpoint: dict[str, Any]) -> None:
-        trainer = self.module._trainer
-        if trainer is not None and any(cb is self.callback for cb in trainer.callbacks):
-            self.callback._write_checkpoint(trainer, self.module, checkpoint, full=False)
-        self.original(checkpoint)
-
-
-def _install_module_save_hook(callback: AmuseCallback, pl_module: LightningModule) -> None:
-    current = pl_module.__dict__.get("on_save_checkpoint")
-    if isinstance(current, _ModuleSaveHook):
-        if current.callback is callback:
-            return
-        current = current.original
-    original = pl_module.on_save_checkpoint if current is None else current
-    hook = _ModuleSaveHook(callback, pl_module, original, current is not None)
-    object.__setattr__(pl_module, "on_save_checkpoint", hook)
-
-
-def _remove_module_save_hook(callback: AmuseCallback, pl_module: LightningModule) -> None:
-    hook = pl_module.__dict__.get("on_save_checkpoint")
-    if not isinstance(hook, _ModuleSaveHook) or hook.callback is not callback:
-        return
-    if hook.had_instance_attribute:
-        object.__setattr__(pl_module, "on_save_checkpoint", hook.original)
-    else:
-        del pl_module.__dict__["on_save_checkpoint"]

@@ -1,0 +1,202 @@
+"""BatchNorm running statistics at ``x``: re-estimate them without touching the training run.
+
+The running statistics a BatchNorm layer gathered while training belong to the ``y`` iterates;
+the averaged model ``x`` needs its own. :func:`recalibrate` resets every BatchNorm layer and runs
+a few training batches through the module in train mode with ``momentum=None``, i.e. the
+cumulative average
+
+    running_mean = (1 / N) sum_{i=1..N} mean(batch_i),   likewise running_var,
+
+on a separate iterator over the training data and inside :func:`preserved_random_state`, so the
+data order and every random stream of the run stay as they were.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, IterableDataset
+
+BatchNormForward = Callable[[LightningModule, Any], Any]
+
+
+def batchnorm_buffer_names(module: torch.nn.Module) -> list[str]:
+    """Names (as in ``module.state_dict()``) of every BatchNorm running-statistics buffer."""
+    names = []
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, _BatchNorm) and layer.track_running_stats:
+            dot = f"{prefix}." if prefix else ""
+            names += [f"{dot}running_mean", f"{dot}running_var", f"{dot}num_batches_tracked"]
+    return names
+
+
+def snapshot_buffers(module: torch.nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    """Copies of the named buffers, made outside ``inference_mode`` so they can be loaded later
+    from any context."""
+    buffers = dict(module.named_buffers())
+    with torch.inference_mode(False):
+        return {name: buffers[name].detach().clone() for name in names}
+
+
+@torch.no_grad()
+def load_buffers(module: torch.nn.Module, values: dict[str, Tensor]) -> None:
+    """Copy ``values`` (by buffer name) into the module's buffers in place."""
+    buffers = dict(module.named_buffers())
+    for name, value in values.items():
+        buffers[name].copy_(value)
+
+
+def default_bn_forward(module: LightningModule, batch: Any) -> None:
+    """Forward pass used for BatchNorm recalibration: ``module(batch[0])`` for a tuple/list
+    batch (inputs, targets, ...), ``module(batch)`` otherwise."""
+    inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
+    module(inputs)
+
+
+def _generators_of(loader: Any) -> list[torch.Generator]:
+    """torch.Generator objects a DataLoader (or its samplers) draws from."""
+    found: list[torch.Generator] = []
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for owner in (
+        loader,
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+@contextmanager
+def preserved_random_state(generators: Iterable[torch.Generator] = ()) -> Iterator[None]:
+    """Restore the global random streams (python, numpy, torch CPU and CUDA) and the given
+    generators on exit, so work done inside leaves no trace in the run's randomness."""
+    generators = list(generators)
+    python_state = random.getstate()
+    torch_state = torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    generator_states = [g.get_state() for g in generators]
+    try:
+        import numpy
+
+        numpy_state = numpy.random.get_state()
+    except ImportError:  # pragma: no cover - numpy ships with torch in practice
+        numpy = None
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        for gen, state in zip(generators, generator_states, strict=True):
+            gen.set_state(state)
+        if numpy is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def _fresh_loader(loader: Any) -> Any:
+    """A loader over the same data and sampler as ``loader`` with its own iterator, so that
+    iterating it never touches the training iterator (persistent workers, stateful loaders)."""
+    if not isinstance(loader, DataLoader):
+        return loader
+    common: dict[str, Any] = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+        "timeout": loader.timeout,
+        "worker_init_fn": loader.worker_init_fn,
+        "generator": loader.generator,
+    }
+    if loader.num_workers > 0:
+        common["multiprocessing_context"] = loader.multiprocessing_context
+        common["prefetch_factor"] = loader.prefetch_factor
+    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+        return DataLoader(
+            loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common
+        )
+    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
+
+
+def recalibration_loader(trainer: Trainer) -> Any:
+    """The Trainer's single train dataloader (loaded from the fit's data source if needed)."""
+    loader = trainer.train_dataloader
+    source = trainer.fit_loop._data_source
+    if loader is None and source.is_defined():
+        loader = source.dataloader()
+    if loader is None:
+        raise MisconfigurationException(
+            "bn_recalibration_batches > 0 needs training batches to re-estimate BatchNorm "
+            "statistics, but this Trainer has no train dataloader. Pass train_dataloaders or "
+            "a datamodule with train_dataloader(), or set bn_recalibration_batches=0."
+        )
+    if isinstance(loader, (dict, list, tuple)):
+        raise MisconfigurationException(
+            "BatchNorm recalibration supports a single train dataloader; got "
+            f"{type(loader).__name__} of loaders. Subclass AmuseCallback and override "
+            "recalibrate_batchnorm, or set bn_recalibration_batches=0."
+        )
+    return loader
+
+
+def recalibrate(
+    trainer: Trainer, pl_module: LightningModule, max_batches: int, forward: BatchNormForward
+) -> int:
+    """Re-estimate the BatchNorm running statistics of the weights now in ``pl_module`` with up
+    to ``max_batches`` training batches; returns the number of batches used.
+
+    Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in train
+    mode under ``no_grad``; layer momenta, train/eval flags and every random stream are restored
+    afterwards.
+    """
+    layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
+    layers = [m for m in layers if m.track_running_stats]
+    loader = recalibration_loader(trainer)
+    momenta = [m.momentum for m in layers]
+    modes = [(m, m.training) for m in pl_module.modules()]
+    used = 0
+    with preserved_random_state(_generators_of(loader)), torch.no_grad():
+        iterator = iter(_fresh_loader(loader))
+        try:
+            for m in layers:
+                m.reset_running_stats()
+                m.momentum = None
+            pl_module.train()
+            for batch in iterator:
+                _forward_batch(trainer, pl_module, batch, forward)
+                used += 1
+                if used == max_batches:
+                    break
+        finally:
+            del iterator
+            for m, momentum in zip(layers, momenta, strict=True):
+                m.momentum = momentum
+            for m, training in modes:
+                m.training = training
+    if used == 0:
+        raise RuntimeError(
+            "BatchNorm recalibration got no batches from the train dataloader; give it data "
+            "or set AmuseCallback(bn_recalibration_batches=0)."
+        )
+    return used
+
+
+def _forward_batch(
+    trainer: Trainer, pl_module: LightningModule, batch: Any, forward: BatchNormForward
+) -> None:
+    """One batch through the module as training would see it: precision, transfer hooks, device."""
+    batch = trainer.precision_plugin.convert_input(batch)
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+    with trainer.precision_plugin.forward_context():
+        forward(pl_module, batch)
