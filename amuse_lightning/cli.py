@@ -69,24 +69,29 @@ def _fmt(value: float | None) -> str:
 
 
 def fit_summary(trainer: Trainer, seconds: float | None = None, monitor: str = "val_acc") -> str:
-    """One paragraph: steps, last/best ``monitor`` of the averaged model, checkpoint paths."""
+    """One paragraph: steps, last ``monitor`` of the averaged model, best and latest checkpoints.
+
+    A ``ModelCheckpoint`` with a monitor reports its best score and file; one without a monitor
+    holds the latest (anytime) model; ``save_last`` files are listed as well.
+    """
     last = _metric(trainer.callback_metrics.get(monitor))
     parts = [
         f"Fit finished after {trainer.current_epoch} epochs / {trainer.global_step} steps"
         + ("" if seconds is None else f" in {seconds:.0f} s")
         + f"; last {monitor} (averaged model x) = {_fmt(last)}"
     ]
-    checkpoint = trainer.checkpoint_callback
-    if isinstance(checkpoint, ModelCheckpoint):
+    for checkpoint in trainer.checkpoint_callbacks:
+        if not isinstance(checkpoint, ModelCheckpoint):
+            continue
         if checkpoint.monitor is not None and checkpoint.best_model_path:
             best = _metric(checkpoint.best_model_score)
             parts.append(
                 f"best {checkpoint.monitor} = {_fmt(best)} in {checkpoint.best_model_path}"
             )
+        elif checkpoint.best_model_path:
+            parts.append(f"anytime checkpoint (x at the end): {checkpoint.best_model_path}")
         if checkpoint.last_model_path:
-            parts.append(f"anytime checkpoint (x at the end): {checkpoint.last_model_path}")
-        elif checkpoint.best_model_path and checkpoint.monitor is None:
-            parts.append(f"checkpoint: {checkpoint.best_model_path}")
+            parts.append(f"save_last checkpoint: {checkpoint.last_model_path}")
     return "; ".join(parts) + "."
 
 

@@ -1,0 +1,173 @@
+"""The ``amuse-lightning`` CLI and the shipped configs, offline on generated data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from amuse_lightning import AmuseCallback
+from amuse_lightning.cli import AmuseLightningCLI, main
+from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
+from amuse_lightning.examples.data import make_synthetic_image_folder
+from tests.test_examples import write_fake_fashion_mnist
+
+torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+VIT_CONFIGS = [c for c in CONFIGS if "vit" in c.name]
+RESNET_CONFIGS = [c for c in CONFIGS if "resnet" in c.name]
+
+SYNTHETIC_DATA = "amuse_lightning.examples.data.SyntheticImageDataModule"
+TINY_VIT = [
+    "--model.init_args.model_name=vit_tiny_patch16_224",
+    "--model.init_args.pretrained=false",
+    "--model.init_args.model_kwargs={img_size: 32}",
+    "--data.init_args.model_name=vit_tiny_patch16_224",
+    "--data.init_args.img_size=32",
+    "--data.init_args.num_workers=0",
+    "--data.init_args.batch_size=4",
+    "--trainer.precision=32-true",
+    "--trainer.devices=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Run every CLI call in tmp_path (logs, checkpoints, data/) with a clean sys.argv."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["amuse-lightning"])
+
+
+def synthetic_data(num_classes: int, in_channels: int, image_size: int) -> list[str]:
+    return [
+        f"--data={SYNTHETIC_DATA}",
+        f"--data.num_classes={num_classes}",
+        f"--data.in_channels={in_channels}",
+        f"--data.image_size={image_size}",
+        "--data.num_train=96",
+        "--data.val_size=32",
+        "--data.num_test=32",
+        "--data.batch_size=16",
+    ]
+
+
+def config_overrides(config: Path, tmp_path: Path) -> list[str]:
+    """Offline, CPU-sized stand-ins for a config's data and model."""
+    if config.name.startswith("fashion"):
+        write_fake_fashion_mnist(tmp_path / "fmnist", n_train=96, n_test=32)
+        return [
+            f"--data.init_args.root={tmp_path / 'fmnist'}",
+            "--data.init_args.val_size=32",
+            "--data.init_args.batch_size=16",
+        ]
+    if "resnet" in config.name:
+        classes = 100 if "cifar100" in config.name else 10
+        small_model = ["--model.init_args.width=4", "--model.init_args.num_blocks=[1, 1, 1, 1]"]
+        return small_model + synthetic_data(classes, 3, 32)
+    make_synthetic_image_folder(tmp_path / "imgs", num_classes=3, images_per_class=4)
+    return [
+        f"--data.init_args.root={tmp_path / 'imgs'}",
+        "--model.init_args.num_classes=3",
+        *TINY_VIT,
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_prints_through_the_cli(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: amuse_lightning.AMUSE" in printed
+    assert "amuse_lightning.AmuseCallback" in printed
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_instantiates_with_one_amuse_callback(config):
+    overrides = ["--model.init_args.pretrained=false"] if config in VIT_CONFIGS else []
+    cli = AmuseLightningCLI(args=["--config", str(config), *overrides], run=False)
+    expected = TimmClassifier if config in VIT_CONFIGS else ResNetClassifier
+    assert isinstance(cli.model, expected)
+    assert sum(isinstance(cb, AmuseCallback) for cb in cli.trainer.callbacks) == 1
+    assert cli.trainer.checkpoint_callback.monitor == "val_acc"
+
+
+def test_amuse_callback_is_added_once_and_can_be_turned_off():
+    def count(args):
+        cli = AmuseLightningCLI(args=args, run=False)
+        return sum(isinstance(cb, AmuseCallback) for cb in cli.trainer.callbacks)
+
+    model = ["--model=amuse_lightning.examples.classifier.ResNetClassifier"]
+    data = synthetic_data(10, 3, 8)
+    assert count(model + data) == 1  # added by default
+    assert count([*model, *data, "--trainer.callbacks=amuse_lightning.AmuseCallback"]) == 1
+    assert count([*model, *data, "--amuse_callback=false"]) == 0
+    baseline = ["--model.optimizer=torch.optim.SGD", "--model.optimizer.lr=0.1"]
+    assert count(model + data + baseline) == 0  # not schedule-free: nothing to swap
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_of_every_example(config, tmp_path, capsys):
+    args = [
+        "fit",
+        "--config",
+        str(config),
+        *config_overrides(config, tmp_path),
+        "--trainer.fast_dev_run=true",
+        "--trainer.accelerator=cpu",
+        "--test_after_fit=true",
+    ]
+    cli = main(args)
+    out = capsys.readouterr().out
+    assert cli.trainer.global_step == 1
+    assert "Fit finished after" in out
+    assert re.search(r"^test_acc=[01]\.\d{4}$", out, flags=re.MULTILINE)
+
+
+def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys):
+    """A real (short) fit: the printed test_acc of the final x equals what `test` and `predict`
+    get from last.ckpt, i.e. the checkpoint holds the averaged model the fit ended with."""
+    config = REPO / "configs" / "fashion_mnist_resnet.yaml"
+    common = ["--config", str(config), "--trainer.accelerator=cpu", "--seed_everything=1"]
+    data = config_overrides(config, tmp_path)
+    main(["fit", *common, *data, "--trainer.max_epochs=3", "--model.init_args.width=8"])
+    out = capsys.readouterr().out
+    fit_acc = re.search(r"^test_acc=(\S+)$", out, flags=re.MULTILINE).group(1)
+    assert float(fit_acc) > 0.5  # 10 easy classes, 3 epochs of 6 steps: well above chance
+    summary = re.search(r"Fit finished after 3 epochs.*", out).group(0)
+    last = Path(re.search(r"anytime checkpoint \(x at the end\): (\S+)\.$", summary).group(1))
+    assert last.name == "last.ckpt" and last.is_file()
+    assert re.search(r"best val_acc = \d\.\d{4} in \S+\.ckpt", summary)
+
+    run_dir = last.parent.parent
+    saved = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last)]
+    main(["test", *saved])
+    assert re.search(r"^test_acc=(\S+)$", capsys.readouterr().out, re.MULTILINE).group(1) == (
+        fit_acc
+    )
+    main(["predict", *saved])
+    assert f"predicted 32 samples; predict_acc={fit_acc}" in capsys.readouterr().out
+
+
+def test_module_entry_point_and_console_script_answer_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "amuse_lightning.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "{fit,validate,test,predict}" in result.stdout
+    script = Path(sys.executable).parent / "amuse-lightning"
+    if script.exists():  # installed with pip install -e .
+        result = subprocess.run(
+            [str(script), "fit", "--help"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0 and "--test_after_fit" in result.stdout
