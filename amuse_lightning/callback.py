@@ -40,7 +40,12 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -56,7 +61,14 @@ from amuse_lightning.batchnorm import (
     recalibrate,
     snapshot_buffers,
 )
+from amuse_lightning.optim.distributed import is_dtensor
 from amuse_lightning.save_hook import install_module_save_hook, remove_module_save_hook
+from amuse_lightning.sharded import (
+    check_fsdp2_params,
+    checkpoint_copy,
+    is_model_parallel,
+    saves_whole_tensors,
+)
 from amuse_lightning.swap import WeightSwap, is_schedule_free
 
 __all__ = [
@@ -85,14 +97,16 @@ _SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
 # ----------------------------------------------------------------------------------------------
 def _check_strategy(strategy: Strategy) -> None:
     names = [cls.__name__ for cls in type(strategy).__mro__]
-    supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
+    supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy))
     if supported and not any("DeepSpeed" in name for name in names):
         return
     raise MisconfigurationException(
         f"AmuseCallback does not support the {type(strategy).__name__} strategy yet. Supported: "
-        "a single device (strategy='auto') and DDP (strategy='ddp', 'ddp_spawn', 'ddp_fork', "
-        "'ddp_notebook'). FSDP shards parameters while Newton-Schulz needs whole matrices, and "
-        "DeepSpeed ignores checkpoint['state_dict']; use strategy='ddp'."
+        "a single device (strategy='auto'), DDP (strategy='ddp', 'ddp_spawn', 'ddp_fork', "
+        "'ddp_notebook') and FSDP2 (ModelParallelStrategy(tensor_parallel_size=1) with "
+        "fully_shard in configure_model). FSDP1 (FSDPStrategy) flattens parameters while "
+        "Newton-Schulz needs whole matrices, and DeepSpeed ignores checkpoint['state_dict']; "
+        "use strategy='ddp' or ModelParallelStrategy."
     )
 
 
@@ -157,7 +171,10 @@ class AmuseCallback(Callback):
             responsibility, e.g. for a final cooldown).
 
     Manual optimization is supported as long as the module uses exactly one schedule-free
-    optimizer. Strategies: single device and DDP.
+    optimizer. Strategies: single device, DDP, and FSDP2 (``ModelParallelStrategy`` with
+    ``fully_shard`` on a 1-D data-parallel mesh; the swap works on each rank's shard, checkpoints
+    hold ``x`` in either checkpoint layout, but carry no ``y``, so a resume recomputes ``y`` from
+    ``x`` and ``z``: close, not bit-exact; no BatchNorm recalibration).
     """
 
     def __init__(
@@ -225,8 +242,18 @@ class AmuseCallback(Callback):
                 "to combine them on purpose."
             )
         _check_params_belong_to(optimizer, pl_module)
+        if is_model_parallel(trainer.strategy):
+            self._check_fsdp2(optimizer, pl_module)
         self._weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         self._weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
+
+    def _check_fsdp2(self, optimizer: torch.optim.Optimizer, pl_module: LightningModule) -> None:
+        check_fsdp2_params([p for group in optimizer.param_groups for p in group["params"]])
+        if self._recalibrates(pl_module):
+            raise MisconfigurationException(
+                "BatchNorm recalibration (bn_recalibration_batches > 0) is not supported with "
+                "ModelParallelStrategy yet; set bn_recalibration_batches=0 or use strategy='ddp'."
+            )
 
     def _fit_optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
         optimizers = [_unwrap(o) for o in trainer.optimizers]
@@ -422,7 +449,10 @@ class AmuseCallback(Callback):
             y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
         if not full:
             return
-        keep_y = self.keep_y_in_checkpoint and y is not None
+        # FSDP2: y's shards cannot travel in checkpoint["amuse"] (rank 0 writes it alone), so
+        # a resume recomputes y from x and z (close, not bit-exact)
+        sharded = any(is_dtensor(p) for p in weights.params)
+        keep_y = self.keep_y_in_checkpoint and y is not None and not sharded
         checkpoint[CHECKPOINT_KEY] = {
             "format": _CHECKPOINT_FORMAT,
             "y": _cloned(y) if keep_y else None,
@@ -440,6 +470,7 @@ class AmuseCallback(Callback):
         ``state_dict`` by copies of ``x`` through an exact temporary swap; returns the
         training-time BatchNorm buffers when recalibration replaced them."""
         param_ids = {id(p) for p in weights.params}
+        whole = saves_whole_tensors(trainer.strategy)
         recalibrates = self._recalibrates(pl_module)
         bn_names = set(batchnorm_buffer_names(pl_module)) if recalibrates else set()
         train_bn = snapshot_buffers(pl_module, bn_names) if recalibrates else None
@@ -448,8 +479,12 @@ class AmuseCallback(Callback):
             if recalibrates:
                 self._load_x_bn_stats(trainer, pl_module)
             for key, live in pl_module.state_dict(keep_vars=True).items():
-                if key in state_dict and (id(live) in param_ids or key in bn_names):
-                    state_dict[key] = live.detach().clone()
+                if id(live) not in param_ids and key not in bn_names:
+                    continue
+                if whole and is_dtensor(live):  # a collective: every rank, rank 0 keeps it
+                    live = live.full_tensor()
+                if key in state_dict:
+                    state_dict[key] = checkpoint_copy(live, state_dict[key])
         finally:
             if train_bn is not None:
                 load_buffers(pl_module, train_bn)

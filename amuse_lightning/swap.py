@@ -4,7 +4,8 @@ A schedule-free optimizer converts its parameters in place: ``optimizer.eval()``
 the averaged model ``x`` and ``optimizer.train()`` turns ``x`` back into
 ``y = (1 - beta) z + beta x``; ``group["train_mode"]`` says which one the parameters hold. The
 round trip through ``train()`` moves ``y`` by rounding error; keeping a copy of ``y`` while ``x``
-is in the parameters makes it bit-exact.
+is in the parameters makes it bit-exact. FSDP2 parameters (DTensors) are handled shard by shard:
+the conversions are elementwise and the copy of ``y`` is a copy of each rank's local shard.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from amuse_lightning.optim.distributed import is_dtensor
 
 
 def is_schedule_free(optimizer: Any) -> bool:
@@ -55,6 +58,11 @@ class WeightSwap:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     @property
+    def local_params(self) -> list[Tensor]:
+        """:attr:`params` with each DTensor replaced by this rank's shard (same storage)."""
+        return [p.to_local() if is_dtensor(p) else p for p in self.params]
+
+    @property
     def holds_x(self) -> bool:
         """Whether the parameters hold ``x`` (every group in eval mode)."""
         modes = {bool(group["train_mode"]) for group in self.optimizer.param_groups}
@@ -68,7 +76,7 @@ class WeightSwap:
 
     @property
     def y_copy(self) -> list[Tensor] | None:
-        """The stored ``y`` (aligned with :attr:`params`) while the parameters hold ``x``."""
+        """The stored ``y`` (aligned with :attr:`local_params`) while the parameters hold ``x``."""
         return self._buffers if self._copy_valid and self.holds_x else None
 
     @torch.no_grad()
@@ -90,7 +98,7 @@ class WeightSwap:
             return False
         if self._copy_valid:
             assert self._buffers is not None
-            _copy_all(self.params, self._buffers)
+            _copy_all(self.local_params, self._buffers)
             for group in self.optimizer.param_groups:
                 group["train_mode"] = True
         else:
@@ -109,7 +117,7 @@ class WeightSwap:
         self._copy_valid = True
 
     def _allocate(self) -> None:
-        params = self.params
+        params = self.local_params
         if self._buffers is not None and len(self._buffers) == len(params):
             return
         with torch.inference_mode(False):
@@ -119,7 +127,7 @@ class WeightSwap:
             ]
 
     def _store_y(self) -> None:
-        self.set_y_copy([p.detach() for p in self.params])
+        self.set_y_copy([p.detach() for p in self.local_params])
 
 
 def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:

@@ -6,11 +6,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+)
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from amuse_lightning import AmuseCallback
 from amuse_lightning.callback import _check_strategy
+from amuse_lightning.sharded import check_fsdp2_params
 from tests.callback_testkit import Recorder, make_optimizer, trainer
 
 
@@ -93,9 +99,16 @@ def test_strategy_checked_at_setup_before_anything_else():
         callback.setup(fake_trainer, Recorder(), "fit")
 
 
-def test_single_device_and_ddp_are_accepted():
+def test_single_device_ddp_and_model_parallel_are_accepted():
     _check_strategy(SingleDeviceStrategy(device=torch.device("cpu")))
     _check_strategy(DDPStrategy())
+    _check_strategy(ModelParallelStrategy())
+
+
+def test_model_parallel_without_fully_shard_is_refused_naming_the_fix():
+    with pytest.raises(MisconfigurationException, match="1 optimised tensor") as info:
+        check_fsdp2_params([torch.nn.Parameter(torch.zeros(2, 2))])
+    assert "fully_shard" in str(info.value) and "configure_model" in str(info.value)
 
 
 @pytest.mark.parametrize(
