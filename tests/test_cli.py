@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from amuse_lightning import AmuseCallback
 from amuse_lightning.cli import AmuseLightningCLI, main
 from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
-from amuse_lightning.examples.data import make_synthetic_image_folder
+from amuse_lightning.examples.data import FashionMNISTDataModule, make_synthetic_image_folder
 from tests.test_examples import write_fake_fashion_mnist
 
 torch.set_num_threads(2)
@@ -153,6 +154,12 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
     )
     main(["predict", *saved])
     assert f"predicted 32 samples; predict_acc={fit_acc}" in capsys.readouterr().out
+
+    # Plain Lightning, no CLI and no callback: the checkpoint's weights are x already.
+    model = ResNetClassifier.load_from_checkpoint(last)
+    data = FashionMNISTDataModule(root=str(tmp_path / "fmnist"), val_size=32, batch_size=16)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, accelerator="cpu")
+    assert f"{trainer.test(model, data, verbose=False)[0]['test_acc']:.4f}" == fit_acc
 
 
 def test_module_entry_point_and_console_script_answer_help():
