@@ -86,10 +86,15 @@ def newton_schulz(
     if not wide:
         X = X.mT
     X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    # A single matrix takes the 2-D kernels (addmm), which are faster than a batch of one on CPU.
+    single = X.shape[0] == 1
+    if single:
+        X = X[0]
+    fused = torch.addmm if single else torch.baddbmm
     for _ in range(steps):
         A = X @ X.mT
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
+        B = fused(A, A, A, beta=b, alpha=c)
+        X = fused(X, B, X, beta=a)
     if not wide:
         X = X.mT
     return X.reshape(G.shape).to(G.dtype)
