@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: venv test lint demo fashion-mnist bench-quick clean
+.PHONY: venv test lint demo fashion-mnist bench-smoke bench tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,10 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Benchmark smoke runs first, so that pytest's summary is the last line CI prints.
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory bench-smoke
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # Fashion-MNIST from Debian's package when possible; otherwise the demo downloads it through torchvision.
@@ -37,8 +39,20 @@ fashion-mnist:
 demo: $(STAMP) fashion-mnist
 	$(PY) -m amuse_lightning.cli fit --config configs/fashion_mnist_resnet.yaml
 
-bench-quick: $(STAMP)
+# Smoke runs of the benchmarks (under a minute each; results go to *_quick.json, not committed).
+# The anytime study's --quick runs inside the test suite (tests/test_benchmarks_smoke.py).
+bench-smoke: $(STAMP)
 	$(PY) benchmarks/step_time.py --quick
+	$(PY) benchmarks/distributed_step.py --quick
+
+# The full studies whose JSON/PNG are committed under benchmarks/results (see README for runtimes).
+bench: $(STAMP) fashion-mnist
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/distributed_step.py
+	$(PY) benchmarks/anytime.py
+
+tables: $(STAMP)
+	$(PY) benchmarks/make_tables.py
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache

@@ -259,8 +259,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run, under a minute")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", type=Path, default=RESULTS / "step_time.json")
+    parser.add_argument("--output", type=Path, default=None, help="default results/step_time.json")
     args = parser.parse_args()
+    if args.output is None:
+        args.output = RESULTS / ("step_time_quick.json" if args.quick else "step_time.json")
     start = time.time()
     result = run(args.quick, torch.device(args.device))
     result["meta"]["wall_seconds"] = time.time() - start

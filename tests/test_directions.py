@@ -68,8 +68,17 @@ def test_conv_kernels_are_flattened_to_out_by_fan_in() -> None:
 def test_same_shape_matrices_share_one_batched_call() -> None:
     tensors = [torch.randn(5, 7) for _ in range(3)] + [torch.randn(7, 5)]
     shapes = []
-    map_matrices(tensors, lambda b: shapes.append(tuple(b.shape)) or b)
+    out = map_matrices(tensors, lambda b: shapes.append(tuple(b.shape)) or 2 * b, None, True)
     assert sorted(shapes) == [(1, 7, 5), (3, 5, 7)]
+    assert all(torch.equal(o, 2 * t) for o, t in zip(out, tensors, strict=True))
+
+
+def test_cpu_default_runs_each_matrix_on_its_own() -> None:
+    tensors = [torch.randn(5, 7) for _ in range(3)]
+    shapes = []
+    out = map_matrices(tensors, lambda b: shapes.append(tuple(b.shape)) or 2 * b)
+    assert shapes == [(1, 5, 7)] * 3
+    assert all(torch.equal(o, 2 * t) for o, t in zip(out, tensors, strict=True))
 
 
 def test_adamuon_signs_then_normalises_to_rms_point_two() -> None:

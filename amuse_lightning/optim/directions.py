@@ -51,18 +51,27 @@ MatrixMap = Callable[..., list[Tensor]]
 
 
 def map_matrices(
-    tensors: Sequence[Tensor], fn: BatchFn, wire_dtype: torch.dtype | None = None
+    tensors: Sequence[Tensor],
+    fn: BatchFn,
+    wire_dtype: torch.dtype | None = None,
+    batch_same_shapes: bool | None = None,
 ) -> list[Tensor]:
-    """Apply ``fn`` to every tensor viewed as a matrix, one batched call per (shape, dtype, device).
+    """Apply ``fn`` to every tensor viewed as a matrix, batching same-shape matrices.
 
     ``fn`` gets a stack of shape ``(B, rows, cols)`` and returns a stack of the same shape; the
     results come back in the tensors' own shapes (conv kernels ``(out, in, kh, kw)`` are flattened
-    to ``(out, in*kh*kw)`` for ``fn`` and reshaped back). ``wire_dtype`` promises that every
-    result is exactly representable in that dtype (e.g. a bf16 Newton-Schulz cast up), so a
-    distributed map may send results in it; here it is unused.
+    to ``(out, in*kh*kw)`` for ``fn`` and reshaped back). ``batch_same_shapes`` (default: on for
+    accelerators, off on CPU) stacks every (shape, dtype, device) bucket into one call; on CPU the
+    2-D kernels on each matrix beat the stack copy plus batched kernels (``step_time.py``).
+    ``wire_dtype`` promises that every result is exactly representable in that dtype (e.g. a bf16
+    Newton-Schulz cast up), so a distributed map may send results in it; here it is unused.
     """
-    buckets: dict[tuple, list[int]] = {}
     matrices = [as_matrix(t) for t in tensors]
+    if batch_same_shapes is None:
+        batch_same_shapes = bool(matrices) and matrices[0].device.type != "cpu"
+    if not batch_same_shapes:
+        return [fn(m.unsqueeze(0))[0].view(t.shape) for m, t in zip(matrices, tensors, strict=True)]
+    buckets: dict[tuple, list[int]] = {}
     for i, m in enumerate(matrices):
         buckets.setdefault((tuple(m.shape), m.dtype, m.device), []).append(i)
     out: list[Tensor | None] = [None] * len(tensors)

@@ -209,7 +209,10 @@ class RankSplit:
         plan = plan_exchange(shapes, self.world_size)
         send = torch.empty(plan.slot_numel, dtype=wire, device=device)
         for indices in plan.batches[self.rank]:
-            result = fn(torch.stack([matrices[i] for i in indices]))
+            if device.type == "cpu":  # per-matrix 2-D kernels on CPU, as map_matrices does
+                result = torch.cat([fn(matrices[i].unsqueeze(0)) for i in indices])
+            else:
+                result = fn(torch.stack([matrices[i] for i in indices]))
             if result.shape != (len(indices), *shapes[indices[0]]) or result.dtype != dtype:
                 raise RuntimeError(
                     f"matrix function returned {tuple(result.shape)} {result.dtype} for a stack of "
