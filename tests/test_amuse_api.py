@@ -339,3 +339,25 @@ def test_ns_dtype_is_stored_by_name_and_accepts_names() -> None:
     assert opt.param_groups[-1]["ns_dtype"] == "float64"
     with pytest.raises(ValueError, match="ns_dtype must be one of"):
         AMUSE(groups_of(model), ns_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("direction", ["muon", "adamuon", "spectral"])
+def test_foreach_and_per_parameter_paths_agree(direction: str) -> None:
+    results = []
+    for foreach in (True, False):
+        model = tiny_model()
+        opt = AMUSE(groups_of(model), lr=0.05, direction=direction, foreach=foreach,
+                    weight_decay=0.1, weight_decay_at_y=0.01, warmup_steps=2)  # fmt: skip
+        train_steps(model, opt, 0, 4)
+        opt.eval()
+        results.append(params_of(model))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite() -> None:
+    w = nn.Parameter(torch.zeros(4, 4))
+    opt = AMUSE([{"params": [w], "use_muon": True}], nonfinite="raise")
+    w.grad = torch.full((4, 4), 1e30)  # its 2-norm overflows float32
+    opt.step()
+    assert torch.isfinite(w).all() and opt.param_groups[0]["step"] == 1
