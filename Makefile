@@ -52,7 +52,7 @@ bench: $(STAMP) fashion-mnist
 	$(PY) benchmarks/anytime.py
 
 tables: $(STAMP)
-	$(PY) benchmarks/make_tables.py
+	$(PY) benchmarks/make_tables.py --readme README.md
 
 clean:
 	rm -rf $(VENV) lightning_logs .pytest_cache
