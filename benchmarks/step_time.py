@@ -220,7 +220,7 @@ def plot_widths(sweep: list[dict], path: Path) -> None:
 
 
 def run(quick: bool, device: torch.device) -> dict:
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 15
     depth = 1 if quick else 12
     all_names = list(anchors())
     models = {"vit_s16": vit_shapes(384, depth), "resnet18": resnet18_shapes()}

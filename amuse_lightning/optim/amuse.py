@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .directions import MatrixMap, compute_direction, map_matrices, ns_dtype_name
+from .directions import MatrixMap, compute_direction, map_matrices, muon_parts, ns_dtype_name
 from .distributed import (
     RankSplit,
     ShardedMatrixMap,
@@ -359,8 +359,19 @@ class AMUSE(Optimizer):
         zs = self._z_buffers(params, states, group)
         self._decay_at_y(params, zs, states, group, lr_t)
         self._recover_x(params, zs, states, group, schedule.beta_t)
-        updates = compute_direction(grads, states, group, t, matrix_map)
-        self._move_z(zs, updates, group, lr_t)
+        if (
+            len(params) == 1
+            and matrix_map is map_matrices
+            and group["direction"] == "muon"
+            and group["use_muon"]
+        ):
+            # one tensor at a time: fold Muon's scale into the add and skip the cast back from
+            # the Newton-Schulz dtype (two passes over the matrix fewer, as torch's Muon does)
+            (ortho,), (scale,) = muon_parts(grads, states, group, keep_ns_dtype=True)
+            self._move_z(zs, [ortho], group, lr_t, scale)
+        else:
+            updates = compute_direction(grads, states, group, t, matrix_map)
+            self._move_z(zs, updates, group, lr_t)
         self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
         for state in states:
             state["beta"] = schedule.beta_t
@@ -396,11 +407,13 @@ class AMUSE(Optimizer):
         torch._foreach_lerp_(params, zs, weights)
 
     @staticmethod
-    def _move_z(zs: list[Tensor], updates: list[Tensor], group: dict, lr_t: float) -> None:
+    def _move_z(
+        zs: list[Tensor], updates: list[Tensor], group: dict, lr_t: float, scale: float = 1.0
+    ) -> None:
         """``z <- z (1 - lr_t wd) - lr_t U`` (decoupled decay; equals AdamW's ``U + wd z``)."""
         if group["weight_decay"] != 0.0:
             torch._foreach_mul_(zs, 1.0 - lr_t * group["weight_decay"])
-        torch._foreach_add_(zs, updates, alpha=-lr_t)
+        torch._foreach_add_(zs, updates, alpha=-lr_t * scale)
 
     @staticmethod
     def _average_and_interpolate(

@@ -118,11 +118,33 @@ def muon_direction(
     matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
     """Muon: ``U = scale * NS5(u)`` with ``u`` the (Nesterov) momentum; one buffer."""
-    inputs = _momentum_input(grads, states, group)
-    ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), ns_dtype(group))
-    scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
+    ortho, scales = muon_parts(grads, states, group, matrix_map)
     torch._foreach_mul_(ortho, scales)
     return ortho
+
+
+def muon_parts(
+    grads: Sequence[Tensor],
+    states: Sequence[State],
+    group: dict,
+    matrix_map: MatrixMap = map_matrices,
+    keep_ns_dtype: bool = False,
+) -> tuple[list[Tensor], list[float]]:
+    """``NS5(u)`` and the scales still to apply, so a caller can fold them into its update.
+
+    ``keep_ns_dtype`` leaves the orthogonalised matrices in the Newton-Schulz dtype (no cast
+    back); only for the local map, whose consumer adds them with a per-tensor ``alpha``.
+    """
+    inputs = _momentum_input(grads, states, group)
+    if keep_ns_dtype:
+        dtype = ns_dtype(group)
+        ortho = map_matrices(
+            inputs, lambda b: newton_schulz(b, group["ns_steps"], dtype, out_dtype=dtype)
+        )
+    else:
+        ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), ns_dtype(group))
+    scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
+    return ortho, scales
 
 
 def _newton_schulz(batch: Tensor, group: dict) -> Tensor:

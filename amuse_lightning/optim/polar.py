@@ -62,7 +62,11 @@ def _check_matrix_stack(X: Tensor, name: str) -> None:
 
 
 def newton_schulz(
-    G: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7
+    G: Tensor,
+    steps: int = 5,
+    dtype: torch.dtype = torch.bfloat16,
+    eps: float = 1e-7,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Approximate the polar factor ``U V^T`` of each ``G = U S V^T`` in a stack ``(..., m, n)``.
 
@@ -77,7 +81,8 @@ def newton_schulz(
     ``x = s / ||G||_F >= 1.31e-3`` lands in ``[0.60, 1.21]`` (``x >= 1.5e-3``: ``[0.68, 1.21]``),
     and further steps keep it in the invariant band ``[0.68, 1.14]``; smaller ones stay smaller.
 
-    Returns a new tensor in ``G.dtype``; ``G`` is not modified. A zero matrix maps to zero.
+    Returns a new tensor in ``out_dtype`` (default ``G.dtype``; ``dtype`` skips the cast back);
+    ``G`` is not modified. A zero matrix maps to zero.
     """
     _check_matrix_stack(G, "newton_schulz input")
     a, b, c = NS_COEFFICIENTS
@@ -97,7 +102,7 @@ def newton_schulz(
         X = fused(X, B, X, beta=a)
     if not wide:
         X = X.mT
-    return X.reshape(G.shape).to(G.dtype)
+    return X.reshape(G.shape).to(G.dtype if out_dtype is None else out_dtype)
 
 
 def _compute_dtype(A: Tensor) -> torch.dtype:
