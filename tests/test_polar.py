@@ -418,3 +418,10 @@ def test_as_matrix_returns_matrices_unchanged():
 def test_as_matrix_rejects_vectors_and_scalars(shape):
     with pytest.raises(ValueError, match="fallback"):
         as_matrix(torch.randn(shape))
+
+
+def test_ns_out_dtype_skips_the_cast_back():
+    G = torch.randn(2, 6, 9)
+    kept = newton_schulz(G, dtype=torch.bfloat16, out_dtype=torch.bfloat16)
+    assert kept.dtype == torch.bfloat16
+    assert torch.equal(kept.float(), newton_schulz(G, dtype=torch.bfloat16))
