@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import amuse_lightning.optim.directions as directions
-from amuse_lightning import AMUSE
+from amuse_lightning import AMUSE, partition_parameters
 from amuse_lightning.optim.directions import map_matrices
 from amuse_lightning.optim.distributed import (
     RankSplit,
@@ -401,6 +401,10 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                 "local_matrices": split.local_matrices,
             }
         results["column_sharded_error"] = _column_sharded_error(mesh)
+        model = make_uneven_model()
+        results["partition_before"] = partition_parameters(model).by_name()
+        fully_shard(model, mesh=mesh)
+        results["partition_after"] = partition_parameters(model).by_name()
         torch.save(results, Path(out_dir) / f"fsdp_rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -447,6 +451,14 @@ def test_fsdp2_equals_one_process_with_whole_matrix_newton_schulz(fsdp_results, 
     owners = assign_matrices(shapes, WORLD)
     for rank in range(WORLD):
         assert fsdp_results[rank][name]["local_matrices"] == owners.count(rank) * STEPS
+
+
+def test_sharding_does_not_change_the_partition(fsdp_results) -> None:
+    for rank in range(WORLD):
+        before = fsdp_results[rank]["partition_before"]
+        assert before == fsdp_results[rank]["partition_after"]
+        assert any(v["use_muon"] for v in before.values())
+        assert any(not v["use_muon"] for v in before.values())
 
 
 def test_layouts_other_than_fsdp2_rows_fail_at_construction(fsdp_results) -> None:
