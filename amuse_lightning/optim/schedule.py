@@ -6,7 +6,6 @@ All quantities are per parameter group; ``t`` is the group's 1-based step count 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -94,7 +93,3 @@ def warn_if_degenerate(warmup_steps: int, rho: float) -> None:
             "Use warmup_steps >= 2, or rho=0 for a constant beta.",
             stacklevel=3,
         )
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
