@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amuse_lightning import AmuseCallback
+from tests.distributed_exit import finish_worker
 from tests.fsdp2_lightning_run import GLOBAL_BATCH, STEPS, dataset
 from tests.test_distributed import make_optimizer, make_uneven_model
 
@@ -90,3 +91,4 @@ if __name__ == "__main__":
     trainer.save_checkpoint(out_dir / "end.ckpt")
     model.seen["after_end_save"] = model.whole()
     torch.save(model.seen, out_dir / f"rank{trainer.global_rank}.pt")
+    finish_worker()

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.distributed_exit import finish_worker
 from tests.test_distributed import make_optimizer, make_uneven_model
 
 STEPS, GLOBAL_BATCH = 3, 8
@@ -69,3 +70,4 @@ if __name__ == "__main__":
         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     )  # fmt: skip
     trainer.fit(ShardedNet(sys.argv[1]))
+    finish_worker()

@@ -36,6 +36,7 @@ from amuse_lightning.optim.distributed import (
     plan_exchange,
 )
 from amuse_lightning.optim.polar import newton_schulz
+from tests.distributed_exit import finish_worker
 
 WORLD = 2
 STEPS = 3
@@ -211,8 +212,10 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         results["mismatch_error"] = _mismatch_error(rank)
         results["exchange_exact"] = _exchange_is_exact()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish_worker()
 
 
 def _exchange_is_exact() -> bool:
@@ -406,8 +409,10 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         fully_shard(model, mesh=mesh)
         results["partition_after"] = partition_parameters(model).by_name()
         torch.save(results, Path(out_dir) / f"fsdp_rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    finish_worker()
 
 
 def _column_sharded_error(mesh) -> str:
