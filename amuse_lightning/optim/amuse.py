@@ -353,28 +353,33 @@ class AMUSE(Optimizer):
         t, lr_t = schedule.state.step, schedule.lr_t
         states = [self.state[p] for p in params]
         if not group["averaging"]:
-            updates = compute_direction(grads, states, group, t, matrix_map)
-            self._move_z(params, updates, group, lr_t)
+            updates, scale = self._direction(group, grads, states, t, matrix_map)
+            self._move_z(params, updates, group, lr_t, scale)
             return
         zs = self._z_buffers(params, states, group)
         self._decay_at_y(params, zs, states, group, lr_t)
         self._recover_x(params, zs, states, group, schedule.beta_t)
-        if (
-            len(params) == 1
-            and matrix_map is map_matrices
-            and group["direction"] == "muon"
-            and group["use_muon"]
-        ):
-            # one tensor at a time: fold Muon's scale into the add and skip the cast back from
-            # the Newton-Schulz dtype (two passes over the matrix fewer, as torch's Muon does)
-            (ortho,), (scale,) = muon_parts(grads, states, group, keep_ns_dtype=True)
-            self._move_z(zs, [ortho], group, lr_t, scale)
-        else:
-            updates = compute_direction(grads, states, group, t, matrix_map)
-            self._move_z(zs, updates, group, lr_t)
+        updates, scale = self._direction(group, grads, states, t, matrix_map)
+        self._move_z(zs, updates, group, lr_t, scale)
         self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
         for state in states:
             state["beta"] = schedule.beta_t
+
+    @staticmethod
+    def _direction(
+        group: dict, grads: list[Tensor], states: list[dict], t: int, matrix_map: MatrixMap
+    ) -> tuple[list[Tensor], float]:
+        """The update ``U`` and a scale still to fold into the move of z.
+
+        One Muon matrix on the local map (the CPU per-parameter path) keeps the Newton-Schulz
+        output in its dtype and folds Muon's scale into the add: two passes over the matrix
+        fewer, as torch's Muon does. Everything else comes back scaled.
+        """
+        one_muon_matrix = len(grads) == 1 and group["use_muon"] and group["direction"] == "muon"
+        if one_muon_matrix and matrix_map is map_matrices:
+            (ortho,), (scale,) = muon_parts(grads, states, group, keep_ns_dtype=True)
+            return [ortho], scale
+        return compute_direction(grads, states, group, t, matrix_map), 1.0
 
     def _z_buffers(self, params: list[Tensor], states: list[dict], group: dict) -> list[Tensor]:
         """``z`` starts as a copy of the parameter, so ``x_1 = y_1 = z_1``."""

@@ -136,13 +136,11 @@ def muon_parts(
     back); only for the local map, whose consumer adds them with a per-tensor ``alpha``.
     """
     inputs = _momentum_input(grads, states, group)
-    if keep_ns_dtype:
-        dtype = ns_dtype(group)
-        ortho = map_matrices(
-            inputs, lambda b: newton_schulz(b, group["ns_steps"], dtype, out_dtype=dtype)
-        )
-    else:
-        ortho = matrix_map(inputs, lambda b: _newton_schulz(b, group), ns_dtype(group))
+    dtype = ns_dtype(group)
+    out_dtype = dtype if keep_ns_dtype else None
+    ortho = matrix_map(
+        inputs, lambda b: newton_schulz(b, group["ns_steps"], dtype, out_dtype=out_dtype), dtype
+    )
     scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
     return ortho, scales
 
