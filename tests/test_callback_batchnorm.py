@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from amuse_lightning import AmuseCallback
-from amuse_lightning.callback import batchnorm_buffer_names, preserved_random_state
+from amuse_lightning.lightning.callback import batchnorm_buffer_names, preserved_random_state
 from tests.callback_testkit import (
     Recorder,
     assert_same,

@@ -15,8 +15,8 @@ from lightning.pytorch.strategies import (
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from amuse_lightning import AmuseCallback
-from amuse_lightning.callback import _check_strategy
-from amuse_lightning.sharded import check_fsdp2_params
+from amuse_lightning.lightning.callback import _check_strategy
+from amuse_lightning.lightning.sharded import check_fsdp2_params
 from tests.callback_testkit import Recorder, make_optimizer, trainer
 
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from amuse_lightning import AMUSE, AmuseCallback, AmuseMixin, default_amuse_factory
-from amuse_lightning.callback import WeightSwap
+from amuse_lightning.lightning.callback import WeightSwap
 from tests.callback_testkit import (
     Recorder,
     assert_same,
@@ -286,5 +286,5 @@ def test_with_amuse_mixin(tmp_path, recwarn):
 
 
 def test_amuse_export():
-    assert AmuseCallback.__module__ == "amuse_lightning.callback"
+    assert AmuseCallback.__module__ == "amuse_lightning.lightning.callback"
     assert AMUSE is not None

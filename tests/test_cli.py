@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from amuse_lightning import AmuseCallback
-from amuse_lightning.cli import AmuseLightningCLI, main
 from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
 from amuse_lightning.examples.data import FashionMNISTDataModule, make_synthetic_image_folder
+from amuse_lightning.lightning.cli import AmuseLightningCLI, main
 from tests.test_examples import write_fake_fashion_mnist
 
 torch.set_num_threads(2)
@@ -164,7 +164,7 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
 
 def test_module_entry_point_and_console_script_answer_help():
     result = subprocess.run(
-        [sys.executable, "-m", "amuse_lightning.cli", "--help"],
+        [sys.executable, "-m", "amuse_lightning.lightning.cli", "--help"],
         capture_output=True,
         text=True,
         timeout=120,

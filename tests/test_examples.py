@@ -33,7 +33,7 @@ from amuse_lightning.examples.data import (
     split_train_val,
 )
 from amuse_lightning.examples.models import CifarResNet, resnet18_cifar
-from amuse_lightning.mixin import default_amuse_factory
+from amuse_lightning.lightning.mixin import default_amuse_factory
 
 torch.set_num_threads(2)
 

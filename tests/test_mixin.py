@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from amuse_lightning import AMUSE, AmuseMixin, default_amuse_factory
-from amuse_lightning.mixin import PARTITION_ATTR, AmuseFactory
+from amuse_lightning.lightning.mixin import PARTITION_ATTR, AmuseFactory
 
 torch.set_num_threads(1)
 
@@ -214,13 +214,13 @@ def test_default_factory_passes_kwargs_checks_names_and_pickles() -> None:
 
 
 def test_warns_when_the_trainer_has_no_amuse_callback(monkeypatch) -> None:
-    fake = types.ModuleType("amuse_lightning.callback")
+    fake = types.ModuleType("amuse_lightning.lightning.callback")
 
     class AmuseCallback(Callback):
         pass
 
     fake.AmuseCallback = AmuseCallback
-    monkeypatch.setitem(sys.modules, "amuse_lightning.callback", fake)
+    monkeypatch.setitem(sys.modules, "amuse_lightning.lightning.callback", fake)
     with pytest.warns(UserWarning, match="no AmuseCallback"):
         quiet_trainer(max_steps=1).fit(TinyNet(), loader(8))
     with warnings.catch_warnings():

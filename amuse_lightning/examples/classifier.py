@@ -1,6 +1,6 @@
 """LightningModules for the examples: a CIFAR-style ResNet and timm models (ViT fine-tuning).
 
-Both mix in :class:`~amuse_lightning.mixin.AmuseMixin`, so ``configure_optimizers`` partitions the
+Both mix in :class:`~amuse_lightning.AmuseMixin`, so ``configure_optimizers`` partitions the
 parameters (Muon for hidden matrices and conv kernels; the fallback update for the stem, the head,
 norms, biases and tokens) and hands the groups to ``optimizer``: a LightningCLI
 ``OptimizerCallable`` (YAML ``class_path: amuse_lightning.optim.AMUSE`` + ``init_args``). Without
@@ -34,7 +34,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from amuse_lightning.examples.models import CifarResNet
-from amuse_lightning.mixin import AmuseFactory, AmuseMixin, default_amuse_factory
+from amuse_lightning.lightning.mixin import AmuseFactory, AmuseMixin, default_amuse_factory
 
 __all__ = [
     "VISION_AMUSE_DEFAULTS",
@@ -65,7 +65,8 @@ def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | Non
 
 def optimizer_class_of(factory: Any) -> type | None:
     """The class a factory builds: itself, the class inside a (jsonargparse) ``partial``, AMUSE
-    for an :class:`~amuse_lightning.mixin.AmuseFactory`; ``None`` when it cannot be told."""
+    for an :class:`~amuse_lightning.lightning.mixin.AmuseFactory`; ``None`` when it cannot be
+    told."""
     if isinstance(factory, AmuseFactory):
         from amuse_lightning.optim import AMUSE
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch import LightningModule
 
 if TYPE_CHECKING:
-    from amuse_lightning.callback import AmuseCallback
+    from amuse_lightning.lightning.callback import AmuseCallback
 
 
 class _ModuleSaveHook:

@@ -130,9 +130,9 @@ class AmuseMixin:
         if trainer is None:
             return
         try:
-            from amuse_lightning.callback import AmuseCallback
+            from amuse_lightning.lightning.callback import AmuseCallback
         except ModuleNotFoundError as err:
-            if err.name != "amuse_lightning.callback":
+            if err.name != "amuse_lightning.lightning.callback":
                 raise
             return
         if not any(isinstance(cb, AmuseCallback) for cb in trainer.callbacks):

@@ -6,13 +6,13 @@ Examples::
     amuse-lightning fit --config configs/cifar10_resnet18.yaml --trainer.max_epochs 10
     amuse-lightning test --config configs/fashion_mnist_resnet.yaml --ckpt_path <run>/last.ckpt
     amuse-lightning fit --config configs/fashion_mnist_resnet.yaml --print_config
-    python -m amuse_lightning.cli fit --config ...
+    python -m amuse_lightning.lightning.cli fit --config ...
 
 Any ``LightningModule`` / ``LightningDataModule`` subclass can be named with ``class_path``
 (subclass mode). What this CLI adds to plain ``LightningCLI``:
 
 - ``--amuse_callback`` (default true): when the model is an ``AmuseMixin`` module and the
-  configured callbacks hold no :class:`~amuse_lightning.callback.AmuseCallback`, one
+  configured callbacks hold no :class:`~amuse_lightning.lightning.callback.AmuseCallback`, one
   ``AmuseCallback()`` is added, so validation, checkpoints and the model after ``fit`` are the
   averaged weights ``x``. Configure it under ``trainer.callbacks`` to change its settings; it is
   never added twice.
@@ -36,7 +36,7 @@ __all__ = ["AmuseLightningCLI", "fit_summary", "main", "prediction_summary"]
 
 
 def _has_amuse_callback(callbacks: list[Callback]) -> bool:
-    from amuse_lightning.callback import AmuseCallback
+    from amuse_lightning.lightning.callback import AmuseCallback
 
     return any(isinstance(cb, AmuseCallback) for cb in callbacks)
 
@@ -138,13 +138,13 @@ class AmuseLightningCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         configured = _as_list(self._get(self.config_init, "trainer", default={}).get("callbacks"))
         if self._wants_amuse_callback(configured):
-            from amuse_lightning.callback import AmuseCallback
+            from amuse_lightning.lightning.callback import AmuseCallback
 
             kwargs["callbacks"] = [*configured, AmuseCallback()]
         return super().instantiate_trainer(**kwargs)
 
     def _wants_amuse_callback(self, configured: list[Callback]) -> bool:
-        from amuse_lightning.mixin import AmuseMixin
+        from amuse_lightning.lightning.mixin import AmuseMixin
 
         if not self._setting("amuse_callback") or not isinstance(self.model, AmuseMixin):
             return False

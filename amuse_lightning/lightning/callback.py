@@ -25,13 +25,13 @@ parameter name, and the training-time BatchNorm buffers when they differ from th
 
 ``save_weights_only=True`` skips every callback's ``on_save_checkpoint``; Lightning still calls the
 LightningModule's. The callback therefore puts a thin stand-in for ``pl_module.on_save_checkpoint``
-on the module instance at ``setup`` (:mod:`amuse_lightning.save_hook`; it calls the callback
+on the module instance at ``setup`` (:mod:`.save_hook`; it calls the callback
 first, then the module's own hook) and removes it at ``teardown``. After an exception (Lightning
 calls no ``teardown`` then) the stand-in stays until the next ``setup``/``teardown``; it does
 nothing while the module is attached to a Trainer without this callback.
 
-The pieces live next door: :mod:`amuse_lightning.swap` (the exact ``y`` <-> ``x`` swap) and
-:mod:`amuse_lightning.batchnorm` (BatchNorm statistics at ``x``, preserved random streams).
+The pieces live next door: :mod:`.swap` (the exact ``y`` <-> ``x`` swap) and
+:mod:`.batchnorm` (BatchNorm statistics at ``x``, preserved random streams).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from amuse_lightning.batchnorm import (
+from amuse_lightning.lightning.batchnorm import (
     BatchNormForward,
     batchnorm_buffer_names,
     default_bn_forward,
@@ -61,15 +61,15 @@ from amuse_lightning.batchnorm import (
     recalibrate,
     snapshot_buffers,
 )
-from amuse_lightning.optim.distributed import is_dtensor
-from amuse_lightning.save_hook import install_module_save_hook, remove_module_save_hook
-from amuse_lightning.sharded import (
+from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
+from amuse_lightning.lightning.sharded import (
     check_fsdp2_params,
     checkpoint_copy,
     is_model_parallel,
     saves_whole_tensors,
 )
-from amuse_lightning.swap import WeightSwap, is_schedule_free
+from amuse_lightning.lightning.swap import WeightSwap, is_schedule_free
+from amuse_lightning.optim.distributed import is_dtensor
 
 __all__ = [
     "AmuseCallback",
@@ -417,7 +417,7 @@ class AmuseCallback(Callback):
 
         Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in
         train mode under ``no_grad``; every random stream is restored afterwards
-        (:func:`amuse_lightning.batchnorm.recalibrate`). Override to recalibrate differently.
+        (:func:`.batchnorm.recalibrate`). Override to recalibrate differently.
         """
         return recalibrate(trainer, pl_module, self.bn_recalibration_batches, self.bn_forward)
 

@@ -1,0 +1,6 @@
+"""``python -m amuse_lightning fit --config ...``: the same as the ``amuse-lightning`` command."""
+
+from amuse_lightning.lightning.cli import main
+
+if __name__ == "__main__":
+    main()
