@@ -18,6 +18,8 @@ One step of a group (``t`` 1-based, ``T0 = warmup_steps``)::
 ``reference_compat=True`` models the public AMUSE code: ``x`` is recovered from ``(y, z)`` with
 the *new* ``beta_t`` every step, and ``weight_decay_at_y`` uses that same new ``beta_t``.
 ``averaging=False`` moves the parameter itself: ``p <- p (1 - lr_t wd) - lr_t U_t``.
+Adam bias corrections use the group's step count ``t`` (a parameter that sat out steps still
+divides by ``1 - beta2^t``), as the optimizer and the public code do.
 """
 
 from __future__ import annotations
@@ -162,7 +164,13 @@ class ReferenceAMUSE:
 
     def adamuon(self, i: int, g: Tensor, cfg: dict) -> Tensor:
         """``O = NS(sign(u))``, ``V = mu V + (1 - mu) O^2``, ``O_hat = O / (sqrt(V) + eps)``,
-        ``U = 0.2 sqrt(rows cols) O_hat / ||O_hat||_F`` (element RMS exactly 0.2)."""
+        ``U = 0.2 sqrt(rows cols) O_hat / ||O_hat||_F`` (element RMS exactly 0.2).
+
+        This is AdaMuon as the optimizer documents it (sign before Newton-Schulz, V with the
+        momentum's mu, no bias correction). The authors' public ``adamuon.py`` differs: no sign,
+        V with a separate beta2 and bias correction, eps 1e-8 inside the final norm too; its
+        rescale ``0.2 sqrt(max) sqrt(min) / ||O_hat||`` gives the same RMS 0.2.
+        """
         mu = cfg["momentum"]
         O = reference_newton_schulz(
             torch.sign(as_matrix(self.momentum_input(i, g, cfg))), cfg["ns_steps"]
