@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
@@ -131,28 +131,28 @@ def _fresh_loader(loader: Any) -> Any:
     return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
-def _train_loader_of(trainer: Trainer, pl_module: LightningModule) -> Any:
+def _train_loader_of(trainer: Trainer) -> Any:
     """The fit's train dataloader(s), also before the fit loop has set them up (sanity check)."""
     if trainer.train_dataloader is not None:
         return trainer.train_dataloader
-    datamodule = trainer.datamodule
-    if datamodule is not None and is_overridden("train_dataloader", datamodule):
-        return datamodule.train_dataloader()
-    if is_overridden("train_dataloader", pl_module):
-        return pl_module.train_dataloader()
-    # fit(model, train_dataloaders=loader): no public way to it before the fit loop's set-up
-    source = private_attribute(
-        trainer.fit_loop,
-        "_data_source",
-        "Pass the training data through LightningModule.train_dataloader() or a datamodule, "
-        "or set AmuseCallback(bn_recalibration_batches=0).",
-    )
-    return source.dataloader() if source.is_defined() else None
+    source: Any = trainer.datamodule  # fit(datamodule=...) excludes train_dataloaders
+    if source is None:
+        # the module's hook or fit(train_dataloaders=...): no public way to tell them apart
+        # before the fit loop's set-up
+        source = private_attribute(
+            trainer.fit_loop,
+            "_data_source.instance",
+            "Pass the training data in a LightningDataModule, or set "
+            "AmuseCallback(bn_recalibration_batches=0).",
+        )
+    if isinstance(source, (LightningModule, LightningDataModule)):
+        return source.train_dataloader() if is_overridden("train_dataloader", source) else None
+    return source
 
 
-def recalibration_loader(trainer: Trainer, pl_module: LightningModule) -> Any:
-    """The Trainer's single train dataloader, from the public hooks where they give it."""
-    loader = _train_loader_of(trainer, pl_module)
+def recalibration_loader(trainer: Trainer) -> Any:
+    """The Trainer's single train dataloader."""
+    loader = _train_loader_of(trainer)
     if loader is None:
         raise MisconfigurationException(
             "bn_recalibration_batches > 0 needs training batches to re-estimate BatchNorm "
@@ -180,7 +180,7 @@ def recalibrate(
     """
     layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
     layers = [m for m in layers if m.track_running_stats]
-    loader = recalibration_loader(trainer, pl_module)
+    loader = recalibration_loader(trainer)
     momenta = [m.momentum for m in layers]
     modes = [(m, m.training) for m in pl_module.modules()]
     used = 0
