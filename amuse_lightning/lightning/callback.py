@@ -23,25 +23,22 @@ by an exact temporary swap. The checkpoint also carries ``checkpoint["amuse"]`` 
 parameter name, and the training-time BatchNorm buffers when they differ from the saved ones), so
 ``trainer.fit(ckpt_path=...)`` continues the run bit for bit.
 
-``save_weights_only=True`` skips every callback's ``on_save_checkpoint``; Lightning still calls the
-LightningModule's. The callback therefore puts a thin stand-in for ``pl_module.on_save_checkpoint``
-on the module instance at ``setup`` (:mod:`.save_hook`; it calls the callback
-first, then the module's own hook) and removes it at ``teardown``. After an exception (Lightning
-calls no ``teardown`` then) the stand-in stays until the next ``setup``/``teardown``; it does
-nothing while the module is attached to a Trainer without this callback.
+``save_weights_only=True`` skips callbacks' ``on_save_checkpoint`` but not the module's, so a
+stand-in for ``pl_module.on_save_checkpoint`` goes on the module instance at ``setup`` and comes
+off at ``teardown`` (:mod:`.save_hook`; it holds this callback's writer only weakly).
 
-The pieces live next door: :mod:`.swap` (the exact ``y`` <-> ``x`` swap) and
-:mod:`.batchnorm` (BatchNorm statistics at ``x``, preserved random streams).
+The callback's whole mutable state is one :class:`~.state.SwapState`: a phase
+(:class:`~.state.Holds`, what the parameters hold and why) plus what belongs to it. Next door:
+:mod:`.swap` (the exact swap), :mod:`.checkpoint` (the resume payload), :mod:`.batchnorm`
+(statistics at ``x``), :mod:`.checks` (what is refused at setup), :mod:`.sharded` (FSDP2).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -55,8 +52,14 @@ from amuse_lightning.lightning.batchnorm import (
     recalibrate,
     snapshot_buffers,
 )
-from amuse_lightning.lightning.checkpoint import CHECKPOINT_KEY, build_payload, read_payload
+from amuse_lightning.lightning.checkpoint import (
+    CHECKPOINT_KEY,
+    build_payload,
+    read_payload,
+    write_x_state_dict,
+)
 from amuse_lightning.lightning.checks import (
+    check_fsdp2,
     check_params_belong_to,
     check_strategy,
     check_trainable,
@@ -65,12 +68,8 @@ from amuse_lightning.lightning.checks import (
 )
 from amuse_lightning.lightning.factories import is_schedule_free
 from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
-from amuse_lightning.lightning.sharded import (
-    check_fsdp2_params,
-    checkpoint_copy,
-    holds_whole_tensors,
-    is_model_parallel,
-)
+from amuse_lightning.lightning.schedule_log import schedule_metrics
+from amuse_lightning.lightning.sharded import is_model_parallel
 from amuse_lightning.lightning.state import Holds, SwapState
 from amuse_lightning.lightning.swap import WeightSwap
 from amuse_lightning.optim.distributed import is_dtensor
@@ -85,24 +84,6 @@ __all__ = [
 
 SwapMode = Literal["copy", "inplace"]
 CopyDevice = Literal["same", "cpu"]
-
-# group key -> keys an optimizer may store it under (AMUSE, then Meta's schedulefree)
-_SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
-    "beta_t": ("beta_t",),
-    "lr_t": ("lr_t", "scheduled_lr"),
-    "c_t": ("c_t",),
-}
-
-
-def schedule_metrics(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """``{"amuse/{beta_t,lr_t,c_t}/group{i}": value}`` for what each param group carries."""
-    metrics = {}
-    for index, group in enumerate(optimizer.param_groups):
-        for name, keys in _SCHEDULE_KEYS.items():
-            key = next((k for k in keys if k in group), None)
-            if key is not None:
-                metrics[f"amuse/{name}/group{index}"] = float(group[key])
-    return metrics
 
 
 class AmuseCallback(Callback):
@@ -200,13 +181,7 @@ class AmuseCallback(Callback):
         check_trainable(pl_module)
         check_params_belong_to(optimizer, pl_module)
         if is_model_parallel(trainer.strategy):
-            check_fsdp2_params([p for group in optimizer.param_groups for p in group["params"]])
-            if self._recalibrates(pl_module):
-                raise MisconfigurationException(
-                    "BatchNorm recalibration (bn_recalibration_batches > 0) is not supported "
-                    "with ModelParallelStrategy yet; set bn_recalibration_batches=0 or use "
-                    "strategy='ddp'."
-                )
+            check_fsdp2(optimizer, self._recalibrates(pl_module))
         weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._state.manage(weights)
@@ -388,8 +363,13 @@ class AmuseCallback(Callback):
                 y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
             train_bn = self._state.train_bn
         else:
-            train_bn = self._write_x_state_dict(
-                trainer, pl_module, checkpoint["state_dict"], weights
+            recalibrates = self._recalibrates(pl_module)
+            train_bn = write_x_state_dict(
+                pl_module,
+                checkpoint["state_dict"],
+                weights,
+                batchnorm_buffer_names(pl_module) if recalibrates else (),
+                (lambda: self._load_x_bn_stats(trainer, pl_module)) if recalibrates else None,
             )
             y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
         if not full:
@@ -399,38 +379,6 @@ class AmuseCallback(Callback):
         sharded = any(is_dtensor(p) for p in weights.params)
         keep_y = self.keep_y_in_checkpoint and not sharded
         checkpoint[CHECKPOINT_KEY] = build_payload(y if keep_y else None, train_bn)
-
-    def _write_x_state_dict(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        state_dict: dict[str, Any],
-        weights: WeightSwap,
-    ) -> dict[str, Tensor] | None:
-        """Replace the parameters (and, with recalibration, the BatchNorm buffers) in
-        ``state_dict`` by copies of ``x`` through an exact temporary swap; returns the
-        training-time BatchNorm buffers when recalibration replaced them."""
-        param_ids = {id(p) for p in weights.params}
-        whole = holds_whole_tensors(state_dict)
-        recalibrates = self._recalibrates(pl_module)
-        bn_names = set(batchnorm_buffer_names(pl_module)) if recalibrates else set()
-        train_bn = snapshot_buffers(pl_module, bn_names) if recalibrates else None
-        weights.to_x(exact=True)
-        try:
-            if recalibrates:
-                self._load_x_bn_stats(trainer, pl_module)
-            for key, live in pl_module.state_dict(keep_vars=True).items():
-                if id(live) not in param_ids and key not in bn_names:
-                    continue
-                if whole and is_dtensor(live):  # a collective: every rank, rank 0 keeps it
-                    live = live.full_tensor()
-                if key in state_dict:
-                    state_dict[key] = checkpoint_copy(live, state_dict[key])
-        finally:
-            if train_bn is not None:
-                load_buffers(pl_module, train_bn)
-            weights.to_y()
-        return train_bn
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

@@ -11,21 +11,34 @@ in floating point. The payload next to it therefore holds::
         "train_buffers": {name: tensor} | None,  # training-time BatchNorm buffers, when the
     }                                             # saved ones are the recalibrated ones at x
 
-This module builds the payload (:func:`build_payload`), reads and validates it on load
-(:func:`read_payload`: a payload of an unknown or newer format is refused with a clear error) and
-applies it once the optimizer state is back (:meth:`ResumePayload.apply`).
+This module writes ``x`` into the state_dict (:func:`write_x_state_dict`), builds the payload
+(:func:`build_payload`), reads and validates it on load (:func:`read_payload`: a payload of an
+unknown or newer format is refused with a clear error) and applies it once the optimizer state is
+back (:meth:`ResumePayload.apply`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CHECKPOINT_KEY", "FORMAT_VERSION", "ResumePayload", "build_payload", "read_payload"]
+from amuse_lightning.lightning.batchnorm import load_buffers, snapshot_buffers
+from amuse_lightning.lightning.sharded import checkpoint_copy, holds_whole_tensors
+from amuse_lightning.lightning.swap import WeightSwap
+from amuse_lightning.optim.distributed import is_dtensor
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FORMAT_VERSION",
+    "ResumePayload",
+    "build_payload",
+    "read_payload",
+    "write_x_state_dict",
+]
 
 CHECKPOINT_KEY = "amuse"
 #: Version of the ``checkpoint["amuse"]`` layout this code writes and the newest it reads.
@@ -38,6 +51,42 @@ def _cloned(values: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
         return None
     with torch.inference_mode(False):
         return {name: value.detach().clone() for name, value in values.items()}
+
+
+def write_x_state_dict(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    weights: WeightSwap,
+    bn_names: Iterable[str] = (),
+    load_x_bn: Callable[[], None] | None = None,
+) -> dict[str, Tensor] | None:
+    """Replace the parameters (and the BatchNorm buffers ``bn_names``) in a checkpoint's
+    ``state_dict`` by copies of ``x``, made through an exact temporary swap of ``weights``.
+
+    ``load_x_bn`` puts BatchNorm statistics at ``x`` into the module while ``x`` is there; the
+    training-time buffers are restored afterwards and returned (``None`` without ``load_x_bn``).
+    The live tensors end as they started, also after an exception.
+    """
+    bn_names = set(bn_names) if load_x_bn is not None else set()
+    param_ids = {id(p) for p in weights.params}
+    whole = holds_whole_tensors(state_dict)
+    train_bn = snapshot_buffers(module, bn_names) if load_x_bn is not None else None
+    weights.to_x(exact=True)
+    try:
+        if load_x_bn is not None:
+            load_x_bn()
+        for key, live in module.state_dict(keep_vars=True).items():
+            if id(live) not in param_ids and key not in bn_names:
+                continue
+            if whole and is_dtensor(live):  # a collective: every rank, rank 0 keeps it
+                live = live.full_tensor()
+            if key in state_dict:
+                state_dict[key] = checkpoint_copy(live, state_dict[key])
+    finally:
+        if train_bn is not None:
+            load_buffers(module, train_bn)
+        weights.to_y()
+    return train_bn
 
 
 def build_payload(

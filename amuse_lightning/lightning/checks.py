@@ -16,8 +16,10 @@ from lightning.pytorch.strategies import (
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from amuse_lightning.lightning.factories import is_schedule_free
+from amuse_lightning.lightning.sharded import check_fsdp2_params
 
 __all__ = [
+    "check_fsdp2",
     "check_params_belong_to",
     "check_strategy",
     "check_trainable",
@@ -60,6 +62,16 @@ def check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: Lightnin
             f"The optimizer holds {foreign} tensor(s) that are not parameters of "
             f"{type(pl_module).__name__}; AmuseCallback checkpoints y by parameter name. Register "
             "them as nn.Parameter on the module, or optimise them separately."
+        )
+
+
+def check_fsdp2(optimizer: torch.optim.Optimizer, recalibrates: bool) -> None:
+    """Under ModelParallelStrategy: FSDP2 DTensors only, and no BatchNorm recalibration."""
+    check_fsdp2_params([p for group in optimizer.param_groups for p in group["params"]])
+    if recalibrates:
+        raise MisconfigurationException(
+            "BatchNorm recalibration (bn_recalibration_batches > 0) is not supported with "
+            "ModelParallelStrategy yet; set bn_recalibration_batches=0 or use strategy='ddp'."
         )
 
 
