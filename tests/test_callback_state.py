@@ -18,6 +18,7 @@ import schedulefree
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from amuse_lightning import AMUSE, AmuseCallback, default_amuse_factory
 from amuse_lightning.lightning.checkpoint import (
@@ -31,7 +32,15 @@ from amuse_lightning.lightning.factories import builds_schedule_free, is_schedul
 from amuse_lightning.lightning.sharded import holds_whole_tensors
 from amuse_lightning.lightning.state import TRANSITIONS, Holds, SwapState
 from amuse_lightning.lightning.swap import WeightSwap
-from tests.callback_testkit import Recorder, assert_same, expected_x, params_only, trainer
+from tests.callback_testkit import (
+    Recorder,
+    assert_same,
+    differs,
+    expected_x,
+    make_data,
+    params_only,
+    trainer,
+)
 
 
 # ---------------------------------------------------------------------------------- the phase
@@ -261,3 +270,63 @@ def test_one_schedule_free_rule_for_callback_mixin_and_cli():
     assert builds_schedule_free(None) and builds_schedule_free(default_amuse_factory(lr=0.1))
     assert builds_schedule_free(functools.partial(schedulefree.SGDScheduleFree, lr=0.1))
     assert not builds_schedule_free(functools.partial(torch.optim.AdamW, lr=0.1))
+
+
+# ---------------------------------------------------- which batches recalibration draws
+def bn_oracle(weights: dict[str, torch.Tensor], loader, n_batches: int, scale: float = 1.0):
+    """BatchNorm statistics of ``weights`` from the first ``n_batches`` of ``loader``."""
+    model = Recorder(batchnorm=True, record=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm1d):
+                layer.reset_running_stats()
+                layer.momentum = None
+        model.train()
+        for index, (inputs, _) in enumerate(loader):
+            if index == n_batches:
+                break
+            model(inputs * scale)
+    return model.bn_state()
+
+
+def sanity_check_bn(model: Recorder) -> dict[str, torch.Tensor]:
+    (step, entry), *_ = model.of_kind("val")
+    assert step == 0
+    return entry["__bn__"]
+
+
+def test_recalibration_draws_from_the_loader_given_to_fit(tmp_path):
+    """fit(train_dataloaders=...) wins over the module's own train_dataloader, as in training."""
+    model = Recorder(batchnorm=True)
+    start = model.snapshot()
+    given = DataLoader(make_data(48, seed=5), batch_size=8)
+    run = trainer(tmp_path, [AmuseCallback(bn_recalibration_batches=2)], max_steps=1)
+    run.fit(model, train_dataloaders=given)
+    assert_same(sanity_check_bn(model), bn_oracle(start, given, 2))
+    assert differs(sanity_check_bn(model), bn_oracle(start, model.train_dataloader(), 2))
+
+
+class DoublingData(pl.LightningDataModule):
+    """A datamodule whose on_before_batch_transfer doubles the inputs."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(make_data(48, seed=0), batch_size=8)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(make_data(16, seed=1), batch_size=8)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        inputs, targets = batch
+        return inputs * 2.0, targets
+
+
+def test_recalibration_batches_pass_the_datamodules_transfer_hook(tmp_path):
+    model = Recorder(batchnorm=True)
+    start = model.snapshot()
+    data = DoublingData()
+    run = trainer(tmp_path, [AmuseCallback(bn_recalibration_batches=2)], max_steps=1)
+    run.fit(model, datamodule=data)
+    assert_same(sanity_check_bn(model), bn_oracle(start, data.train_dataloader(), 2, scale=2.0))
+    assert differs(sanity_check_bn(model), bn_oracle(start, data.train_dataloader(), 2))
