@@ -144,6 +144,7 @@ class Recorder(LightningModule):
         return loss
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._maybe_fail("predict")
         self.record("predict")
         return self(batch[0])
 
