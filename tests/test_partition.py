@@ -12,8 +12,6 @@ from torch import nn
 
 from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
 
-torch.set_num_threads(1)
-
 
 def sides(partition: Partition) -> dict[str, bool]:
     return {a.name: a.use_muon for a in partition.assignments}
