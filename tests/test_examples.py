@@ -133,7 +133,8 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
 
 
 def test_fashion_mnist_offline_without_files_names_the_folders(tmp_path, monkeypatch):
-    monkeypatch.setattr("amuse_lightning.examples.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    module = "amuse_lightning.examples.data.fashion_mnist"
+    monkeypatch.setattr(f"{module}.DEBIAN_FASHION_MNIST", tmp_path / "none")
     dm = FashionMNISTDataModule(root=str(tmp_path / "empty"), download=False)
     with pytest.raises(FileNotFoundError, match="empty") as err:
         dm.setup()
