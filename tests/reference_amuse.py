@@ -1,4 +1,4 @@
-"""A slow, obviously-correct AMUSE written from the equations (ALGORITHMS.md), the test oracle.
+"""A slow, obviously-correct AMUSE written from the equations (docs/algorithm.md), the test oracle.
 
 It keeps x, y and z explicitly per parameter (float64, one tensor at a time, no foreach, no
 batching), so it shares no algebra with the fast optimizer's memory-lean recovery of x.
