@@ -1,4 +1,4 @@
-"""A Lightning run under ModelParallelStrategy + FSDP2 on CPU (gloo), for test_distributed.py.
+"""A Lightning run under ModelParallelStrategy + FSDP2 on CPU (gloo), for test_distributed_fsdp2.py.
 
 Lightning's ModelParallelStrategy relaunches this script once per extra rank, so it has to be
 a script (not a pytest function). Usage: ``python tests/fsdp2_lightning_run.py OUT_DIR``; every
