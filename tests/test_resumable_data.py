@@ -26,6 +26,7 @@ from amuse_lightning.examples.data import (
     SyntheticImageDataModule,
     TensorImageDataset,
 )
+from tests.helpers.nets import split_groups
 from tests.helpers.trainers import quiet_trainer
 
 EPOCHS, STOP_AFTER = 3, 2
@@ -54,15 +55,7 @@ class BatchRecorder(pl.LightningModule):
         return nn.functional.cross_entropy(self.net(images), labels)
 
     def configure_optimizers(self) -> AMUSE:
-        params = list(self.net.parameters())
-        return AMUSE(
-            [
-                {"params": [p for p in params if p.ndim >= 2], "use_muon": True},
-                {"params": [p for p in params if p.ndim < 2], "use_muon": False},
-            ],
-            lr=0.05,
-            warmup_steps=2,
-        )
+        return AMUSE(split_groups(self.net.parameters()), lr=0.05, warmup_steps=2)
 
 
 class PlainShuffle(pl.LightningDataModule):
