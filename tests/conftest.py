@@ -1,16 +1,16 @@
 """Session-wide test settings, applied the same way whatever order the test modules import in.
 
-* torch uses one intra-op thread in every test process. ``make test`` runs two pytest-xdist
-  workers on a 2-core machine, so one thread each is both the fastest and a setting that does
-  not depend on which test module happened to be imported last. ``AMUSE_TEST_THREADS`` changes
-  it.
+* torch uses one intra-op thread in every test process (``AMUSE_TEST_THREADS`` changes it).
+  ``make test`` runs two pytest-xdist workers on a 2-core machine, so one thread each does not
+  oversubscribe the cores, and the setting no longer depends on which test module was imported
+  last (test modules used to set 1 or 2 at import).
 * Hypothesis runs derandomised (profile ``ci``: the same examples on every run, no example
   database), so a red ``make test`` is reproducible. ``HYPOTHESIS_PROFILE=explore`` searches
   with fresh random examples instead.
 * Every test that starts processes (``mp.spawn``, ``ddp_spawn``, a ``ModelParallelStrategy``
-  script) carries ``@pytest.mark.xdist_group("multiprocess")``: with ``--dist loadgroup`` they
-  run one after another on one worker, so two of them never pick rendezvous ports at the same
-  time.
+  script, a benchmark or CLI subprocess) carries ``@pytest.mark.xdist_group("multiprocess")``:
+  with ``--dist loadgroup`` they run one after another on one worker, so two of them never pick
+  rendezvous ports at the same time.
 * No test module sets global state at import; the ``warnings`` filters for Lightning's
   small-data messages live in ``pyproject.toml``.
 """
