@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import warnings
 from typing import Any
 
 import numpy as np
@@ -14,12 +13,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from amuse_lightning import AMUSE, partition_parameters
-
-torch.set_num_threads(1)
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*number of training batches.*")
-warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
 
 IN, HIDDEN, OUT = 6, 8, 3
 

@@ -12,44 +12,28 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amuse_lightning import AmuseCallback
 from tests.distributed_exit import finish_worker
-from tests.fsdp2_lightning_run import GLOBAL_BATCH, STEPS, dataset
-from tests.test_distributed import make_optimizer, make_uneven_model
-
-MID_STEP = 2
+from tests.helpers.sharded import GLOBAL_BATCH, MID_STEP, STEPS, ShardedNet, dataset
 
 
-class ShardedNet(LightningModule):
+class RecordingNet(ShardedNet):
+    """Records the modes training sees and the whole weights validation and saving see."""
+
     def __init__(self, out_dir: str) -> None:
         super().__init__()
         self.out_dir = Path(out_dir)
-        self.net = make_uneven_model()
         self.seen: dict[str, list] = {"val": [], "train_modes": []}
-
-    def configure_model(self) -> None:
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = self.device_mesh["data_parallel"]
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer, mesh=mesh)
-        fully_shard(self.net, mesh=mesh)
-
-    def whole(self) -> list[torch.Tensor]:
-        return [p.full_tensor() for p in self.net.parameters()]
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         modes = {g["train_mode"] for g in self.trainer.optimizers[0].param_groups}
         self.seen["train_modes"].append(modes)
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
+        return super().training_step(batch, batch_idx)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.trainer.global_step == MID_STEP:
@@ -59,14 +43,6 @@ class ShardedNet(LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.seen["val"].append((self.trainer.global_step, self.whole()))
-
-    def configure_optimizers(self):
-        return make_optimizer(self.net)
-
-    def train_dataloader(self) -> DataLoader:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        sampler = DistributedSampler(dataset(), num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(dataset(), batch_size=GLOBAL_BATCH // world, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(dataset(), batch_size=GLOBAL_BATCH)
@@ -85,7 +61,7 @@ if __name__ == "__main__":
         limit_val_batches=1, num_sanity_val_steps=0, use_distributed_sampler=False,
         callbacks=[AmuseCallback()], strategy=strategy,
     )  # fmt: skip
-    model = ShardedNet(str(out_dir))
+    model = RecordingNet(str(out_dir))
     trainer.fit(model)
     model.seen["after_fit"] = model.whole()
     trainer.save_checkpoint(out_dir / "end.ckpt")

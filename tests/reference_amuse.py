@@ -1,4 +1,4 @@
-"""A slow, obviously-correct AMUSE written from the equations, the test oracle of the optimizer.
+"""A slow, obviously-correct AMUSE from the equations (docs/algorithm.md), the optimizer's oracle.
 
 Everything is float64, one tensor at a time: no foreach, no batching, no shared helpers with the
 library. ``x``, ``y`` and ``z`` are kept explicitly per parameter, so the oracle shares no algebra

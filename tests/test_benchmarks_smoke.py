@@ -56,6 +56,7 @@ def quick_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_quick_run_writes_the_documented_schema(quick_run: Path, anytime) -> None:
     data = json.loads(quick_run.read_text())
     assert set(data) == {"meta", "sweep", "records"}
@@ -106,6 +107,7 @@ def test_quick_run_writes_the_documented_schema(quick_run: Path, anytime) -> Non
     assert quick_run.with_suffix(".png").stat().st_size > 10_000
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_make_tables_renders_the_quick_run(quick_run: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH / "make_tables.py"), "--results", str(quick_run.parent)],
@@ -208,6 +210,7 @@ def test_warmup_cosine_rises_then_decays_to_zero(anytime) -> None:
     assert factor(20) == pytest.approx(0.0, abs=1e-12) and values[-1] < 0.01
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_make_tables_handles_optional_results(tmp_path: Path) -> None:
     """step_time.json in its known layout becomes a table; a layout it does not know, a note."""
     row = {"median_ms": 2.0, "min_ms": 1.5, "state_bytes": 2**21, "step_peak_bytes": 2**22,

@@ -27,6 +27,7 @@ class RankDump(Recorder):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
 def test_ddp_ranks_agree_and_checkpoints_hold_x(tmp_path):
     torch.manual_seed(0)
     model = RankDump(str(tmp_path))

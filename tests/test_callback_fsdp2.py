@@ -13,32 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from tests.fsdp2_callback_run import MID_STEP
-from tests.fsdp2_lightning_run import GLOBAL_BATCH, STEPS, dataset
-from tests.test_distributed import make_optimizer, make_uneven_model
+from tests.helpers.sharded import MID_STEP, STEPS, single_process_reference
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
 WORLD = 2
-
-
-def single_process_run() -> tuple[list[str], list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-    """Names, and y and x after every step, of one process on the whole global batches."""
-    inputs, targets = dataset().tensors
-    model = make_uneven_model()
-    opt = make_optimizer(model)
-    ys, xs = [], []
-    for step in range(STEPS):
-        rows = slice(GLOBAL_BATCH * step, GLOBAL_BATCH * (step + 1))
-        opt.zero_grad()
-        nn.functional.mse_loss(model(inputs[rows]), targets[rows]).backward()
-        opt.step()
-        ys.append([p.detach().clone() for p in model.parameters()])
-        opt.eval()
-        xs.append([p.detach().clone() for p in model.parameters()])
-        opt.train()
-    return [f"net.{n}" for n, _ in model.named_parameters()], ys, xs
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -74,12 +53,12 @@ def fsdp2_run(request, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 def test_reference_x_and_y_differ() -> None:
     """Guards the tests below: seeing x is distinguishable from seeing y."""
-    _, ys, xs = single_process_run()
+    _, ys, xs = single_process_reference()
     assert max((y - x).abs().max().item() for y, x in zip(ys[-1], xs[-1], strict=True)) > 1e-3
 
 
 def test_validation_sees_x_of_the_single_process_run(fsdp2_run) -> None:
-    _, ys, xs = single_process_run()
+    _, ys, xs = single_process_reference()
     for seen in fsdp2_run[1]:
         assert [step for step, _ in seen["val"]] == list(range(1, STEPS + 1))
         for step, weights in seen["val"]:
@@ -100,7 +79,7 @@ def test_saving_leaves_the_weights_bit_for_bit(fsdp2_run) -> None:
 
 @pytest.mark.parametrize(("name", "step"), [("mid.ckpt", MID_STEP), ("end.ckpt", STEPS)])
 def test_checkpoints_hold_x(fsdp2_run, name, step) -> None:
-    names, _, xs = single_process_run()
+    names, _, xs = single_process_reference()
     weights, metadata = load_checkpoint(fsdp2_run[0] / name)
     close([weights[n] for n in names], xs[step - 1])
     # y's shards cannot travel in rank 0's metadata: a resume recomputes y from x and z

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from amuse_lightning import AmuseCallback
 from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
 from amuse_lightning.examples.data import FashionMNISTDataModule, make_synthetic_image_folder
 from amuse_lightning.lightning.cli import AmuseLightningCLI, main
-from tests.test_examples import write_fake_fashion_mnist
-
-torch.set_num_threads(2)
+from tests.helpers.fashion import write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -162,6 +159,7 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
     assert f"{trainer.test(model, data, verbose=False)[0]['test_acc']:.4f}" == fit_acc
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_module_entry_point_and_console_script_answer_help():
     result = subprocess.run(
         [sys.executable, "-m", "amuse_lightning.lightning.cli", "--help"],

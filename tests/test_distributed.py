@@ -11,8 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import amuse_lightning.optim.directions as directions
-from amuse_lightning import AMUSE, partition_parameters
+from amuse_lightning import AMUSE
 from amuse_lightning.optim.directions import map_matrices
 from amuse_lightning.optim.distributed import (
     RankSplit,
@@ -37,10 +35,15 @@ from amuse_lightning.optim.distributed import (
 )
 from amuse_lightning.optim.polar import newton_schulz
 from tests.distributed_exit import finish_worker
+from tests.helpers.nets import (
+    STEPS,
+    WORLD,
+    make_model,
+    make_optimizer,
+    matrix_shapes,
+    run_steps,
+)
 
-WORLD = 2
-STEPS = 3
-GLOBAL_BATCH = 16
 CONFIGS = {
     "muon": dict(direction="muon"),
     "muon_plain": dict(direction="muon", averaging=False),
@@ -144,41 +147,6 @@ def test_rank_split_needs_an_initialised_process_group() -> None:
 # ----------------------------------------------------------------------- 2 processes, torch DDP
 
 
-def make_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(),
-        nn.Linear(16, 4),
-    )  # fmt: skip
-
-
-def make_optimizer(model: nn.Module, **kwargs) -> AMUSE:
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "use_muon": True},
-        {"params": [p for p in params if p.ndim < 2], "use_muon": False},
-    ]
-    return AMUSE(groups, lr=0.05, warmup_steps=2, ns_dtype=torch.float32, **kwargs)
-
-
-def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(100 + step)
-    return torch.randn(GLOBAL_BATCH, 6, generator=gen), torch.randn(GLOBAL_BATCH, 4, generator=gen)
-
-
-def run_steps(model: nn.Module, opt: AMUSE, rank: int, world: int) -> list[list[torch.Tensor]]:
-    """Train STEPS steps on this rank's slice of each global batch; parameters after every step."""
-    history = []
-    for step in range(STEPS):
-        x, y = global_batch(step)
-        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
-        opt.zero_grad()
-        nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        history.append([p.detach().clone() for g in opt.param_groups for p in g["params"]])
-    return history
-
-
 def count_newton_schulz() -> list[int]:
     """Patch the Newton-Schulz used by the directions; the list collects each call's batch size."""
     counted: list[int] = []
@@ -251,6 +219,7 @@ def ddp_results() -> dict:
         return {r: torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)}
 
 
+@pytest.mark.xdist_group("multiprocess")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_ranks_hold_identical_parameters_after_every_step(ddp_results, name) -> None:
     for step in range(STEPS):
@@ -262,6 +231,7 @@ def test_ranks_hold_identical_parameters_after_every_step(ddp_results, name) -> 
             assert torch.equal(a, b)
 
 
+@pytest.mark.xdist_group("multiprocess")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_two_ranks_agree_with_one_process_on_the_global_batch(ddp_results, name) -> None:
     model = make_model()
@@ -274,10 +244,11 @@ def test_two_ranks_agree_with_one_process_on_the_global_batch(ddp_results, name)
     assert not any(torch.allclose(a, b) for a, b in zip(single[-1], start, strict=True))
 
 
+@pytest.mark.xdist_group("multiprocess")
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_each_rank_computes_only_its_share(ddp_results, name) -> None:
     model = make_model()
-    shapes = tuple(tuple(p.shape) for p in model.parameters() if p.ndim >= 2)
+    shapes = matrix_shapes(model)
     owners = assign_matrices(shapes, WORLD)
     for rank in range(WORLD):
         share = owners.count(rank)
@@ -287,10 +258,12 @@ def test_each_rank_computes_only_its_share(ddp_results, name) -> None:
         assert ddp_results[rank][name]["ns_matrices"] == (share * STEPS if uses_ns else 0)
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_split_exchange_is_exact_and_bf16_results_travel_losslessly(ddp_results) -> None:
     assert all(ddp_results[rank]["exchange_exact"] for rank in range(WORLD))
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_ranks_with_different_matrices_fail_with_a_message(ddp_results) -> None:
     for rank in range(WORLD):
         assert "every rank must step the same parameters" in ddp_results[rank]["mismatch_error"]
@@ -349,6 +322,7 @@ def lightning_fit(out_dir: str, devices: int, **kwargs) -> SplitNet:
     return model
 
 
+@pytest.mark.xdist_group("multiprocess")
 def test_lightning_ddp_splits_the_work_and_matches_one_process(tmp_path) -> None:
     lightning_fit(str(tmp_path), devices=WORLD, strategy="ddp_spawn")
     ranks = [torch.load(tmp_path / f"lightning_rank{r}.pt") for r in range(WORLD)]
@@ -356,139 +330,8 @@ def test_lightning_ddp_splits_the_work_and_matches_one_process(tmp_path) -> None
     for a, b, c in zip(ranks[0]["params"], ranks[1]["params"], single, strict=True):
         assert torch.equal(a, b)  # identical on every rank
         torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=2e-6)  # = global batch
-    shapes = tuple(tuple(p.shape) for p in make_model().parameters() if p.ndim >= 2)
+    shapes = matrix_shapes(make_model())
     owners = assign_matrices(shapes, WORLD)
     for rank, record in enumerate(ranks):
         assert record["world_size"] == WORLD
         assert record["local_matrices"] == owners.count(rank) * LIGHTNING_STEPS
-
-
-# ------------------------------------------------------------- FSDP2 (fully_shard), 2 processes
-
-FSDP_CONFIGS = ("muon", "adamuon")
-
-
-def make_uneven_model() -> nn.Module:
-    """A 15-row matrix so that the two row shards differ in size (8 and 7 rows)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 15), nn.Tanh(), nn.Linear(15, 4)
-    )
-
-
-def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        mesh = init_device_mesh("cpu", (world,))
-        results = {}
-        for name in FSDP_CONFIGS:
-            model = make_uneven_model()
-            for layer in model:
-                if isinstance(layer, nn.Linear):
-                    fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-            opt = make_optimizer(model, **CONFIGS[name])
-            history = run_steps(model, opt, rank, world)
-            z = opt.state[opt.param_groups[0]["params"][1]]["z"]
-            split = next(iter(opt._sharded_maps.values())).split
-            opt.eval()
-            results[name] = {
-                "y": [[p.full_tensor() for p in step] for step in history],
-                "x": [p.full_tensor() for g in opt.param_groups for p in g["params"]],
-                "z_local_rows": z.to_local().shape[0],
-                "z_is_dtensor": type(z).__name__ == "DTensor",
-                "local_matrices": split.local_matrices,
-            }
-        results["column_sharded_error"] = _column_sharded_error(mesh)
-        model = make_uneven_model()
-        results["partition_before"] = partition_parameters(model).by_name()
-        fully_shard(model, mesh=mesh)
-        results["partition_after"] = partition_parameters(model).by_name()
-        torch.save(results, Path(out_dir) / f"fsdp_rank{rank}.pt")
-    except BaseException:
-        dist.destroy_process_group()
-        raise
-    finish_worker()
-
-
-def _column_sharded_error(mesh) -> str:
-    """A tensor-parallel style layout (columns sharded) must be refused with a message."""
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    weight = nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(1)]))
-    try:
-        AMUSE([{"params": [weight], "use_muon": True}])
-    except NotImplementedError as error:
-        return str(error)
-    return ""
-
-
-@pytest.fixture(scope="module")
-def fsdp_results() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_fsdp_worker, args=(WORLD, init_file, tmp), nprocs=WORLD, join=True)
-        return {r: torch.load(Path(tmp) / f"fsdp_rank{r}.pt") for r in range(WORLD)}
-
-
-@pytest.mark.parametrize("name", FSDP_CONFIGS)
-def test_fsdp2_equals_one_process_with_whole_matrix_newton_schulz(fsdp_results, name) -> None:
-    model = make_uneven_model()
-    opt = make_optimizer(model, **CONFIGS[name])
-    single = run_steps(model, opt, rank=0, world=1)
-    opt.eval()
-    single_x = [p.detach() for g in opt.param_groups for p in g["params"]]
-    for rank in range(WORLD):
-        got = fsdp_results[rank][name]
-        for step in range(STEPS):
-            for a, b in zip(got["y"][step], single[step], strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
-        for a, b in zip(got["x"], single_x, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=2e-6)
-    # state is sharded like the parameter: the 15-row matrix has 8 rows on rank 0, 7 on rank 1
-    assert [fsdp_results[r][name]["z_local_rows"] for r in range(WORLD)] == [8, 7]
-    assert all(fsdp_results[r][name]["z_is_dtensor"] for r in range(WORLD))
-    shapes = tuple(tuple(p.shape) for p in make_uneven_model().parameters() if p.ndim >= 2)
-    owners = assign_matrices(shapes, WORLD)
-    for rank in range(WORLD):
-        assert fsdp_results[rank][name]["local_matrices"] == owners.count(rank) * STEPS
-
-
-def test_sharding_does_not_change_the_partition(fsdp_results) -> None:
-    for rank in range(WORLD):
-        before = fsdp_results[rank]["partition_before"]
-        assert before == fsdp_results[rank]["partition_after"]
-        assert any(v["use_muon"] for v in before.values())
-        assert any(not v["use_muon"] for v in before.values())
-
-
-def test_layouts_other_than_fsdp2_rows_fail_at_construction(fsdp_results) -> None:
-    for rank in range(WORLD):
-        message = fsdp_results[rank]["column_sharded_error"]
-        assert "Shard(dim=1)" in message and "DDP" in message and "fully_shard" in message
-
-
-def test_lightning_model_parallel_strategy_with_fully_shard_equals_one_process(tmp_path) -> None:
-    """ModelParallelStrategy with fully_shard in configure_model, on CPU; no AMUSE-specific code."""
-    script = Path(__file__).with_name("fsdp2_lightning_run.py")
-    run = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    gen = torch.Generator().manual_seed(7)
-    x, y = torch.randn(24, 6, generator=gen), torch.randn(24, 4, generator=gen)
-    model = make_uneven_model()
-    opt = make_optimizer(model)
-    for step in range(3):
-        opt.zero_grad()
-        rows = slice(8 * step, 8 * step + 8)
-        nn.functional.mse_loss(model(x[rows]), y[rows]).backward()
-        opt.step()
-    for a, b, c in zip(ranks[0], ranks[1], model.parameters(), strict=True):
-        assert torch.equal(a, b)
-        torch.testing.assert_close(a, c.detach(), rtol=1e-5, atol=2e-6)

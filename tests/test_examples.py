@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import functools
-import gzip
-import struct
 import warnings
-from pathlib import Path
 
 import lightning as pl
 import numpy as np
@@ -34,40 +31,8 @@ from amuse_lightning.examples.data import (
 )
 from amuse_lightning.examples.models import CifarResNet, resnet18_cifar
 from amuse_lightning.lightning.mixin import default_amuse_factory
-
-torch.set_num_threads(2)
-
-
-def quiet_trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the idx format (gzipped when the name ends in .gz)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
-
-
-def write_fake_fashion_mnist(root: Path, n_train: int = 200, n_test: int = 50) -> None:
-    """Four idx files of learnable 28x28 images: class k has brightness ``20 + 22 k`` + noise."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        noise = rng.integers(0, 16, size=(n, 28, 28))
-        images = (20 + 22 * labels[:, None, None] + noise).astype(np.uint8)
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-
+from tests.helpers.fashion import write_fake_fashion_mnist, write_idx
+from tests.helpers.trainers import quiet_trainer
 
 # ----------------------------------------------------------------------------- models
 
@@ -168,7 +133,8 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
 
 
 def test_fashion_mnist_offline_without_files_names_the_folders(tmp_path, monkeypatch):
-    monkeypatch.setattr("amuse_lightning.examples.data.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    module = "amuse_lightning.examples.data.fashion_mnist"
+    monkeypatch.setattr(f"{module}.DEBIAN_FASHION_MNIST", tmp_path / "none")
     dm = FashionMNISTDataModule(root=str(tmp_path / "empty"), download=False)
     with pytest.raises(FileNotFoundError, match="empty") as err:
         dm.setup()

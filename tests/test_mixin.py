@@ -19,8 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from amuse_lightning import AMUSE, AmuseMixin, default_amuse_factory
 from amuse_lightning.lightning.mixin import PARTITION_ATTR, AmuseFactory
 
-torch.set_num_threads(1)
-
 
 class TinyNet(AmuseMixin, LightningModule):
     """Conv stem, a hidden conv and Linear (Muon), a BN and a head (fallback)."""

@@ -10,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
-
-torch.set_num_threads(1)
+from amuse_lightning import AMUSE
+from amuse_lightning.partition import (
+    Partition,
+    layer_decay_scales,
+    partition_parameters,
+    uses_muon,
+)
 
 
 def sides(partition: Partition) -> dict[str, bool]:
@@ -438,3 +442,30 @@ def test_layer_decay_scales_through_a_wrapper_and_errors() -> None:
         layer_decay_scales(tiny_vit(), 1.5)
     with pytest.raises(ValueError, match="does not have"):
         partition_parameters(tiny_vit()).param_groups(lr_scales={"blocks.9.attn.qkv.weight": 0.1})
+
+
+@pytest.mark.filterwarnings("ignore:AMUSE got parameters without")
+def test_uses_muon_agrees_with_how_amuse_splits_every_kind_of_group() -> None:
+    """The shared rule against the optimizer: every tensor lands on the side uses_muon names."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2))
+    params = list(net.parameters())  # conv kernel, conv bias, matrix, bias, norm weight, norm bias
+    cases = [
+        [{"params": params}],  # unmarked: split by ndim
+        [
+            {"params": params[:2], "use_fallback": True},
+            {"params": params[2:3], "use_fallback": False},
+            {"params": params[3:], "use_fallback": True},
+        ],
+        [{"params": params[:2], "use_muon": False, "use_fallback": False}, {"params": params[2:3]}],
+        partition_parameters(net).param_groups(),
+    ]
+    for groups in cases:
+        wanted = {id(p): uses_muon(g, p) for g in groups for p in g["params"]}
+        opt = AMUSE(groups)
+        got = {id(p): g["use_muon"] for g in opt.param_groups for p in g["params"]}
+        assert got == wanted
+    assert uses_muon({"params": []}, params[2]) and not uses_muon({"params": []}, params[1])
+    assert not uses_muon({"use_muon": False, "use_fallback": False}, params[2])
+    partition = partition_parameters(net)  # first conv = stem, last Linear = head: fallback
+    assert not any(uses_muon(g, p) for g in partition.param_groups() for p in g["params"])

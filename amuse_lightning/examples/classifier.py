@@ -50,8 +50,7 @@ __all__ = [
 ]
 
 VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
-"""AMUSE settings used when a classifier gets no ``optimizer``: the paper's vision starting point
-(``beta1 = 0.8``, ``rho = 0.3``, ``lr = 1e-2`` for both groups)."""
+"""AMUSE settings for a classifier given no ``optimizer`` (docs/algorithm.md#hyperparameters)."""
 
 
 def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:

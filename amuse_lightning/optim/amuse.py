@@ -1,6 +1,6 @@
 """AMUSE: Anytime MUon with Stable gradient Evaluation (arXiv 2605.22432), plain PyTorch.
 
-Three sequences per parameter (ALGORITHMS.md section 1): the fast sequence ``z`` moved by the
+Three sequences per parameter (docs/algorithm.md#sequences): the fast sequence ``z`` moved by the
 direction, its Schedule-Free average ``x`` and the gradient point ``y = (1 - beta_t) z + beta_t x``.
 While training, the parameter holds ``y`` and the state holds ``z``; ``x`` is recovered as
 ``x = y + (1 - 1/beta) (z - y)`` with the beta that built ``y``. One step of a group::

@@ -1,4 +1,4 @@
-"""What moves z: the update direction ``U_t`` of one parameter group (ALGORITHMS.md sections 2-4).
+"""What moves z: the update direction ``U_t`` of one parameter group (docs/algorithm.md#muon).
 
 Every function takes the group's gradients (never modified) and the per-parameter state dicts,
 creates its buffers lazily, and returns one update tensor per parameter. Elementwise work uses

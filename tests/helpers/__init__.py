@@ -1,0 +1,11 @@
+"""Shared pieces for the tests; no test module imports another test module, only these.
+
+* :mod:`tests.helpers.nets` - the small MLPs, the Muon/fallback group splitter, the optimizer
+  factory and the training loop that the distributed tests compare against;
+* :mod:`tests.helpers.sharded` - the FSDP2 LightningModule the ``fsdp2_*_run.py`` scripts run,
+  its data, and the cached single-process references their results are checked against;
+* :mod:`tests.helpers.trainers` - a quiet Lightning ``Trainer`` factory;
+* :mod:`tests.helpers.fashion` - a fake Fashion-MNIST in the idx format.
+
+(``tests/callback_testkit.py`` holds the recording module and oracles of the callback tests.)
+"""

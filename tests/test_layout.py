@@ -1,0 +1,77 @@
+"""The layering rules, read from the source: imports go one way and tests share only helpers."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "amuse_lightning"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved against its package)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.add(f"{base}.{node.module}" if node.module else base)
+            else:
+                names.add(node.module or "")
+    return names
+
+
+def starts_with(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("layer", ["optim", "partition"])
+def test_core_layers_import_no_lightning(layer: str) -> None:
+    banned = ("lightning", "pytorch_lightning", "amuse_lightning.lightning")
+    banned += ("amuse_lightning.examples",)
+    files = sorted((PACKAGE / layer).rglob("*.py"))
+    assert files
+    offenders = {
+        str(f.relative_to(ROOT)): sorted(n for n in imported_modules(f) if starts_with(n, banned))
+        for f in files
+    }
+    assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_lightning_layer_never_imports_the_examples() -> None:
+    """The library never imports its own examples: the CLI and callback live below them."""
+    files = sorted((PACKAGE / "lightning").rglob("*.py"))
+    assert files
+    offenders = {
+        str(f.relative_to(ROOT)): sorted(
+            n for n in imported_modules(f) if starts_with(n, ("amuse_lightning.examples",))
+        )
+        for f in files
+    }
+    assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_no_test_module_imports_another_test_module() -> None:
+    files = sorted((ROOT / "tests").rglob("*.py"))
+    assert len(files) > 10
+    offenders = {
+        str(f.relative_to(ROOT)): sorted(
+            n for n in imported_modules(f) if n.startswith("tests.test_") or n == "tests.conftest"
+        )
+        for f in files
+    }
+    assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_relative_imports_are_resolved_like_python_does() -> None:
+    """Guards the checks above: a relative import inside the package is seen under its name."""
+    names = imported_modules(PACKAGE / "partition" / "rules.py")
+    assert "amuse_lightning.partition.finders" in names
+    assert "torch" in names
