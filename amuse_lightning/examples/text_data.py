@@ -22,7 +22,7 @@ import hashlib
 import math
 import platform
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -230,11 +230,19 @@ class RandomWindowBatches(Dataset):
 
 
 class EpochSteps(Sampler[int]):
-    """Yields the global batch indices of one epoch: ``epoch * n, ..., epoch * n + n - 1``.
-    Lightning calls :meth:`set_epoch` before each training epoch (also after a resume)."""
+    """The global batch indices of one epoch: ``epoch * n + k`` for ``k = skip, ..., n - 1``.
 
-    def __init__(self, batches_per_epoch: int) -> None:
+    ``epoch`` is the value of the last :meth:`set_epoch` (Lightning calls it before each
+    training epoch); ``skip`` is ``skip_of()`` (default 0): the datamodule passes the number of
+    batches Lightning already completed in this epoch, so a run resumed from a mid-epoch
+    checkpoint continues with the batches it had not seen. Both are read when the first index
+    is drawn, not when the iterator is made: Lightning makes the training iterator before a
+    resumed run's loop state and ``set_epoch`` arrive.
+    """
+
+    def __init__(self, batches_per_epoch: int, skip_of: Callable[[], int] | None = None) -> None:
         self.batches_per_epoch = batches_per_epoch
+        self.skip_of = skip_of
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -244,8 +252,9 @@ class EpochSteps(Sampler[int]):
         return self.batches_per_epoch
 
     def __iter__(self) -> Iterator[int]:
+        skip = 0 if self.skip_of is None else self.skip_of()
         start = self.epoch * self.batches_per_epoch
-        return iter(range(start, start + self.batches_per_epoch))
+        yield from range(start + skip, start + self.batches_per_epoch)
 
 
 class TextDataModule(LightningDataModule):
@@ -306,7 +315,15 @@ class TextDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         batches = RandomWindowBatches(self.corpus.train, self.batch_size, self.context, self.seed)
-        return DataLoader(batches, batch_size=None, sampler=EpochSteps(self.batches_per_epoch))
+        sampler = EpochSteps(self.batches_per_epoch, skip_of=self._batches_done_this_epoch)
+        return DataLoader(batches, batch_size=None, sampler=sampler)
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches Lightning completed in the current epoch (0 off a Trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def _eval_loader(self, ids: torch.Tensor) -> DataLoader:
         inputs, targets = eval_windows(ids, self.context, self.max_windows)
