@@ -79,6 +79,16 @@ def test_untrained_loss_is_near_uniform_and_tied_head_shares_the_embedding():
     assert abs(float(loss) - math.log(256)) < 0.05  # small init: close to the uniform loss
 
 
+def test_generate_continues_a_prompt_greedily_and_reproducibly():
+    torch.manual_seed(0)
+    module = CharGPTModule(width=32, depth=1, heads=2, context=16).eval()
+    first = module.generate(b"def f(x):", 20, temperature=0)
+    assert isinstance(first, bytes) and len(first) == 20  # also past the 16-byte context
+    assert module.generate(b"def f(x):", 20, temperature=0) == first
+    sampled = [module.generate(b"", 8, generator=torch.Generator().manual_seed(1)) for _ in "ab"]
+    assert sampled[0] == sampled[1] and len(sampled[0]) == 8
+
+
 # ----------------------------------------------------------------------------- the partition
 
 HIDDEN = {"attn.qkv.weight", "attn.proj.weight", "mlp.up.weight", "mlp.down.weight"}

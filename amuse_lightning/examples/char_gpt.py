@@ -311,8 +311,10 @@ class CharGPTModule(AmuseMixin, LightningModule):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> bytes:
-        """Sample ``new_bytes`` bytes after ``prompt`` (temperature 0: greedy)."""
-        ids = torch.tensor(list(prompt) or [0], device=self.device)[None]
+        """Sample ``new_bytes`` bytes after ``prompt`` (temperature 0: greedy). An empty prompt
+        starts after the document separator (byte 0), as a file does in the corpus."""
+        start = list(prompt) or [0]
+        ids = torch.tensor(start, device=self.device)[None]
         for _ in range(new_bytes):
             logits = self(ids[:, -self.model.context :])[0, -1]
             if temperature == 0:
@@ -321,4 +323,4 @@ class CharGPTModule(AmuseMixin, LightningModule):
                 probs = torch.softmax(logits.float() / temperature, dim=-1).cpu()
                 nxt = torch.multinomial(probs, 1, generator=generator)[0].to(ids.device)
             ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-        return bytes(ids[0, len(prompt) :].tolist())
+        return bytes(ids[0, len(start) :].tolist())

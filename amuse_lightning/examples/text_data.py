@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import platform
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -334,8 +333,3 @@ class TextDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self.corpus.test)
-
-
-def bits_per_byte(nats: float) -> float:
-    """Nats per byte -> bits per byte."""
-    return nats / math.log(2)
