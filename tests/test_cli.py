@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 
 from amuse_lightning import AmuseCallback
 from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
@@ -177,3 +178,21 @@ def test_module_entry_point_and_console_script_answer_help():
             [str(script), "fit", "--help"], capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0 and "--test_after_fit" in result.stdout
+
+
+def test_fit_summary_reports_the_metric_the_run_has(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from amuse_lightning.lightning.cli import fit_summary, summary_metric
+
+    plain = Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
+    assert summary_metric(plain) == "val_acc"  # nothing logged yet: the classifiers' metric
+    plain.callback_metrics.update({"val_loss": torch.tensor(1.25)})
+    assert summary_metric(plain) == "val_loss"
+    assert "last val_loss (averaged model x) = 1.2500" in fit_summary(plain)
+    monitored = Trainer(
+        default_root_dir=tmp_path, logger=False, callbacks=[ModelCheckpoint(monitor="val_bpb")]
+    )
+    monitored.callback_metrics.update({"val_acc": torch.tensor(0.5)})
+    assert summary_metric(monitored) == "val_bpb"

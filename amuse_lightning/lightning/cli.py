@@ -57,12 +57,24 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def fit_summary(trainer: Trainer, seconds: float | None = None, monitor: str = "val_acc") -> str:
+def summary_metric(trainer: Trainer) -> str:
+    """The validation metric the summary reports: the first monitored ``ModelCheckpoint``'s
+    monitor, else ``val_acc`` (classifiers) or ``val_loss`` (language models), whichever exists."""
+    for checkpoint in trainer.checkpoint_callbacks:
+        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is not None:
+            return checkpoint.monitor
+    metrics = trainer.callback_metrics
+    return next((key for key in ("val_acc", "val_loss") if key in metrics), "val_acc")
+
+
+def fit_summary(trainer: Trainer, seconds: float | None = None, monitor: str | None = None) -> str:
     """One paragraph: steps, last ``monitor`` of the averaged model, best and latest checkpoints.
 
-    A ``ModelCheckpoint`` with a monitor reports its best score and file; one without a monitor
-    holds the latest (anytime) model; ``save_last`` files are listed as well.
+    ``monitor`` defaults to :func:`summary_metric`. A ``ModelCheckpoint`` with a monitor reports
+    its best score and file; one without a monitor holds the latest (anytime) model;
+    ``save_last`` files are listed as well.
     """
+    monitor = monitor or summary_metric(trainer)
     last = _metric(trainer.callback_metrics.get(monitor))
     parts = [
         f"Fit finished after {trainer.current_epoch} epochs / {trainer.global_step} steps"
