@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader, DistributedSampler
 
 from amuse_lightning import AmuseCallback
-from tests.callback_testkit import Recorder, assert_same, expected_x, params_only, trainer
+from tests.callback_testkit import (
+    Recorder,
+    assert_same,
+    expected_x,
+    make_data,
+    params_only,
+    trainer,
+)
 
 
 class RankDump(Recorder):
@@ -27,6 +36,7 @@ class RankDump(Recorder):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
 def test_ddp_ranks_agree_and_checkpoints_hold_x(tmp_path):
     torch.manual_seed(0)
     model = RankDump(str(tmp_path))
@@ -71,3 +81,94 @@ def test_ddp_ranks_agree_and_checkpoints_hold_x(tmp_path):
         assert_same(saved["amuse"]["y"], params_only(entry))
     # ddp_spawn hands rank 0's final weights back to this process: x
     assert_same({n: p.detach() for n, p in model.named_parameters()}, ranks[0]["final"])
+
+
+class BatchNormRankDump(RankDump):
+    """RankDump with BatchNorm; also records the statistics every rank holds when validation
+    starts (after AmuseCallback's hook) and after fit."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__(out_dir, batchnorm=True)
+        self.bn_at_validation_start: list[tuple[int, dict]] = []
+
+    def on_validation_start(self) -> None:
+        self.bn_at_validation_start.append((self.global_step, self.bn_state()))
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        path = Path(self.out_dir) / f"rank{self.global_rank}.pt"
+        dump = torch.load(path, weights_only=False)
+        dump.update(bn_start=self.bn_at_validation_start, bn_final=self.bn_state())
+        torch.save(dump, path)
+
+
+def batches_of_every_rank(n_batches: int) -> list[torch.Tensor]:
+    """The first ``n_batches`` training inputs of each of the two ranks (Lightning's
+    DistributedSampler over the unshuffled loader)."""
+    data = make_data(48, seed=0)
+    inputs = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+        loader = DataLoader(data, batch_size=8, sampler=sampler)
+        inputs += [batch[0] for _, batch in zip(range(n_batches), loader, strict=False)]
+    return inputs
+
+
+def statistics_at(x: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> dict:
+    """Oracle: cumulative-average BatchNorm statistics of weights ``x`` over ``inputs``."""
+    model = Recorder(batchnorm=True, record=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(x[name])
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm1d):
+                layer.reset_running_stats()
+                layer.momentum = None
+        model.train()
+        for batch in inputs:
+            model(batch)
+    return model.bn_state()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+@pytest.mark.xfail(strict=True, reason="issue 12 point 1")
+@pytest.mark.parametrize("broadcast_buffers", [True, False])
+def test_ddp_batchnorm_recalibration_is_the_same_on_every_rank(tmp_path, broadcast_buffers):
+    """Every rank evaluates x with the same statistics, estimated from every rank's batches,
+    and checkpoints carry them, with and without DDP's buffer broadcast."""
+    torch.manual_seed(0)
+    model = BatchNormRankDump(str(tmp_path))
+    checkpoint = ModelCheckpoint(tmp_path / "ck", save_top_k=-1, every_n_train_steps=3)
+    strategy = DDPStrategy(start_method="spawn", broadcast_buffers=broadcast_buffers)
+    run = trainer(
+        tmp_path,
+        [AmuseCallback(bn_recalibration_batches=2), checkpoint],
+        strategy=strategy,
+        devices=2,
+        max_epochs=2,
+        enable_checkpointing=True,
+    )
+    run.fit(model)
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    starts = [dict(rank["bn_start"]) for rank in ranks]
+    assert sorted(starts[0]) == sorted(starts[1]) == [0, 3, 6]
+    for step in starts[0]:
+        assert_same(starts[1][step], starts[0][step])
+    vals = [[e["__bn__"] for k, _, e in rank["events"] if k == "val"] for rank in ranks]
+    assert len(vals[0]) == len(vals[1]) > 0
+    for a, b in zip(*vals, strict=True):
+        assert_same(a, b)
+    assert_same(ranks[1]["bn_final"], ranks[0]["bn_final"])
+
+    records = Recorder()
+    records.events = ranks[0]["events"]
+    inputs = batches_of_every_rank(2)
+    for step, seen in starts[0].items():
+        x = expected_x(records.y_at_step(step))
+        assert_same(seen, statistics_at(x, inputs), exact=False)
+    for path in sorted((tmp_path / "ck").glob("*.ckpt")):
+        saved = torch.load(path, weights_only=False)
+        state = {k: v for k, v in saved["state_dict"].items() if "running" in k}
+        assert_same(state, starts[0][saved["global_step"]])
