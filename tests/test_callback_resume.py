@@ -176,11 +176,7 @@ def _inplace_checkpoint(tmp_path: Path, where: str) -> Path:
 
 @pytest.mark.parametrize(
     "where",
-    [
-        "epoch_end",
-        pytest.param("save_last", marks=pytest.mark.xfail(strict=True, reason="issue 12 point 3")),
-        pytest.param("after_fit", marks=pytest.mark.xfail(strict=True, reason="issue 12 point 3")),
-    ],
+    ["epoch_end", "save_last", "after_fit"],
 )
 def test_resume_from_inplace_checkpoint_equals_uninterrupted_inplace_run(tmp_path, where):
     """swap='inplace' moves y by rounding at each evaluation; a resume must continue from the

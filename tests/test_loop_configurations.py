@@ -276,7 +276,6 @@ def test_fsdp2_resume_stays_within_rounding_of_the_uninterrupted_run(tmp_path):
 
 
 # ------------------------------------------------------------------------------ issue 12 gaps
-@pytest.mark.xfail(strict=True, reason="issue 12 point 2")
 def test_second_amuse_callback_is_refused_at_setup_naming_which_to_keep(tmp_path):
     model = Recorder()
     before = model.snapshot()
@@ -311,7 +310,6 @@ class GrowsAtValidationEnd(Recorder):
             self.trainer.optimizers[0].add_param_group({"params": head, "use_muon": False})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 point 7")
 def test_param_group_added_during_validation_joins_the_swap(tmp_path):
     pl.seed_everything(0)
     model = GrowsAtValidationEnd()
@@ -342,7 +340,6 @@ class FrozenStart(Recorder):
         return schedulefree.AdamWScheduleFree(trainable, lr=0.05, warmup_steps=2)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 point 7")
 def test_base_finetuning_with_adamw_schedulefree(tmp_path):
     """AdamWScheduleFree gives the unfrozen group train_mode=False while training runs."""
     pl.seed_everything(0)

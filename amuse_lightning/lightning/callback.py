@@ -36,6 +36,7 @@ The pieces live next door: :mod:`.swap` (the exact ``y`` <-> ``x`` swap) and
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 import torch
@@ -131,6 +132,48 @@ def _check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: Lightni
         )
 
 
+def _options(callback: AmuseCallback) -> dict[str, Any]:
+    """The constructor arguments of ``callback`` that differ from their defaults."""
+    defaults = inspect.signature(AmuseCallback.__init__).parameters
+    options = {}
+    for name, parameter in defaults.items():
+        if name == "self" or not hasattr(callback, name):
+            continue
+        value = getattr(callback, name)
+        default = default_bn_forward if name == "bn_forward" else parameter.default
+        if value is not default and value != default:
+            options[name] = value
+    return options
+
+
+def _describe(options: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in options.items())
+    return f"AmuseCallback({shown})"
+
+
+def _check_single_instance(callbacks: list[Callback]) -> None:
+    found = [cb for cb in callbacks if isinstance(cb, AmuseCallback)]
+    if len(found) < 2:
+        return
+    described = ", ".join(_describe(_options(cb)) for cb in found)
+    merged: dict[str, Any] = {}
+    clashes = set()
+    for cb in found:
+        for name, value in _options(cb).items():
+            if name in merged and merged[name] != value:
+                clashes.add(name)
+            merged[name] = value
+    keep = _describe(merged)
+    if clashes:
+        keep += f" (they disagree on {', '.join(sorted(clashes))}: choose one value)"
+    raise MisconfigurationException(
+        f"The Trainer has {len(found)} AmuseCallback instances: {described}. Each would swap "
+        "the weights and write checkpoints on its own, and only the first one's options take "
+        f"effect. Pass a single AmuseCallback with every option you need, keep only {keep}, "
+        "and remove the others from Trainer(callbacks=...)."
+    )
+
+
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
 
@@ -150,8 +193,10 @@ class AmuseCallback(Callback):
     Args:
         swap: ``"copy"`` (default) keeps a copy of ``y`` while ``x`` is in the parameters and
             writes it back bit for bit; ``"inplace"`` uses ``optimizer.eval()``/``train()`` only,
-            which needs no extra memory but moves ``y`` by rounding error at each evaluation.
-            Checkpoints always use an exact temporary copy.
+            which needs no extra memory during training but moves ``y`` by rounding error at
+            each evaluation. Checkpoints always use an exact temporary copy, and at the end of
+            fit ``y`` is copied before ``x`` is put in place (unless
+            ``keep_y_in_checkpoint=False``), so checkpoints written after fit resume exactly.
         y_copy_device: where the copy of ``y`` lives: ``"same"`` as the parameter, or ``"cpu"``
             to spare accelerator memory.
         bn_recalibration_batches: if ``N > 0``, re-estimate BatchNorm running statistics at ``x``
@@ -159,7 +204,9 @@ class AmuseCallback(Callback):
             each evaluation, at the end of fit and before a checkpoint's ``x`` is written. The
             batches come from a separate iterator over the training data; the random streams
             are restored afterwards, so the training run is unchanged. The training-time
-            statistics come back with ``y``.
+            statistics come back with ``y``. Under DDP every rank estimates on its own batches
+            and the estimates are merged (one all-reduce) into the average over all ranks'
+            batches, identical on every rank and equal to the checkpoint's.
         bn_forward: how to run one recalibration batch through the module;
             defaults to :func:`default_bn_forward` (``module(batch[0])`` for tuple batches).
         keep_y_in_checkpoint: store ``y`` in ``checkpoint["amuse"]["y"]`` for an exact resume
@@ -169,6 +216,10 @@ class AmuseCallback(Callback):
         allow_lr_scheduler: AMUSE warms its learning rate up by itself and averages instead of
             decaying; an LR scheduler is refused unless this is ``True`` (then you take
             responsibility, e.g. for a final cooldown).
+
+    Use one AmuseCallback per Trainer (a second one is refused at setup). A param group that
+    never stepped (added by ``add_param_group`` during an evaluation, or by ``BaseFinetuning``)
+    holds ``x = y``; its ``train_mode`` flag is aligned with the other groups at each swap.
 
     Manual optimization is supported as long as the module uses exactly one schedule-free
     optimizer. Strategies: single device, DDP, and FSDP2 (``ModelParallelStrategy`` with
@@ -215,6 +266,7 @@ class AmuseCallback(Callback):
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         _check_strategy(trainer.strategy)
+        _check_single_instance(trainer.callbacks)
         if stage == "fit":
             if not is_overridden("configure_model", pl_module):
                 _check_trainable(pl_module)
@@ -374,7 +426,10 @@ class AmuseCallback(Callback):
 
     def _enter_x(self, trainer: Trainer, pl_module: LightningModule, for_evaluation: bool) -> None:
         weights = self._weights_for(trainer)
-        if weights is None or self._eval_swapped or not weights.to_x():
+        # after training (not for an evaluation) y is kept exactly even with swap="inplace":
+        # checkpoints written after fit must carry the y the run would continue from
+        exact = True if not for_evaluation and self.keep_y_in_checkpoint else None
+        if weights is None or self._eval_swapped or not weights.to_x(exact=exact):
             return
         self._eval_swapped = for_evaluation
         if not self._recalibrates(pl_module):
