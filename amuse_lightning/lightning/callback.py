@@ -169,8 +169,8 @@ def _check_single_instance(callbacks: list[Callback]) -> None:
     raise MisconfigurationException(
         f"The Trainer has {len(found)} AmuseCallback instances: {described}. Each would swap "
         "the weights and write checkpoints on its own, and only the first one's options take "
-        f"effect. Pass a single AmuseCallback with every option you need, keep only {keep}, "
-        "and remove the others from Trainer(callbacks=...)."
+        "effect. Keep only one AmuseCallback, given every option you need (here "
+        f"{keep}), and remove the others from Trainer(callbacks=...)."
     )
 
 
