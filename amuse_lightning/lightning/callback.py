@@ -169,7 +169,7 @@ def _check_single_instance(callbacks: list[Callback]) -> None:
     raise MisconfigurationException(
         f"The Trainer has {len(found)} AmuseCallback instances: {described}. Each would swap "
         "the weights and write checkpoints on its own, and only the first one's options take "
-        "effect. Keep only one AmuseCallback, given every option you need (here "
+        "effect: keep only one AmuseCallback, given every option you need (here "
         f"{keep}), and remove the others from Trainer(callbacks=...)."
     )
 
