@@ -308,6 +308,7 @@ class GrowsAtValidationEnd(Recorder):
             for p in head:
                 p.requires_grad_(True)
             self.trainer.optimizers[0].add_param_group({"params": head, "use_muon": False})
+            self.trainer.save_checkpoint(Path(self.trainer.default_root_dir) / "grown.ckpt")
 
 
 def test_param_group_added_during_validation_joins_the_swap(tmp_path):
@@ -319,6 +320,12 @@ def test_param_group_added_during_validation_joins_the_swap(tmp_path):
     check_fit(model, run)
     head = model.y_at_step(run.global_step)
     assert "z:net.4.weight" in head  # the new group trained, with its own z
+    # the checkpoint written right after the group was added: x, and a y for every parameter
+    # (the new ones never stepped: their y is their value)
+    grown = torch.load(tmp_path / "grown.ckpt", weights_only=False)
+    entry = model.y_at_step(grown["global_step"])
+    assert_same(dict(grown["state_dict"]), expected_x(entry))
+    assert_same(grown["amuse"]["y"], params_only(entry))
 
 
 class FinetuneHead(BaseFinetuning):
