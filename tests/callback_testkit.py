@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from amuse_lightning import AMUSE
+from amuse_lightning import AMUSE, partition_parameters
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -208,9 +208,7 @@ def check_evaluation_sees_x(model: Recorder, kind: str, exact: bool = True) -> i
 def make_optimizer(module: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
     if kind == "schedulefree":
         return schedulefree.AdamWScheduleFree(module.parameters(), lr=lr, warmup_steps=2)
-    matrices = [p for p in module.parameters() if p.ndim >= 2]
-    others = [p for p in module.parameters() if p.ndim < 2]
-    groups = [{"params": matrices, "use_muon": True}, {"params": others, "use_muon": False}]
+    groups = partition_parameters(module).param_groups()  # the library's Muon/fallback rule
     return AMUSE(groups, lr=lr, warmup_steps=2, rho=0.5, ns_dtype=torch.float32)
 
 

@@ -15,7 +15,7 @@ from lightning.pytorch.strategies import (
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from amuse_lightning import AmuseCallback
-from amuse_lightning.lightning.callback import _check_strategy
+from amuse_lightning.lightning.checks import check_strategy
 from amuse_lightning.lightning.sharded import check_fsdp2_params
 from tests.callback_testkit import Recorder, make_optimizer, trainer
 
@@ -80,7 +80,7 @@ def test_module_without_trainable_parameters_is_refused(tmp_path):
 
 def test_fsdp_is_refused_naming_the_supported_strategies():
     with pytest.raises(MisconfigurationException, match="FSDPStrategy") as info:
-        _check_strategy(FSDPStrategy())
+        check_strategy(FSDPStrategy())
     assert "strategy='ddp'" in str(info.value) and "single device" in str(info.value)
 
 
@@ -89,7 +89,7 @@ def test_deepspeed_is_refused():
         pass
 
     with pytest.raises(MisconfigurationException, match="DeepSpeed"):
-        _check_strategy(DeepSpeedStrategy())
+        check_strategy(DeepSpeedStrategy())
 
 
 def test_strategy_checked_at_setup_before_anything_else():
@@ -100,9 +100,9 @@ def test_strategy_checked_at_setup_before_anything_else():
 
 
 def test_single_device_ddp_and_model_parallel_are_accepted():
-    _check_strategy(SingleDeviceStrategy(device=torch.device("cpu")))
-    _check_strategy(DDPStrategy())
-    _check_strategy(ModelParallelStrategy())
+    check_strategy(SingleDeviceStrategy(device=torch.device("cpu")))
+    check_strategy(DDPStrategy())
+    check_strategy(ModelParallelStrategy())
 
 
 def test_model_parallel_without_fully_shard_is_refused_naming_the_fix():

@@ -38,6 +38,6 @@ def test_cuda_training_sees_y_and_evaluation_sees_x(tmp_path, precision, copy_de
     assert check_training_sees_y(model) == 6  # bit for bit, whatever the copy's device
     # CUDA lerp kernels may round differently from the oracle's: x up to rounding
     assert check_evaluation_sees_x(model, "val", exact=False) == 5
-    copies = callback._weights.y_copy
+    copies = callback._state.weights.y_copy
     assert copies is not None
     assert {t.device.type for t in copies} == {"cpu" if copy_device == "cpu" else "cuda"}

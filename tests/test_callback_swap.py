@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from amuse_lightning import AMUSE, AmuseCallback, AmuseMixin, default_amuse_factory
+from amuse_lightning import AmuseCallback, AmuseMixin, default_amuse_factory
 from amuse_lightning.lightning.callback import WeightSwap
 from tests.callback_testkit import (
     Recorder,
@@ -285,6 +285,14 @@ def test_with_amuse_mixin(tmp_path, recwarn):
     assert not [w for w in recwarn if "no AmuseCallback" in str(w.message)]
 
 
-def test_amuse_export():
-    assert AmuseCallback.__module__ == "amuse_lightning.lightning.callback"
-    assert AMUSE is not None
+def test_public_names_resolve_to_the_lightning_layer():
+    import amuse_lightning
+    import amuse_lightning.lightning as layer
+    from amuse_lightning.lightning import callback, factories, mixin
+
+    assert amuse_lightning.AmuseCallback is layer.AmuseCallback is callback.AmuseCallback
+    assert amuse_lightning.AmuseMixin is layer.AmuseMixin is mixin.AmuseMixin
+    assert layer.default_amuse_factory is factories.default_amuse_factory
+    assert amuse_lightning.default_amuse_factory(lr=0.1).kwargs == {"lr": 0.1}
+    with pytest.raises(AttributeError, match="no attribute 'AmuseCallbak'"):
+        layer.AmuseCallbak  # noqa: B018

@@ -19,8 +19,6 @@ labels only), ``val_acc``/``test_acc`` top-1, and for :class:`TimmClassifier` ``
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
 import warnings
 from collections.abc import Sequence
@@ -34,7 +32,12 @@ from torch import nn
 from torch.optim import Optimizer
 
 from amuse_lightning.examples.models import CifarResNet
-from amuse_lightning.lightning.mixin import AmuseFactory, AmuseMixin, default_amuse_factory
+from amuse_lightning.lightning.factories import (
+    default_amuse_factory,
+    optimizer_class_of,
+    with_warmup_steps,
+)
+from amuse_lightning.lightning.mixin import AmuseMixin
 
 __all__ = [
     "VISION_AMUSE_DEFAULTS",
@@ -47,7 +50,8 @@ __all__ = [
 ]
 
 VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
-"""AMUSE settings used when a classifier gets no ``optimizer`` (ALGORITHMS.md section 5)."""
+"""AMUSE settings used when a classifier gets no ``optimizer``: the paper's vision starting point
+(``beta1 = 0.8``, ``rho = 0.3``, ``lr = 1e-2`` for both groups)."""
 
 
 def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
@@ -61,35 +65,6 @@ def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | Non
     if not math.isfinite(total_steps) or total_steps <= 0:
         return None
     return max(2, round(fraction * total_steps))
-
-
-def optimizer_class_of(factory: Any) -> type | None:
-    """The class a factory builds: itself, the class inside a (jsonargparse) ``partial``, AMUSE
-    for an :class:`~amuse_lightning.lightning.mixin.AmuseFactory`; ``None`` when it cannot be
-    told."""
-    if isinstance(factory, AmuseFactory):
-        from amuse_lightning.optim import AMUSE
-
-        return AMUSE
-    if isinstance(factory, type):
-        return factory
-    if isinstance(factory, functools.partial):
-        for candidate in (factory.func, *factory.args):
-            if isinstance(candidate, type) and issubclass(candidate, Optimizer):
-                return candidate
-            if isinstance(candidate, functools.partial):
-                return optimizer_class_of(candidate)
-    return None
-
-
-def with_warmup_steps(factory: OptimizerCallable, warmup_steps: int) -> OptimizerCallable | None:
-    """``factory`` rebuilt to pass ``warmup_steps``; ``None`` if its optimizer takes no such arg."""
-    if isinstance(factory, AmuseFactory):
-        return default_amuse_factory(**{**factory.kwargs, "warmup_steps": warmup_steps})
-    cls = optimizer_class_of(factory)
-    if cls is None or "warmup_steps" not in inspect.signature(cls).parameters:
-        return None
-    return functools.partial(factory, warmup_steps=warmup_steps)
 
 
 class ImageClassifier(AmuseMixin, LightningModule):

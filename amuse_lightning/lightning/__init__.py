@@ -1,14 +1,43 @@
 """The Lightning layer: everything in amuse-lightning that imports Lightning.
 
-``callback`` (AmuseCallback: which weights, y or x, the rest of Lightning sees), ``swap`` (the
-exact y <-> x swap), ``checkpoint`` (what a checkpoint carries for an exact resume),
-``batchnorm`` (BatchNorm statistics at x), ``save_hook``, ``sharded`` (FSDP2), ``mixin``
-(configure_optimizers from the partition) and ``cli`` (the ``amuse-lightning`` command). Imports
-only go down: this layer uses ``amuse_lightning.optim`` and ``amuse_lightning.partition``, never
-the other way round.
+``callback`` (AmuseCallback: which weights, y or x, the rest of Lightning sees), ``state`` (its
+phase), ``swap`` (the exact y <-> x swap), ``checkpoint`` (what a checkpoint carries for an exact
+resume), ``batchnorm`` (BatchNorm statistics at x), ``save_hook``, ``sharded`` (FSDP2),
+``checks`` (what is refused at setup), ``compat`` (the one private Lightning read),
+``factories`` (optimizer factories, ``is_schedule_free``), ``mixin`` (configure_optimizers from
+the partition) and ``cli`` (the ``amuse-lightning`` command). Imports only go down: this layer
+uses ``amuse_lightning.optim`` and ``amuse_lightning.partition``, never the other way round, and
+within it nothing imports ``callback`` but ``mixin`` and ``cli`` (which sit above it). The names
+below are resolved on first access, so importing one submodule loads only what it needs.
 """
 
-from amuse_lightning.lightning.callback import AmuseCallback
-from amuse_lightning.lightning.mixin import AmuseMixin, default_amuse_factory
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["AmuseCallback", "AmuseMixin", "default_amuse_factory"]
+
+_LAZY: dict[str, str] = {
+    "AmuseCallback": "amuse_lightning.lightning.callback",
+    "AmuseMixin": "amuse_lightning.lightning.mixin",
+    "default_amuse_factory": "amuse_lightning.lightning.factories",
+}
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from amuse_lightning.lightning.callback import AmuseCallback
+    from amuse_lightning.lightning.factories import default_amuse_factory
+    from amuse_lightning.lightning.mixin import AmuseMixin
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'amuse_lightning.lightning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -20,11 +20,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, IterableDataset
+
+from amuse_lightning.lightning.compat import private_attribute
 
 BatchNormForward = Callable[[LightningModule, Any], Any]
 
@@ -129,12 +132,28 @@ def _fresh_loader(loader: Any) -> Any:
     return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
+def _train_loader_of(trainer: Trainer) -> Any:
+    """The fit's train dataloader(s), also before the fit loop has set them up (sanity check)."""
+    if trainer.train_dataloader is not None:
+        return trainer.train_dataloader
+    source: Any = trainer.datamodule  # fit(datamodule=...) excludes train_dataloaders
+    if source is None:
+        # the module's hook or fit(train_dataloaders=...): no public way to tell them apart
+        # before the fit loop's set-up
+        source = private_attribute(
+            trainer.fit_loop,
+            "_data_source.instance",
+            "Pass the training data in a LightningDataModule, or set "
+            "AmuseCallback(bn_recalibration_batches=0).",
+        )
+    if isinstance(source, (LightningModule, LightningDataModule)):
+        return source.train_dataloader() if is_overridden("train_dataloader", source) else None
+    return source
+
+
 def recalibration_loader(trainer: Trainer) -> Any:
-    """The Trainer's single train dataloader (loaded from the fit's data source if needed)."""
-    loader = trainer.train_dataloader
-    source = trainer.fit_loop._data_source
-    if loader is None and source.is_defined():
-        loader = source.dataloader()
+    """The Trainer's single train dataloader."""
+    loader = _train_loader_of(trainer)
     if loader is None:
         raise MisconfigurationException(
             "bn_recalibration_batches > 0 needs training batches to re-estimate BatchNorm "
@@ -223,12 +242,21 @@ def merge_across_ranks(layers: list[_BatchNorm], used: int) -> int:
     return total
 
 
+def _before_transfer(trainer: Trainer, pl_module: LightningModule, batch: Any) -> Any:
+    """``on_before_batch_transfer`` of the datamodule when it overrides it, else the module's
+    (the datamodule wins, as in Lightning's own batch loop)."""
+    datamodule = trainer.datamodule
+    if datamodule is not None and is_overridden("on_before_batch_transfer", datamodule):
+        return datamodule.on_before_batch_transfer(batch, 0)
+    return pl_module.on_before_batch_transfer(batch, 0)
+
+
 def _forward_batch(
     trainer: Trainer, pl_module: LightningModule, batch: Any, forward: BatchNormForward
 ) -> None:
     """One batch through the module as training would see it: precision, transfer hooks, device."""
     batch = trainer.precision_plugin.convert_input(batch)
-    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+    batch = _before_transfer(trainer, pl_module, batch)
     batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
     with trainer.precision_plugin.forward_context():
         forward(pl_module, batch)

@@ -32,6 +32,8 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from amuse_lightning.lightning.factories import builds_schedule_free
+
 __all__ = ["AmuseLightningCLI", "fit_summary", "main", "prediction_summary"]
 
 
@@ -45,19 +47,6 @@ def _as_list(callbacks: Any) -> list[Callback]:
     if callbacks is None:
         return []
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-
-
-def _schedule_free_factory(factory: Any) -> bool:
-    """Whether a model's optimizer factory builds a schedule-free optimizer (``train``/``eval``);
-    ``None`` (AMUSE defaults) and factories whose class cannot be told count as yes."""
-    from amuse_lightning.examples.classifier import optimizer_class_of
-
-    if factory is None:
-        return True
-    cls = optimizer_class_of(factory)
-    return cls is None or (
-        callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None))
-    )
 
 
 def _metric(value: Any) -> float | None:
@@ -148,7 +137,7 @@ class AmuseLightningCLI(LightningCLI):
 
         if not self._setting("amuse_callback") or not isinstance(self.model, AmuseMixin):
             return False
-        if not _schedule_free_factory(self.model.optimizer):
+        if not builds_schedule_free(self.model.optimizer):
             return False  # e.g. a torch.optim.AdamW baseline: there is no x to swap in
         extra = [
             self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys

@@ -19,46 +19,25 @@ Anything that is not a ``torch.optim.Optimizer`` is a ``TypeError``.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 
-from amuse_lightning.optim import AMUSE
+from amuse_lightning.lightning.factories import (
+    AmuseFactory,
+    OptimizerFactory,
+    default_amuse_factory,
+    is_schedule_free,
+)
 from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
 
 __all__ = ["AmuseFactory", "AmuseMixin", "default_amuse_factory"]
 
-OptimizerFactory = Callable[[list[dict]], Optimizer]
-
 #: Attribute the mixin writes on the module: ``{param name: {"use_muon", "reason", "shape"}}``.
 PARTITION_ATTR = "amuse_partition_by_name"
-
-
-class AmuseFactory:
-    """Picklable ``groups -> AMUSE(groups, **kwargs)``; the keyword names are checked up front."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = dict(kwargs)
-        try:
-            inspect.signature(AMUSE).bind([], **self.kwargs)
-        except TypeError as err:
-            raise TypeError(f"AMUSE does not accept {sorted(kwargs)}: {err}") from None
-
-    def __call__(self, params: Any) -> Optimizer:
-        return AMUSE(params, **self.kwargs)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"AmuseFactory({args})"
-
-
-def default_amuse_factory(**kwargs: Any) -> AmuseFactory:
-    """A callable building :class:`amuse_lightning.AMUSE` from param groups with ``kwargs``."""
-    return AmuseFactory(**kwargs)
 
 
 class AmuseMixin:
@@ -113,7 +92,7 @@ class AmuseMixin:
         setattr(self, PARTITION_ATTR, partition.by_name())
         factory = self.optimizer if self.optimizer is not None else default_amuse_factory()
         optimizer = factory(groups)
-        if _is_schedule_free(optimizer, factory):
+        if _check_built(optimizer, factory):
             self._amuse_warn_without_callback()
         return optimizer
 
@@ -126,7 +105,10 @@ class AmuseMixin:
         return self
 
     def _amuse_warn_without_callback(self) -> None:
-        trainer = getattr(self, "_trainer", None)
+        try:
+            trainer = self.trainer  # LightningModule.trainer raises when no Trainer is attached
+        except (AttributeError, RuntimeError):  # AttributeError: a plain nn.Module
+            return
         if trainer is None:
             return
         try:
@@ -143,16 +125,15 @@ class AmuseMixin:
             )
 
 
-def _is_schedule_free(optimizer: Any, factory: Any) -> bool:
-    """Raise if ``optimizer`` is no Optimizer; warn and return False if it lacks train()/eval()."""
+def _check_built(optimizer: Any, factory: Any) -> bool:
+    """Raise if ``optimizer`` is no Optimizer; warn and return False if it is not schedule-free."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(
             f"the optimizer factory {factory!r} returned {type(optimizer).__name__}, not a "
             "torch.optim.Optimizer; it must map a list of param groups to one optimizer "
             "(e.g. class_path: amuse_lightning.AMUSE)."
         )
-    modes = (getattr(optimizer, "train", None), getattr(optimizer, "eval", None))
-    if not all(callable(m) for m in modes):
+    if not is_schedule_free(optimizer):
         rank_zero_warn(
             f"AmuseMixin: {type(optimizer).__name__} has no train()/eval(), so it is not "
             "schedule-free: it trains, but there is no averaged model x to evaluate or save. "

@@ -5,12 +5,14 @@ they act on shards, and the copy of ``y`` is a copy of the local shard. Checkpoi
 Lightning's ``ModelParallelStrategy``: with ``save_distributed_checkpoint=True`` (its default)
 ``checkpoint["state_dict"]`` holds sharded DTensors and each rank writes its own shard of ``x``;
 with ``False`` rank 0 holds whole tensors, gathered here with ``full_tensor()`` (a collective:
-every rank takes part, rank 0 keeps the result).
+every rank takes part, rank 0 keeps the result). Which of the two applies is read from the
+checkpoint's state_dict (:func:`holds_whole_tensors`), not from the strategy's private flag.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lightning.pytorch.strategies import ModelParallelStrategy, Strategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -23,11 +25,15 @@ def is_model_parallel(strategy: Strategy) -> bool:
     return isinstance(strategy, ModelParallelStrategy)
 
 
-def saves_whole_tensors(strategy: Strategy) -> bool:
-    """Whether the strategy's checkpoints hold whole tensors (on rank 0) instead of shards."""
-    return is_model_parallel(strategy) and not getattr(
-        strategy, "_save_distributed_checkpoint", True
-    )
+def holds_whole_tensors(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint's ``state_dict`` takes whole tensors rather than shards.
+
+    Decided from the checkpoint itself, the same on every rank: ``ModelParallelStrategy`` with
+    ``save_distributed_checkpoint=True`` gives every rank a state_dict of sharded DTensors; with
+    ``False`` rank 0 gets whole tensors and the other ranks an empty state_dict. Either way no
+    DTensor in it means whole tensors (and every rank must then join the gather).
+    """
+    return not any(is_dtensor(value) for value in state_dict.values())
 
 
 def check_fsdp2_params(params: Sequence[Tensor]) -> None:

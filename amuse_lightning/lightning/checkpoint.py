@@ -1,0 +1,183 @@
+"""What a checkpoint carries for an exact resume: ``checkpoint["amuse"]``.
+
+:class:`~amuse_lightning.lightning.callback.AmuseCallback` writes the averaged model ``x`` into
+``checkpoint["state_dict"]`` (so ``Model.load_from_checkpoint`` needs no optimizer). ``x`` alone
+does not continue a run bit for bit: the training point ``y`` is recomputed from ``x`` and ``z``
+in floating point. The payload next to it therefore holds::
+
+    checkpoint["amuse"] = {
+        "format": 1,                     # FORMAT_VERSION, checked on load
+        "y": {name: tensor} | None,      # the parameters at y, by parameter name
+        "train_buffers": {name: tensor} | None,  # training-time BatchNorm buffers, when the
+    }                                             # saved ones are the recalibrated ones at x
+
+This module writes ``x`` into the state_dict (:func:`write_x_state_dict`), builds the payload
+(:func:`build_payload`), reads and validates it on load (:func:`read_payload`: a payload of an
+unknown or newer format is refused with a clear error) and applies it once the optimizer state is
+back (:meth:`ResumePayload.apply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from amuse_lightning.lightning.batchnorm import load_buffers, snapshot_buffers
+from amuse_lightning.lightning.sharded import checkpoint_copy, holds_whole_tensors
+from amuse_lightning.lightning.swap import WeightSwap
+from amuse_lightning.optim.distributed import is_dtensor
+
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FORMAT_VERSION",
+    "ResumePayload",
+    "build_payload",
+    "read_payload",
+    "write_x_state_dict",
+]
+
+CHECKPOINT_KEY = "amuse"
+#: Version of the ``checkpoint["amuse"]`` layout this code writes and the newest it reads.
+FORMAT_VERSION = 1
+
+
+def _cloned(values: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
+    """Detached copies made outside ``inference_mode`` (they may be loaded from any context)."""
+    if values is None:
+        return None
+    with torch.inference_mode(False):
+        return {name: value.detach().clone() for name, value in values.items()}
+
+
+def write_x_state_dict(
+    module: nn.Module,
+    state_dict: dict[str, Any],
+    weights: WeightSwap,
+    bn_names: Iterable[str] = (),
+    load_x_bn: Callable[[], None] | None = None,
+) -> dict[str, Tensor] | None:
+    """Replace the parameters (and the BatchNorm buffers ``bn_names``) in a checkpoint's
+    ``state_dict`` by copies of ``x``, made through an exact temporary swap of ``weights``.
+
+    ``load_x_bn`` puts BatchNorm statistics at ``x`` into the module while ``x`` is there; the
+    training-time buffers are restored afterwards and returned (``None`` without ``load_x_bn``).
+    The live tensors end as they started, also after an exception.
+    """
+    bn_names = set(bn_names) if load_x_bn is not None else set()
+    param_ids = {id(p) for p in weights.params}
+    whole = holds_whole_tensors(state_dict)
+    train_bn = snapshot_buffers(module, bn_names) if load_x_bn is not None else None
+    weights.to_x(exact=True)
+    try:
+        if load_x_bn is not None:
+            load_x_bn()
+        for key, live in module.state_dict(keep_vars=True).items():
+            if id(live) not in param_ids and key not in bn_names:
+                continue
+            if whole and is_dtensor(live):  # a collective: every rank, rank 0 keeps it
+                live = live.full_tensor()
+            if key in state_dict:
+                state_dict[key] = checkpoint_copy(live, state_dict[key])
+    finally:
+        if train_bn is not None:
+            load_buffers(module, train_bn)
+        weights.to_y()
+    return train_bn
+
+
+def build_payload(
+    y: Mapping[str, Tensor] | None, train_buffers: Mapping[str, Tensor] | None
+) -> dict[str, Any]:
+    """The ``checkpoint["amuse"]`` entry: copies of ``y`` and of the training BatchNorm buffers."""
+    return {"format": FORMAT_VERSION, "y": _cloned(y), "train_buffers": _cloned(train_buffers)}
+
+
+@dataclass(frozen=True)
+class ResumePayload:
+    """What ``trainer.fit(ckpt_path=...)`` puts back once the optimizer state is loaded.
+
+    Attributes:
+        y: parameter values at ``y`` by name, or ``None`` (then ``y`` is recomputed from ``x``
+            and ``z`` by ``optimizer.train()``: close, not bit-exact).
+        train_buffers: training-time BatchNorm buffers to load, or ``None``.
+        from_amuse: ``False`` for a checkpoint written without AmuseCallback: its state_dict
+            holds whatever the optimizer's saved ``train_mode`` says, so that flag is trusted.
+    """
+
+    y: dict[str, Tensor] | None = None
+    train_buffers: dict[str, Tensor] | None = None
+    from_amuse: bool = True
+
+    @torch.no_grad()
+    def apply(self, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Put ``y`` (and the training BatchNorm buffers) into ``module`` and leave ``optimizer``
+        in train mode. Raises if ``y`` does not cover every optimised parameter."""
+        groups = optimizer.param_groups
+        if self.y:
+            named = dict(module.named_parameters())
+            names = {id(p): n for n, p in named.items()}
+            params = [p for group in groups for p in group["params"]]
+            missing = [names[id(p)] for p in params if names[id(p)] not in self.y]
+            if missing:
+                raise RuntimeError(
+                    f"The checkpoint's y does not cover the parameters {missing[:5]}; "
+                    "resume with the model the checkpoint was written for."
+                )
+            for name, value in self.y.items():
+                named[name].copy_(value)
+            for group in groups:
+                group["train_mode"] = True
+        else:
+            if self.from_amuse:  # the loaded state_dict is x, whatever the saved flag says
+                for group in groups:
+                    group["train_mode"] = False
+            optimizer.train()
+        if self.train_buffers:
+            buffers = dict(module.named_buffers())
+            for name, value in self.train_buffers.items():
+                buffers[name].copy_(value)
+
+
+def read_payload(checkpoint: Mapping[str, Any]) -> ResumePayload:
+    """The resume payload of a loaded checkpoint, validated.
+
+    A checkpoint without ``checkpoint["amuse"]`` (written without AmuseCallback) gives a payload
+    with ``from_amuse=False``. A payload of another format version, or one whose entries have the
+    wrong types, raises ``ValueError`` saying what to do.
+    """
+    payload = checkpoint.get(CHECKPOINT_KEY)
+    if payload is None:
+        return ResumePayload(from_amuse=False)
+    if not isinstance(payload, Mapping) or "format" not in payload:
+        raise ValueError(
+            f"checkpoint[{CHECKPOINT_KEY!r}] is not an AmuseCallback resume payload (no 'format' "
+            "entry). Remove that key from the checkpoint, or resume with the code that wrote it."
+        )
+    version = payload["format"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            f"checkpoint[{CHECKPOINT_KEY!r}] has an unknown format {version!r}; this "
+            f"amuse-lightning reads format 1 to {FORMAT_VERSION}."
+        )
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint[{CHECKPOINT_KEY!r}] has format {version}, written by a newer "
+            f"amuse-lightning; this version reads format 1 to {FORMAT_VERSION}. Upgrade "
+            "amuse-lightning to resume from it (Model.load_from_checkpoint still works: the "
+            "state_dict holds x)."
+        )
+    entries = {key: payload.get(key) for key in ("y", "train_buffers")}
+    for key, value in entries.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(
+                f"checkpoint[{CHECKPOINT_KEY!r}][{key!r}] must be a dict of tensors by name or "
+                f"None, got {type(value).__name__}."
+            )
+    return ResumePayload(
+        y=None if entries["y"] is None else dict(entries["y"]),
+        train_buffers=None if entries["train_buffers"] is None else dict(entries["train_buffers"]),
+    )

@@ -1,0 +1,144 @@
+"""What AmuseCallback checks before it touches any weight; every error says what to change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    ModelParallelStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from amuse_lightning.lightning.factories import is_schedule_free
+from amuse_lightning.lightning.sharded import check_fsdp2_params
+
+__all__ = [
+    "check_fsdp2",
+    "check_params_belong_to",
+    "check_single_instance",
+    "check_strategy",
+    "check_trainable",
+    "fit_optimizer",
+    "unwrap",
+]
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """Single device, DDP and ModelParallelStrategy (FSDP2) pass; anything else is refused."""
+    names = [cls.__name__ for cls in type(strategy).__mro__]
+    supported = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy))
+    if supported and not any("DeepSpeed" in name for name in names):
+        return
+    raise MisconfigurationException(
+        f"AmuseCallback does not support the {type(strategy).__name__} strategy yet. Supported: "
+        "a single device (strategy='auto'), DDP (strategy='ddp', 'ddp_spawn', 'ddp_fork', "
+        "'ddp_notebook') and FSDP2 (ModelParallelStrategy(tensor_parallel_size=1) with "
+        "fully_shard in configure_model). FSDP1 (FSDPStrategy) flattens parameters while "
+        "Newton-Schulz needs whole matrices, and DeepSpeed ignores checkpoint['state_dict']; "
+        "use strategy='ddp' or ModelParallelStrategy."
+    )
+
+
+def check_trainable(pl_module: LightningModule) -> None:
+    if any(p.requires_grad for p in pl_module.parameters()):
+        return
+    raise MisconfigurationException(
+        f"{type(pl_module).__name__} has no trainable parameters (none with requires_grad=True), "
+        "so AMUSE has nothing to optimise. Unfreeze the layers to train, or remove AmuseCallback "
+        "if this run only evaluates."
+    )
+
+
+def check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: LightningModule) -> None:
+    own = {id(p) for p in pl_module.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in own)
+    if foreign:
+        raise MisconfigurationException(
+            f"The optimizer holds {foreign} tensor(s) that are not parameters of "
+            f"{type(pl_module).__name__}; AmuseCallback checkpoints y by parameter name. Register "
+            "them as nn.Parameter on the module, or optimise them separately."
+        )
+
+
+def check_fsdp2(optimizer: torch.optim.Optimizer, recalibrates: bool) -> None:
+    """Under ModelParallelStrategy: FSDP2 DTensors only, and no BatchNorm recalibration."""
+    check_fsdp2_params([p for group in optimizer.param_groups for p in group["params"]])
+    if recalibrates:
+        raise MisconfigurationException(
+            "BatchNorm recalibration (bn_recalibration_batches > 0) is not supported with "
+            "ModelParallelStrategy yet; set bn_recalibration_batches=0 or use strategy='ddp'."
+        )
+
+
+def unwrap(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer behind a ``LightningOptimizer`` (anything else is returned as is)."""
+    return optimizer.optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+
+
+def fit_optimizer(trainer: Trainer, allow_lr_scheduler: bool) -> torch.optim.Optimizer:
+    """The fit's one schedule-free optimizer, with no LR scheduler unless allowed."""
+    optimizers = [unwrap(o) for o in trainer.optimizers]
+    if len(optimizers) != 1:
+        raise MisconfigurationException(
+            f"AmuseCallback needs exactly one optimizer, got {len(optimizers)}. AMUSE is one "
+            "hybrid optimizer: put every parameter in it (Muon groups for matrices, "
+            "fallback groups for the rest) instead of returning several optimizers."
+        )
+    optimizer = optimizers[0]
+    if not is_schedule_free(optimizer):
+        raise MisconfigurationException(
+            f"AmuseCallback needs a schedule-free optimizer (train()/eval() methods and "
+            f"'train_mode' in every param group), got {type(optimizer).__name__}. Return "
+            "amuse_lightning.AMUSE (or e.g. schedulefree.AdamWScheduleFree) from "
+            "configure_optimizers, or remove AmuseCallback."
+        )
+    if trainer.lr_scheduler_configs and not allow_lr_scheduler:
+        kinds = ", ".join(type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs)
+        raise MisconfigurationException(
+            f"configure_optimizers returned an LR scheduler ({kinds}) next to "
+            f"{type(optimizer).__name__}. AMUSE has a built-in linear warmup (warmup_steps) "
+            "and averages the iterates instead of decaying the learning rate, so a scheduler "
+            "fights it. Remove the scheduler, or pass AmuseCallback(allow_lr_scheduler=True) "
+            "to combine them on purpose."
+        )
+    return optimizer
+
+
+def check_single_instance(
+    callbacks: list[Callback], kind: type[Callback], options: Callable[[Any], dict[str, Any]]
+) -> None:
+    """At most one callback of ``kind``; the error names them by their ``options`` (the
+    arguments that differ from the defaults) and says which single one to keep."""
+    found = [cb for cb in callbacks if isinstance(cb, kind)]
+    if len(found) < 2:
+        return
+    name = kind.__name__
+    described = ", ".join(_call(name, options(cb)) for cb in found)
+    merged: dict[str, Any] = {}
+    clashes = set()
+    for cb in found:
+        for key, value in options(cb).items():
+            if key in merged and merged[key] != value:
+                clashes.add(key)
+            merged[key] = value
+    keep = _call(name, merged)
+    if clashes:
+        keep += f"; they disagree on {', '.join(sorted(clashes))}: choose one value"
+    raise MisconfigurationException(
+        f"The Trainer has {len(found)} {name} instances: {described}. Each would swap the "
+        "weights and write checkpoints on its own, and only the first one's options take "
+        f"effect: keep only one {name}, given every option you need (here {keep}), and remove "
+        "the others from Trainer(callbacks=...)."
+    )
+
+
+def _call(name: str, options: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in options.items())
+    return f"{name}({shown})"

@@ -1,0 +1,111 @@
+"""Optimizer factories and what they build, for the mixin, the CLI and the examples.
+
+A *factory* maps the Muon/fallback param groups to one optimizer: a class, a
+``functools.partial`` (what LightningCLI makes of ``class_path`` + ``init_args``) or an
+:class:`AmuseFactory`. This module answers the questions the layers above ask about one:
+
+- :func:`is_schedule_free`: does an optimizer (or optimizer class) follow the Schedule-Free
+  convention, so that there is an averaged model ``x`` to swap in? The one definition used by the
+  callback, the mixin and the CLI.
+- :func:`optimizer_class_of`: which class a factory builds, when that can be told.
+- :func:`with_warmup_steps`: the factory rebuilt with another ``warmup_steps``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch.optim import Optimizer
+
+from amuse_lightning.optim import AMUSE
+
+__all__ = [
+    "AmuseFactory",
+    "OptimizerFactory",
+    "builds_schedule_free",
+    "default_amuse_factory",
+    "is_schedule_free",
+    "optimizer_class_of",
+    "with_warmup_steps",
+]
+
+OptimizerFactory = Callable[[Any], Optimizer]
+
+
+def is_schedule_free(optimizer: Optimizer | type) -> bool:
+    """Whether ``optimizer`` follows the Schedule-Free convention.
+
+    An optimizer instance needs ``train()``/``eval()`` methods (which convert the parameters in
+    place between ``y`` and ``x``) and ``train_mode`` in every param group, which says which of
+    the two the parameters hold. For a class, only the methods can be checked.
+    """
+    methods = (getattr(optimizer, "train", None), getattr(optimizer, "eval", None))
+    if not all(callable(method) for method in methods):
+        return False
+    if isinstance(optimizer, type):
+        return True
+    groups = getattr(optimizer, "param_groups", None)
+    return groups is not None and all("train_mode" in group for group in groups)
+
+
+class AmuseFactory:
+    """Picklable ``groups -> AMUSE(groups, **kwargs)``; the keyword names are checked up front."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.kwargs = dict(kwargs)
+        try:
+            inspect.signature(AMUSE).bind([], **self.kwargs)
+        except TypeError as err:
+            raise TypeError(f"AMUSE does not accept {sorted(kwargs)}: {err}") from None
+
+    def __call__(self, params: Any) -> Optimizer:
+        return AMUSE(params, **self.kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"AmuseFactory({args})"
+
+
+def default_amuse_factory(**kwargs: Any) -> AmuseFactory:
+    """A callable building :class:`amuse_lightning.AMUSE` from param groups with ``kwargs``."""
+    return AmuseFactory(**kwargs)
+
+
+def optimizer_class_of(factory: Any) -> type | None:
+    """The class a factory builds: itself, the class inside a (jsonargparse) ``partial``,
+    :class:`~amuse_lightning.AMUSE` for an :class:`AmuseFactory`; ``None`` when it cannot be
+    told (e.g. a lambda)."""
+    if isinstance(factory, AmuseFactory):
+        return AMUSE
+    if isinstance(factory, type):
+        return factory
+    if isinstance(factory, functools.partial):
+        for candidate in (factory.func, *factory.args):
+            if isinstance(candidate, type) and issubclass(candidate, Optimizer):
+                return candidate
+            if isinstance(candidate, functools.partial):
+                return optimizer_class_of(candidate)
+    return None
+
+
+def builds_schedule_free(factory: Any) -> bool:
+    """Whether ``factory`` builds a schedule-free optimizer; ``None`` (AMUSE with its defaults)
+    and factories whose class cannot be told count as yes."""
+    if factory is None:
+        return True
+    cls = optimizer_class_of(factory)
+    return cls is None or is_schedule_free(cls)
+
+
+def with_warmup_steps(factory: OptimizerFactory, warmup_steps: int) -> OptimizerFactory | None:
+    """``factory`` rebuilt to pass ``warmup_steps``; ``None`` if its optimizer takes no such
+    argument (or its class cannot be told)."""
+    if isinstance(factory, AmuseFactory):
+        return default_amuse_factory(**{**factory.kwargs, "warmup_steps": warmup_steps})
+    cls = optimizer_class_of(factory)
+    if cls is None or "warmup_steps" not in inspect.signature(cls).parameters:
+        return None
+    return functools.partial(factory, warmup_steps=warmup_steps)

@@ -1,0 +1,112 @@
+"""The callback's state: what the parameters hold, why, and what belongs to that.
+
+:class:`Holds` names the phases; :class:`SwapState` is the callback's whole mutable state and the
+one place its phase changes (:meth:`SwapState.move`, checked against :data:`TRANSITIONS`)::
+
+    UNMANAGED --fit starts--> Y --evaluation loop--> X_FOR_EVALUATION --its end--> Y
+        |                     |                                                     (bit-exact)
+        |                     +--training ends--> X_FINAL (the anytime model stays after fit)
+        +--standalone stage loads a checkpoint--> X_FROM_CHECKPOINT --next setup--> UNMANAGED
+
+Next to the phase it keeps the :class:`~.swap.WeightSwap` of the fit's optimizer, the
+training-time BatchNorm buffers while recalibrated ones at ``x`` are loaded, a one-entry cache of
+those recalibrated statistics, and the resume payload waiting for the optimizer state.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from torch import Tensor
+
+from amuse_lightning.lightning.checkpoint import ResumePayload
+from amuse_lightning.lightning.swap import WeightSwap
+
+__all__ = ["TRANSITIONS", "Holds", "SwapState"]
+
+
+class Holds(Enum):
+    """What the module's parameters hold, and why."""
+
+    UNMANAGED = "weights as they are: no schedule-free optimizer known"
+    Y = "y, the training iterate"
+    X_FOR_EVALUATION = "x for a validation/test/predict loop; y comes back at its end"
+    X_FINAL = "x after training: the anytime model"
+    X_FROM_CHECKPOINT = "x loaded from a checkpoint by a standalone stage: nothing to convert"
+
+
+#: Allowed phase changes (a phase may always stay what it is).
+TRANSITIONS: dict[Holds, frozenset[Holds]] = {
+    Holds.UNMANAGED: frozenset({Holds.Y, Holds.X_FINAL, Holds.X_FROM_CHECKPOINT}),
+    Holds.Y: frozenset({Holds.X_FOR_EVALUATION, Holds.X_FINAL, Holds.X_FROM_CHECKPOINT}),
+    Holds.X_FOR_EVALUATION: frozenset({Holds.Y}),
+    Holds.X_FINAL: frozenset({Holds.Y, Holds.X_FROM_CHECKPOINT}),
+    Holds.X_FROM_CHECKPOINT: frozenset({Holds.UNMANAGED}),
+}
+
+
+class SwapState:
+    """Everything the callback changes while it runs.
+
+    Attributes:
+        holds: the phase (:class:`Holds`).
+        weights: the swap for the optimizer in use (``None`` while unmanaged).
+        train_bn: training-time BatchNorm buffers while recalibrated ones at ``x`` are loaded.
+        x_bn: ``(key, buffers)``: BatchNorm statistics recalibrated at the ``x`` of ``key``.
+        pending: resume payload loaded with the checkpoint, applied once the optimizer state is.
+        repairs: how often the parameters held ``x`` at a training batch because something else
+            called ``optimizer.eval()`` (the callback warns the first time).
+    """
+
+    def __init__(self) -> None:
+        self.start_fit()
+
+    def move(self, to: Holds) -> None:
+        """Change the phase; an unlisted change is a bug in the callback and raises."""
+        if to is not self.holds and to not in TRANSITIONS[self.holds]:
+            raise RuntimeError(f"AmuseCallback: no transition from {self.holds.name} to {to.name}")
+        self.holds = to
+
+    # ------------------------------------------------------------------ transitions
+    def start_fit(self) -> None:
+        """A new fit (or a new callback): nothing from earlier stages is kept."""
+        self.holds = Holds.UNMANAGED
+        self.weights: WeightSwap | None = None
+        self.train_bn: dict[str, Tensor] | None = None
+        self.x_bn: tuple[Any, dict[str, Tensor]] | None = None
+        self.pending: ResumePayload | None = None
+        self.repairs = 0
+
+    def manage(self, weights: WeightSwap) -> None:
+        """Take charge of ``weights`` (a fit's optimizer, or the one a finished fit left): the
+        phase follows what their parameters hold now."""
+        self.weights, self.train_bn, self.x_bn = weights, None, None
+        self.holds = Holds.UNMANAGED  # a different optimizer than before: start from scratch
+        self.move(Holds.X_FINAL if weights.holds_x else Holds.Y)
+
+    def swapped_to_x(self, final: bool) -> None:
+        """``x`` is now in the parameters: for an evaluation loop, or for good after training."""
+        self.move(Holds.X_FINAL if final else Holds.X_FOR_EVALUATION)
+
+    def back_to_y(self) -> None:
+        """``y`` is back in the parameters; the training BatchNorm buffers are restored."""
+        self.train_bn = None
+        self.move(Holds.Y)
+
+    def loaded_x(self) -> None:
+        """A standalone stage loaded ``x`` from a checkpoint: the fit's ``y`` no longer belongs."""
+        self.weights = None
+        self.train_bn = None
+        self.x_bn = None
+        self.move(Holds.X_FROM_CHECKPOINT)
+
+    def new_stage(self) -> None:
+        """``setup`` of a standalone stage: a checkpoint's ``x`` from the last one is let go."""
+        if self.holds is Holds.X_FROM_CHECKPOINT:
+            self.move(Holds.UNMANAGED)
+
+    def take_pending(self) -> ResumePayload | None:
+        """The resume payload, handed out once."""
+        pending, self.pending = self.pending, None
+        return pending
