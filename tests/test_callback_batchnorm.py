@@ -29,9 +29,12 @@ from tests.callback_testkit import (
 N_BATCHES = 3
 
 
-def recalibrated(x: dict[str, torch.Tensor], n_batches: int = N_BATCHES) -> dict[str, torch.Tensor]:
+def recalibrated(
+    x: dict[str, torch.Tensor], n_batches: int = N_BATCHES, scale: float = 1.0
+) -> dict[str, torch.Tensor]:
     """Oracle: BatchNorm statistics of weights ``x`` from the first ``n_batches`` training
-    batches (the training loader does not shuffle in these tests), cumulative average."""
+    batches (the training loader does not shuffle in these tests), inputs multiplied by
+    ``scale``, cumulative average."""
     model = Recorder(batchnorm=True, record=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -46,7 +49,7 @@ def recalibrated(x: dict[str, torch.Tensor], n_batches: int = N_BATCHES) -> dict
         for index, (inputs, _) in enumerate(loader):
             if index == n_batches:
                 break
-            model(inputs)
+            model(inputs * scale)
     return model.bn_state()
 
 
@@ -180,17 +183,55 @@ def test_custom_bn_forward_is_used(tmp_path):
     model, _ = fit(
         tmp_path, [AmuseCallback(bn_recalibration_batches=2, bn_forward=forward)], max_epochs=1
     )
-    assert calls and all(size == 8 for size in calls)
-    # the statistics are those of inputs scaled by 2
+    # three estimates of 2 batches each: sanity check, validations at steps 3 and 6 (the end of
+    # fit reuses step 6's estimate)
+    assert calls == [8] * 2 * 3
+    # the statistics are those of the transformed inputs, and differ from the plain ones
     model_x = expected_x(model.of_kind("step_end")[-1][1])
+    assert_same(model.bn_state(), recalibrated(model_x, 2, scale=2.0))
     assert differs(model.bn_state(), recalibrated(model_x, 2))
 
 
-def test_recalibration_without_batchnorm_layers_is_a_no_op(tmp_path):
+class CountingSampler(torch.utils.data.SequentialSampler):
+    """Counts how many iterators were drawn from it."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        self.iterations = 0
+
+    def __iter__(self):
+        self.iterations += 1
+        return super().__iter__()
+
+
+class CountedData(Recorder):
+    def train_dataloader(self) -> DataLoader:
+        data = make_data(self.hparams.n_train, seed=0)
+        self.sampler = CountingSampler(data)
+        return DataLoader(data, batch_size=self.hparams.batch_size, sampler=self.sampler)
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_recalibration_without_batchnorm_layers_is_a_no_op(tmp_path, batchnorm):
+    """Without BatchNorm layers nothing is drawn: no recalibration forward, no extra pass over
+    the training data, and the weights after fit are x. (With BatchNorm, the control case, the
+    same observations do see the recalibration.)"""
+    calls = []
+
+    def forward(module, batch):
+        calls.append(1)
+        module(batch[0])
+
     pl.seed_everything(0)
-    model = Recorder()
-    trainer(tmp_path, [AmuseCallback(bn_recalibration_batches=4)], max_epochs=1).fit(model)
-    assert batchnorm_buffer_names(model) == []
+    model = CountedData(batchnorm=batchnorm)
+    callback = AmuseCallback(bn_recalibration_batches=4, bn_forward=forward)
+    trainer(tmp_path, [callback], max_epochs=1, val_check_interval=0.5).fit(model)
+    assert bool(batchnorm_buffer_names(model)) == batchnorm
+    extra_passes = model.sampler.iterations - 1  # the one epoch of training
+    if batchnorm:
+        assert calls and extra_passes > 0
+    else:
+        assert calls == [] and extra_passes == 0
     assert_same(model.snapshot(), expected_x(model.of_kind("step_end")[-1][1]))
 
 

@@ -4,13 +4,21 @@ checkpoints, evaluation at x on every rank."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
 
 from amuse_lightning import AmuseCallback
-from tests.callback_testkit import Recorder, assert_same, expected_x, params_only, trainer
+from tests.callback_testkit import (
+    Recorder,
+    assert_same,
+    expected_x,
+    params_only,
+    trainer,
+)
 
 
 class RankDump(Recorder):
@@ -72,3 +80,97 @@ def test_ddp_ranks_agree_and_checkpoints_hold_x(tmp_path):
         assert_same(saved["amuse"]["y"], params_only(entry))
     # ddp_spawn hands rank 0's final weights back to this process: x
     assert_same({n: p.detach() for n, p in model.named_parameters()}, ranks[0]["final"])
+
+
+def recording_forward(module: BatchNormRankDump, batch: Any) -> None:
+    """The default recalibration forward, noting which inputs each rank used at which step."""
+    module.recalibration_inputs.append((module.global_step, batch[0].detach().clone()))
+    module(batch[0])
+
+
+class BatchNormRankDump(RankDump):
+    """RankDump with BatchNorm; also records the statistics every rank holds when validation
+    starts (after AmuseCallback's hook), after fit, and the recalibration inputs."""
+
+    def __init__(self, out_dir: str) -> None:
+        super().__init__(out_dir, batchnorm=True)
+        self.bn_at_validation_start: list[tuple[int, dict]] = []
+        self.recalibration_inputs: list[tuple[int, torch.Tensor]] = []
+
+    def on_validation_start(self) -> None:
+        self.bn_at_validation_start.append((self.global_step, self.bn_state()))
+
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
+        path = Path(self.out_dir) / f"rank{self.global_rank}.pt"
+        dump = torch.load(path, weights_only=False)
+        dump.update(
+            bn_start=self.bn_at_validation_start,
+            bn_final=self.bn_state(),
+            recalibration_inputs=self.recalibration_inputs,
+        )
+        torch.save(dump, path)
+
+
+def statistics_at(x: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> dict:
+    """Oracle: cumulative-average BatchNorm statistics of weights ``x`` over ``inputs``."""
+    model = Recorder(batchnorm=True, record=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(x[name])
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.BatchNorm1d):
+                layer.reset_running_stats()
+                layer.momentum = None
+        model.train()
+        for batch in inputs:
+            model(batch)
+    return model.bn_state()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+@pytest.mark.parametrize("broadcast_buffers", [True, False])
+def test_ddp_batchnorm_recalibration_is_the_same_on_every_rank(tmp_path, broadcast_buffers):
+    """Every rank evaluates x with the same statistics, estimated from every rank's batches,
+    and checkpoints carry them, with and without DDP's buffer broadcast."""
+    torch.manual_seed(0)
+    model = BatchNormRankDump(str(tmp_path))
+    checkpoint = ModelCheckpoint(tmp_path / "ck", save_top_k=-1, every_n_train_steps=3)
+    strategy = DDPStrategy(start_method="spawn", broadcast_buffers=broadcast_buffers)
+    amuse = AmuseCallback(bn_recalibration_batches=2, bn_forward=recording_forward)
+    run = trainer(
+        tmp_path,
+        [amuse, checkpoint],
+        strategy=strategy,
+        devices=2,
+        max_epochs=2,
+        enable_checkpointing=True,
+    )
+    run.fit(model)
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    starts = [dict(rank["bn_start"]) for rank in ranks]
+    assert sorted(starts[0]) == sorted(starts[1]) == [0, 3, 6]
+    for step in starts[0]:
+        assert_same(starts[1][step], starts[0][step])
+    vals = [[e["__bn__"] for k, _, e in rank["events"] if k == "val"] for rank in ranks]
+    assert len(vals[0]) == len(vals[1]) > 0
+    for a, b in zip(*vals, strict=True):
+        assert_same(a, b)
+    assert_same(ranks[1]["bn_final"], ranks[0]["bn_final"])
+
+    # the oracle: statistics of x over the batches of both ranks (2 each, one estimate per step)
+    records = Recorder()
+    records.events = ranks[0]["events"]
+    for step, seen in starts[0].items():
+        inputs = [b for rank in ranks for at, b in rank["recalibration_inputs"] if at == step]
+        assert len(inputs) == 4
+        x = expected_x(records.y_at_step(step))
+        assert_same(seen, statistics_at(x, inputs), exact=False)
+    paths = sorted((tmp_path / "ck").glob("*.ckpt"))
+    assert len(paths) == 2
+    for path in paths:
+        saved = torch.load(path, weights_only=False)
+        state = {k: v for k, v in saved["state_dict"].items() if "running" in k}
+        assert_same(state, starts[0][saved["global_step"]])

@@ -137,9 +137,9 @@ def test_resume_from_manual_checkpoint_after_fit(tmp_path):
     assert_same_run(*reference, *resumed)
 
 
-def test_resume_with_copy_on_cpu_and_inplace_checkpoint_copy(tmp_path):
+def test_resume_with_copy_on_cpu_equals_uninterrupted(tmp_path):
     """y_copy_device='cpu' changes nothing in the numbers."""
-    reference = run(tmp_path / "a", max_epochs=2)
+    reference = run(tmp_path / "a", max_epochs=2, amuse=AmuseCallback(y_copy_device="cpu"))
     run(
         tmp_path / "b",
         max_epochs=2,
@@ -154,6 +154,44 @@ def test_resume_with_copy_on_cpu_and_inplace_checkpoint_copy(tmp_path):
         ckpt_path=tmp_path / "ck" / "epoch=0-step=6.ckpt",
         amuse=AmuseCallback(y_copy_device="cpu"),
     )
+    assert_same_run(*reference, *resumed)
+    assert_same_run(*run(tmp_path / "d", max_epochs=2), *resumed)  # same numbers as "same"
+
+
+def _inplace_checkpoint(tmp_path: Path, where: str) -> Path:
+    """Writes a checkpoint of an inplace run after its first epoch; returns its path."""
+    inplace = AmuseCallback(swap="inplace")
+    if where == "epoch_end":  # written while the module holds y (the run then crashes)
+        run(tmp_path, max_epochs=2, checkpoint=epoch_checkpoint(tmp_path / "ck"), amuse=inplace,
+            fail_at={"train": 8})  # fmt: skip
+        return tmp_path / "ck" / "epoch=0-step=6.ckpt"
+    if where == "save_last":  # ModelCheckpoint at train end: the module holds x already
+        last = ModelCheckpoint(tmp_path / "ck", save_top_k=0, save_last=True)
+        run(tmp_path, max_epochs=1, checkpoint=last, amuse=inplace)
+        return tmp_path / "ck" / "last.ckpt"
+    _, first = run(tmp_path, max_epochs=1, amuse=inplace)  # trainer.save_checkpoint after fit
+    first.save_checkpoint(tmp_path / "after_fit.ckpt")
+    return tmp_path / "after_fit.ckpt"
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["epoch_end", "save_last", "after_fit"],
+)
+def test_resume_from_inplace_checkpoint_equals_uninterrupted_inplace_run(tmp_path, where):
+    """swap='inplace' moves y by rounding at each evaluation; a resume must continue from the
+    very y the uninterrupted inplace run continued from."""
+    reference = run(tmp_path / "a", max_epochs=2, amuse=AmuseCallback(swap="inplace"))
+    path = _inplace_checkpoint(tmp_path / "b", where)
+    saved_y = torch.load(path, weights_only=False)["amuse"]["y"]
+    assert saved_y is not None, "keep_y_in_checkpoint=True but the checkpoint has no y"
+    # the y the uninterrupted run's 7th training step saw (after the inplace round trips)
+    y_at_7 = next(e for k, step, e in reference[0].events if k == "train" and step == 6)
+    assert_same(saved_y, params_only(y_at_7))
+    resumed = run(
+        tmp_path / "c", max_epochs=2, seed=9, ckpt_path=path, amuse=AmuseCallback(swap="inplace")
+    )
+    assert resumed[0].of_kind("step_end")[0][0] == 7
     assert_same_run(*reference, *resumed)
 
 

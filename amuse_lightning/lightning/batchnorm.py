@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -176,7 +177,8 @@ def recalibrate(
 
     Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in train
     mode under ``no_grad``; layer momenta, train/eval flags and every random stream are restored
-    afterwards.
+    afterwards. Under data parallelism the ranks' estimates are merged
+    (:func:`merge_across_ranks`); every rank must call this at the same point.
     """
     layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
     layers = [m for m in layers if m.track_running_stats]
@@ -196,6 +198,7 @@ def recalibrate(
                 used += 1
                 if used == max_batches:
                     break
+            used = merge_across_ranks(layers, used)
         finally:
             del iterator
             for m, momentum in zip(layers, momenta, strict=True):
@@ -208,6 +211,35 @@ def recalibrate(
             "or set AmuseCallback(bn_recalibration_batches=0)."
         )
     return used
+
+
+def merge_across_ranks(layers: list[_BatchNorm], used: int) -> int:
+    """Under data parallelism every rank estimated the statistics on its own shard; replace them
+    on every rank by the estimate over all ranks' batches and return the batches used in all.
+
+    With ``n_r`` batches on rank ``r`` and its cumulative averages ``m_r`` (likewise the
+    variances), every rank gets ``m = sum_r n_r m_r / sum_r n_r``: the cumulative average over
+    all ``sum_r n_r`` batches, identical on every rank (one all-reduce, in float64).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return used
+    buffers = [b for m in layers for b in (m.running_mean, m.running_var)]
+    if not buffers:
+        return used
+    count = torch.ones(1, dtype=torch.float64, device=buffers[0].device)
+    flat = torch.cat([count, *(b.detach().double().flatten() for b in buffers)]) * used
+    dist.all_reduce(flat)
+    total = round(flat[0].item())
+    if total == 0:
+        return 0
+    flat = flat[1:] / total
+    offset = 0
+    for buffer in buffers:
+        buffer.copy_(flat[offset : offset + buffer.numel()].view_as(buffer))
+        offset += buffer.numel()
+    for m in layers:
+        m.num_batches_tracked.fill_(total)
+    return total
 
 
 def _before_transfer(trainer: Trainer, pl_module: LightningModule, batch: Any) -> Any:

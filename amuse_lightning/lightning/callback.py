@@ -35,6 +35,7 @@ The callback's whole mutable state is one :class:`~.state.SwapState`: a phase
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -61,6 +62,7 @@ from amuse_lightning.lightning.checkpoint import (
 from amuse_lightning.lightning.checks import (
     check_fsdp2,
     check_params_belong_to,
+    check_single_instance,
     check_strategy,
     check_trainable,
     fit_optimizer,
@@ -98,8 +100,10 @@ class AmuseCallback(Callback):
     Args:
         swap: ``"copy"`` (default) keeps a copy of ``y`` while ``x`` is in the parameters and
             writes it back bit for bit; ``"inplace"`` uses ``optimizer.eval()``/``train()`` only,
-            which needs no extra memory but moves ``y`` by rounding error at each evaluation.
-            Checkpoints always use an exact temporary copy.
+            which needs no extra memory during training but moves ``y`` by rounding error at
+            each evaluation. Checkpoints always use an exact temporary copy, and at the end of
+            fit ``y`` is copied before ``x`` is put in place (unless
+            ``keep_y_in_checkpoint=False``), so checkpoints written after fit resume exactly.
         y_copy_device: where the copy of ``y`` lives: ``"same"`` as the parameter, or ``"cpu"``
             to spare accelerator memory.
         bn_recalibration_batches: if ``N > 0``, re-estimate BatchNorm running statistics at ``x``
@@ -107,7 +111,9 @@ class AmuseCallback(Callback):
             each evaluation, at the end of fit and before a checkpoint's ``x`` is written. The
             batches come from a separate iterator over the training data; the random streams
             are restored afterwards, so the training run is unchanged. The training-time
-            statistics come back with ``y``.
+            statistics come back with ``y``. Under DDP every rank estimates on its own batches
+            and the estimates are merged (one all-reduce) into the average over all ranks'
+            batches, identical on every rank and equal to the checkpoint's.
         bn_forward: how to run one recalibration batch through the module;
             defaults to :func:`default_bn_forward` (``module(batch[0])`` for tuple batches).
         keep_y_in_checkpoint: store ``y`` in ``checkpoint["amuse"]["y"]`` for an exact resume
@@ -117,6 +123,10 @@ class AmuseCallback(Callback):
         allow_lr_scheduler: AMUSE warms its learning rate up by itself and averages instead of
             decaying; an LR scheduler is refused unless this is ``True`` (then you take
             responsibility, e.g. for a final cooldown).
+
+    Use one AmuseCallback per Trainer (a second one is refused at setup). A param group that
+    never stepped (added by ``add_param_group`` during an evaluation, or by ``BaseFinetuning``)
+    holds ``x = y``; its ``train_mode`` flag is aligned with the other groups at each swap.
 
     Manual optimization is supported as long as the module uses exactly one schedule-free
     optimizer. Strategies: single device, DDP, and FSDP2 (``ModelParallelStrategy`` with
@@ -159,9 +169,22 @@ class AmuseCallback(Callback):
         """What the module's parameters hold, and why (see :class:`~.state.Holds`)."""
         return self._state.holds
 
+    def _options(self) -> dict[str, Any]:
+        """The constructor arguments that differ from their defaults (for error messages)."""
+        options = {}
+        for name, parameter in inspect.signature(AmuseCallback.__init__).parameters.items():
+            if name == "self":
+                continue
+            default = default_bn_forward if name == "bn_forward" else parameter.default
+            value = getattr(self, name, default)
+            if value is not default and value != default:
+                options[name] = value
+        return options
+
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
+        check_single_instance(trainer.callbacks, AmuseCallback, AmuseCallback._options)
         if stage == "fit":
             if not is_overridden("configure_model", pl_module):
                 check_trainable(pl_module)
@@ -282,7 +305,10 @@ class AmuseCallback(Callback):
         state = self._state
         if weights is None or state.holds is Holds.X_FOR_EVALUATION:
             return
-        if not weights.to_x():  # x is there already (after fit, or a manual optimizer.eval())
+        # after training y is kept exactly even with swap="inplace": checkpoints written after
+        # fit must carry the y the run would continue from
+        exact = True if final and self.keep_y_in_checkpoint else None
+        if not weights.to_x(exact=exact):  # x is there already (after fit, or a manual eval())
             if final:
                 state.swapped_to_x(final=True)
             return

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import (
     DDPStrategy,
@@ -21,6 +22,7 @@ from amuse_lightning.lightning.sharded import check_fsdp2_params
 __all__ = [
     "check_fsdp2",
     "check_params_belong_to",
+    "check_single_instance",
     "check_strategy",
     "check_trainable",
     "fit_optimizer",
@@ -107,3 +109,36 @@ def fit_optimizer(trainer: Trainer, allow_lr_scheduler: bool) -> torch.optim.Opt
             "to combine them on purpose."
         )
     return optimizer
+
+
+def check_single_instance(
+    callbacks: list[Callback], kind: type[Callback], options: Callable[[Any], dict[str, Any]]
+) -> None:
+    """At most one callback of ``kind``; the error names them by their ``options`` (the
+    arguments that differ from the defaults) and says which single one to keep."""
+    found = [cb for cb in callbacks if isinstance(cb, kind)]
+    if len(found) < 2:
+        return
+    name = kind.__name__
+    described = ", ".join(_call(name, options(cb)) for cb in found)
+    merged: dict[str, Any] = {}
+    clashes = set()
+    for cb in found:
+        for key, value in options(cb).items():
+            if key in merged and merged[key] != value:
+                clashes.add(key)
+            merged[key] = value
+    keep = _call(name, merged)
+    if clashes:
+        keep += f"; they disagree on {', '.join(sorted(clashes))}: choose one value"
+    raise MisconfigurationException(
+        f"The Trainer has {len(found)} {name} instances: {described}. Each would swap the "
+        "weights and write checkpoints on its own, and only the first one's options take "
+        f"effect: keep only one {name}, given every option you need (here {keep}), and remove "
+        "the others from Trainer(callbacks=...)."
+    )
+
+
+def _call(name: str, options: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}" for k, v in options.items())
+    return f"{name}({shown})"

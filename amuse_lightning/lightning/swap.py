@@ -50,6 +50,7 @@ class WeightSwap:
         self.exact = exact
         self.copy_device = copy_device
         self._buffers: list[Tensor] | None = None
+        self._copied: list[Tensor] | None = None  # the parameters the buffers belong to
         self._copy_valid = False
 
     @property
@@ -60,11 +61,17 @@ class WeightSwap:
     @property
     def local_params(self) -> list[Tensor]:
         """:attr:`params` with each DTensor replaced by this rank's shard (same storage)."""
-        return [p.to_local() if is_dtensor(p) else p for p in self.params]
+        return _local(self.params)
 
     @property
     def holds_x(self) -> bool:
-        """Whether the parameters hold ``x`` (every group in eval mode)."""
+        """Whether the parameters hold ``x`` (every group in eval mode).
+
+        A group whose conversion changes nothing (no parameter has ``z`` yet: never stepped,
+        e.g. added by ``add_param_group`` during an evaluation or by ``BaseFinetuning``) holds
+        ``x = y`` in either mode; its flag is first set to the mode of the other groups.
+        """
+        self._align_unconverted_groups()
         modes = {bool(group["train_mode"]) for group in self.optimizer.param_groups}
         if len(modes) > 1:
             raise RuntimeError(
@@ -74,10 +81,32 @@ class WeightSwap:
             )
         return modes == {False}
 
+    def _align_unconverted_groups(self) -> None:
+        groups = self.optimizer.param_groups
+        if len({bool(group["train_mode"]) for group in groups}) < 2:
+            return
+        unconverted = [_converts_nothing(self.optimizer, group) for group in groups]
+        modes = {bool(g["train_mode"]) for g, free in zip(groups, unconverted, strict=True)
+                 if not free}  # fmt: skip
+        if len(modes) > 1:
+            return  # groups that did step disagree: holds_x raises
+        mode = modes.pop() if modes else bool(groups[0]["train_mode"])
+        for group, free in zip(groups, unconverted, strict=True):
+            if free:
+                group["train_mode"] = mode
+
     @property
     def y_copy(self) -> list[Tensor] | None:
-        """The stored ``y`` (aligned with :attr:`local_params`) while the parameters hold ``x``."""
-        return self._buffers if self._copy_valid and self.holds_x else None
+        """The stored ``y`` (aligned with :attr:`local_params`) while the parameters hold ``x``;
+        a parameter added since the copy was made never stepped, so its ``y`` is itself."""
+        if not (self._copy_valid and self.holds_x):
+            return None
+        assert self._buffers is not None and self._copied is not None
+        stored = {id(p): value for p, value in zip(self._copied, self._buffers, strict=True)}
+        return [
+            stored.get(id(p), local.detach())
+            for p, local in zip(self.params, self.local_params, strict=True)
+        ]
 
     @torch.no_grad()
     def to_x(self, exact: bool | None = None) -> bool:
@@ -97,15 +126,15 @@ class WeightSwap:
             self._copy_valid = False
             return False
         if self._copy_valid:
-            assert self._buffers is not None
-            _copy_all(self.local_params, self._buffers)
+            assert self._buffers is not None and self._copied is not None
+            _copy_all(_local(self._copied), self._buffers)
             for group in self.optimizer.param_groups:
                 group["train_mode"] = True
         else:
             self.optimizer.train()
         self._copy_valid = False
         if not self.exact:
-            self._buffers = None
+            self._buffers = self._copied = None
         return True
 
     @torch.no_grad()
@@ -117,17 +146,29 @@ class WeightSwap:
         self._copy_valid = True
 
     def _allocate(self) -> None:
-        params = self.local_params
-        if self._buffers is not None and len(self._buffers) == len(params):
+        params = self.params
+        copied = self._copied
+        if copied is not None and [id(p) for p in copied] == [id(p) for p in params]:
             return
+        self._copied = params
         with torch.inference_mode(False):
             self._buffers = [
                 torch.empty_like(p, device="cpu" if self.copy_device == "cpu" else p.device)
-                for p in params
+                for p in _local(params)
             ]
 
     def _store_y(self) -> None:
         self.set_y_copy([p.detach() for p in self.local_params])
+
+
+def _local(params: list[Tensor]) -> list[Tensor]:
+    """Each DTensor replaced by this rank's shard (same storage)."""
+    return [p.to_local() if is_dtensor(p) else p for p in params]
+
+
+def _converts_nothing(optimizer: torch.optim.Optimizer, group: dict[str, Any]) -> bool:
+    """Whether ``train()``/``eval()`` leave ``group``'s parameters unchanged (no ``z`` yet)."""
+    return all("z" not in optimizer.state.get(p, {}) for p in group["params"])
 
 
 def _copy_all(targets: list[Tensor], sources: list[Tensor]) -> None:
