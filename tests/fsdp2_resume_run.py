@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amuse_lightning import AmuseCallback
 from tests.distributed_exit import finish_worker
-from tests.fsdp2_lightning_run import ShardedNet
+from tests.helpers.sharded import ShardedNet
 
 EPOCHS = 2
 
