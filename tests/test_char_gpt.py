@@ -27,7 +27,6 @@ from amuse_lightning.examples.text_data import (
 from amuse_lightning.lightning.cli import main
 from amuse_lightning.partition import partition_parameters
 
-
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "char_gpt.yaml"
 CORPUS_BYTES = 6_000_000  # the default corpus (about 2 s to read, then cached)
