@@ -26,15 +26,12 @@ EPOCHS = 2
 
 
 class Recording(ShardedNet):
-    def __init__(self, out_dir: str) -> None:
-        super().__init__(out_dir)
+    def __init__(self) -> None:
+        super().__init__()
         self.ys: dict[int, list[torch.Tensor]] = {}
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.ys[self.trainer.global_step] = [p.full_tensor() for p in self.net.parameters()]
-
-    def on_train_end(self) -> None:  # the parent class writes its own files here
-        pass
 
 
 def fit(out_dir: Path, max_epochs: int, ckpt_path: Path | None = None) -> tuple[Recording, Trainer]:
@@ -44,7 +41,7 @@ def fit(out_dir: Path, max_epochs: int, ckpt_path: Path | None = None) -> tuple[
         num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=[AmuseCallback()],
         strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     )  # fmt: skip
-    model = Recording(str(out_dir))
+    model = Recording()
     trainer.fit(model, ckpt_path=ckpt_path)
     return model, trainer
 
