@@ -35,14 +35,12 @@ The callback's whole mutable state is one :class:`~.state.SwapState`: a phase
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
 
 from amuse_lightning.lightning.batchnorm import (
     BatchNormForward,
@@ -55,9 +53,8 @@ from amuse_lightning.lightning.batchnorm import (
 )
 from amuse_lightning.lightning.checkpoint import (
     CHECKPOINT_KEY,
-    build_payload,
     read_payload,
-    write_x_state_dict,
+    write_checkpoint,
 )
 from amuse_lightning.lightning.checks import (
     check_fsdp2,
@@ -74,7 +71,6 @@ from amuse_lightning.lightning.schedule_log import schedule_metrics
 from amuse_lightning.lightning.sharded import is_model_parallel
 from amuse_lightning.lightning.state import Holds, SwapState
 from amuse_lightning.lightning.swap import WeightSwap
-from amuse_lightning.optim.distributed import is_dtensor
 
 __all__ = [
     "AmuseCallback",
@@ -169,22 +165,10 @@ class AmuseCallback(Callback):
         """What the module's parameters hold, and why (see :class:`~.state.Holds`)."""
         return self._state.holds
 
-    def _options(self) -> dict[str, Any]:
-        """The constructor arguments that differ from their defaults (for error messages)."""
-        options = {}
-        for name, parameter in inspect.signature(AmuseCallback.__init__).parameters.items():
-            if name == "self":
-                continue
-            default = default_bn_forward if name == "bn_forward" else parameter.default
-            value = getattr(self, name, default)
-            if value is not default and value != default:
-                options[name] = value
-        return options
-
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
-        check_single_instance(trainer.callbacks, AmuseCallback, AmuseCallback._options)
+        check_single_instance(trainer.callbacks, AmuseCallback, {"bn_forward": default_bn_forward})
         if stage == "fit":
             if not is_overridden("configure_model", pl_module):
                 check_trainable(pl_module)
@@ -381,30 +365,17 @@ class AmuseCallback(Callback):
         weights = self._weights_for(trainer)
         if weights is None or CHECKPOINT_KEY in checkpoint or "state_dict" not in checkpoint:
             return
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        y: dict[str, Tensor] | None = None
-        if weights.holds_x:  # the live state_dict already is x
-            y_values = weights.y_copy
-            if y_values is not None:
-                y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
-            train_bn = self._state.train_bn
-        else:
-            recalibrates = self._recalibrates(pl_module)
-            train_bn = write_x_state_dict(
-                pl_module,
-                checkpoint["state_dict"],
-                weights,
-                batchnorm_buffer_names(pl_module) if recalibrates else (),
-                (lambda: self._load_x_bn_stats(trainer, pl_module)) if recalibrates else None,
-            )
-            y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
-        if not full:
-            return
-        # FSDP2: y's shards cannot travel in checkpoint["amuse"] (rank 0 writes it alone), so
-        # a resume recomputes y from x and z (close, not bit-exact)
-        sharded = any(is_dtensor(p) for p in weights.params)
-        keep_y = self.keep_y_in_checkpoint and not sharded
-        checkpoint[CHECKPOINT_KEY] = build_payload(y if keep_y else None, train_bn)
+        recalibrates = self._recalibrates(pl_module)
+        write_checkpoint(
+            checkpoint,
+            pl_module,
+            weights,
+            full=full,
+            keep_y=self.keep_y_in_checkpoint,
+            train_bn=self._state.train_bn,
+            bn_names=batchnorm_buffer_names(pl_module) if recalibrates else (),
+            load_x_bn=(lambda: self._load_x_bn_stats(trainer, pl_module)) if recalibrates else None,
+        )
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

@@ -11,7 +11,8 @@ in floating point. The payload next to it therefore holds::
         "train_buffers": {name: tensor} | None,  # training-time BatchNorm buffers, when the
     }                                             # saved ones are the recalibrated ones at x
 
-This module writes ``x`` into the state_dict (:func:`write_x_state_dict`), builds the payload
+This module fills a checkpoint (:func:`write_checkpoint`): ``x`` into the state_dict
+(:func:`write_x_state_dict`) and the payload
 (:func:`build_payload`), reads and validates it on load (:func:`read_payload`: a payload of an
 unknown or newer format is refused with a clear error) and applies it once the optimizer state is
 back (:meth:`ResumePayload.apply`).
@@ -37,6 +38,7 @@ __all__ = [
     "ResumePayload",
     "build_payload",
     "read_payload",
+    "write_checkpoint",
     "write_x_state_dict",
 ]
 
@@ -87,6 +89,42 @@ def write_x_state_dict(
             load_buffers(module, train_bn)
         weights.to_y()
     return train_bn
+
+
+def write_checkpoint(
+    checkpoint: dict[str, Any],
+    module: nn.Module,
+    weights: WeightSwap,
+    *,
+    full: bool,
+    keep_y: bool,
+    train_bn: Mapping[str, Tensor] | None,
+    bn_names: Iterable[str] = (),
+    load_x_bn: Callable[[], None] | None = None,
+) -> None:
+    """Write ``x`` into ``checkpoint["state_dict"]`` and, for a ``full`` checkpoint (not a
+    ``save_weights_only`` one), the payload into ``checkpoint["amuse"]``.
+
+    When the module holds ``x`` already its state_dict is ``x``; ``y`` then comes from the swap's
+    copy and ``train_bn`` are the training-time BatchNorm buffers put aside with it. Otherwise
+    ``x`` is made by :func:`write_x_state_dict`. Under FSDP2 ``y``'s shards cannot travel in the
+    payload (rank 0 writes it alone), so a resume recomputes ``y`` from ``x`` and ``z``.
+    """
+    names = {id(p): n for n, p in module.named_parameters()}
+    y: dict[str, Tensor] | None = None
+    if weights.holds_x:
+        y_values = weights.y_copy
+        if y_values is not None:
+            y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
+    else:
+        train_bn = write_x_state_dict(
+            module, checkpoint["state_dict"], weights, bn_names, load_x_bn
+        )
+        y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
+    if not full:
+        return
+    sharded = any(is_dtensor(p) for p in weights.params)
+    checkpoint[CHECKPOINT_KEY] = build_payload(y if keep_y and not sharded else None, train_bn)
 
 
 def build_payload(

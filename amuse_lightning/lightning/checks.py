@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
 from typing import Any
 
 import torch
@@ -111,11 +111,30 @@ def fit_optimizer(trainer: Trainer, allow_lr_scheduler: bool) -> torch.optim.Opt
     return optimizer
 
 
+def changed_options(obj: Any, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The constructor arguments of ``obj`` (read back from its attributes of the same names)
+    that differ from their defaults; ``defaults`` replaces a signature default (e.g. ``None``
+    that the constructor turns into a function)."""
+    options = {}
+    for name, parameter in inspect.signature(type(obj).__init__).parameters.items():
+        if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = (defaults or {}).get(name, parameter.default)
+        value = getattr(obj, name, default)
+        if value is not default and value != default:
+            options[name] = value
+    return options
+
+
 def check_single_instance(
-    callbacks: list[Callback], kind: type[Callback], options: Callable[[Any], dict[str, Any]]
+    callbacks: list[Callback], kind: type[Callback], defaults: dict[str, Any] | None = None
 ) -> None:
-    """At most one callback of ``kind``; the error names them by their ``options`` (the
-    arguments that differ from the defaults) and says which single one to keep."""
+    """At most one callback of ``kind``; the error names them by the arguments that differ from
+    the defaults (:func:`changed_options`) and says which single one to keep."""
+
+    def options(callback: Callback) -> dict[str, Any]:
+        return changed_options(callback, defaults)
+
     found = [cb for cb in callbacks if isinstance(cb, kind)]
     if len(found) < 2:
         return
