@@ -29,10 +29,10 @@ class LMConfig:
     depth: int = 2
     heads: int = 4
     context: int = 64
-    batch_size: int = 16
+    batch_size: int = 8
     max_bytes: int = 2_000_000
-    eval_windows: int = 96
-    budgets: tuple[int, ...] = (40, 80, 160, 320)
+    eval_windows: int = 64
+    budgets: tuple[int, ...] = (25, 50, 100, 200)
 
 
 QUICK = LMConfig(

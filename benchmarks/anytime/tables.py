@@ -44,18 +44,19 @@ def _budget_label(meta: dict, budget: int) -> str:
     return f"{budget} st"
 
 
-def _settings(records: list[dict], method: str) -> str:
+def _lr(lr: float, grid: list[float]) -> str:
+    """The lr, starred when it is an end of its grid (the grid may be too narrow there)."""
+    return f"{lr:g}" + ("*" if len(grid) > 1 and lr in (min(grid), max(grid)) else "")
+
+
+def _settings(records: list[dict], method: str, grids: dict) -> str:
     rows = [r for r in records if r["method"] == method]
-    lrs = []
-    for r in sorted(rows, key=lambda r: r["budget_steps"]):
-        if f"{r['lr']:g}" not in lrs:
-            lrs.append(f"{r['lr']:g}")
-    extra = ", ".join(f"{k}={v}" for k, v in rows[0]["settings"].items()) if rows else ""
-    if method in BUDGET_METHODS:
-        per_budget = {r["budget_steps"]: f"{r['lr']:g}" for r in rows}
-        text = "lr " + " / ".join(per_budget[b] for b in sorted(per_budget))
-    else:
-        text = f"lr {lrs[0]}" if lrs else ""
+    if not rows:
+        return ""
+    grid = grids.get("amuse" if method.startswith("amuse") else method, [])
+    per_budget = {r["budget_steps"]: _lr(r["lr"], grid) for r in rows}
+    text = "lr " + " / ".join(dict.fromkeys(per_budget[b] for b in sorted(per_budget)))
+    extra = ", ".join(f"{k}={v}" for k, v in rows[0]["settings"].items())
     return text + (f", {extra}" if extra else "")
 
 
@@ -67,7 +68,7 @@ def main_table(data: dict, table: Table) -> str:
     rows = [
         [
             m,
-            _settings(records, m),
+            _settings(records, m, meta["config"]["lr_grid"]),
             *(_cell(list(_values(records, m, b, key).values()), scale, digits) for b in budgets),
         ]
         for m in methods
@@ -143,7 +144,8 @@ def render(data: dict, table: Table, provenance: Callable[[dict], str]) -> str:
         [
             f"**Test {what}**, mean ± half-range over seeds {seeds}. Budget rows (cosine): one "
             "run per budget, lr tuned per budget on validation; anytime rows: one run, evaluated "
-            "at x at every budget, one lr for all budgets chosen on validation.\n",
+            "at x at every budget, one lr for all budgets chosen on validation. lr* = an end of "
+            "its grid.\n",
             main_table(data, table),
             f"\n**Anytime minus budget-tuned Muon + cosine** (test {key}, positive = anytime "
             "better; mean [min, max] of the per-seed differences; level = signs differ)\n",

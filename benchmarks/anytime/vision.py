@@ -67,6 +67,7 @@ SCREEN: tuple[tuple[str, dict], ...] = (
     ("rho=0,beta1=0.9", {"beta1": 0.9, "rho": 0.0}),
     ("warmup=15%", {"warmup_fraction": 0.15}),
     ("wd_at_y", {"wd_at_y": True}),
+    ("r=1", {"r": 1.0}),
 )
 
 QUICK = VisionConfig(
