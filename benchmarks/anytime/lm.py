@@ -41,7 +41,7 @@ QUICK = LMConfig(
     heads=2,
     context=32,
     batch_size=8,
-    max_bytes=300_000,
+    max_bytes=1_000_000,
     eval_windows=16,
     budgets=(6, 12),
 )
