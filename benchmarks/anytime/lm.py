@@ -55,7 +55,11 @@ class LMTask:
         grid = (3e-3, 1e-2) if quick else (3e-3, 1e-2, 3e-2)
         self.study = StudyConfig(
             budgets=self.cfg.budgets,
-            lr_grid={m: grid for m in ("adamw_cosine", "muon_cosine", "sf_adamw", "amuse")},
+            # AdamW's grid one step lower (LM AdamW rates are lower), same size for every method
+            lr_grid={
+                "adamw_cosine": grid if quick else (1e-3, 3e-3, 1e-2),
+                **{m: grid for m in ("muon_cosine", "sf_adamw", "amuse")},
+            },
             weight_decay=0.05,
             seeds=(0, 1) if quick else (0, 1, 2),
             variants=SCREEN[:2] if quick else SCREEN,

@@ -55,7 +55,8 @@ def _settings(records: list[dict], method: str, grids: dict) -> str:
         return ""
     grid = grids.get("amuse" if method.startswith("amuse") else method, [])
     per_budget = {r["budget_steps"]: _lr(r["lr"], grid) for r in rows}
-    text = "lr " + " / ".join(dict.fromkeys(per_budget[b] for b in sorted(per_budget)))
+    lrs = [per_budget[b] for b in sorted(per_budget)]
+    text = "lr " + " / ".join(lrs if len(set(lrs)) > 1 else lrs[:1])
     extra = ", ".join(f"{k}={v}" for k, v in rows[0]["settings"].items())
     return text + (f", {extra}" if extra else "")
 

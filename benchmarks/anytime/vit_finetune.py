@@ -74,7 +74,13 @@ class ViTTask:
         grid = (1e-3, 3e-3) if quick else (1e-3, 3e-3, 1e-2)
         self.study = StudyConfig(
             budgets=self.cfg.budgets,
-            lr_grid={m: grid for m in ("adamw_cosine", "muon_cosine", "sf_adamw", "amuse")},
+            # Muon + cosine and AMUSE chose the top of the 3-point grid: one more point for both
+            lr_grid={
+                "adamw_cosine": grid,
+                "sf_adamw": grid,
+                "muon_cosine": grid if quick else (*grid, 3e-2),
+                "amuse": grid if quick else (*grid, 3e-2),
+            },
             weight_decay=0.05,
             seeds=(0, 1) if quick else (0, 1, 2),
             variants=SCREEN[:2] if quick else SCREEN,
