@@ -55,10 +55,12 @@ class LMTask:
         grid = (3e-3, 1e-2) if quick else (3e-3, 1e-2, 3e-2)
         self.study = StudyConfig(
             budgets=self.cfg.budgets,
-            # AdamW's grid one step lower (LM AdamW rates are lower), same size for every method
+            # AdamW's grid one step lower (LM AdamW rates are lower), same size for every method;
+            # 3e-4 added after AdamW chose the bottom (1e-3) at three budgets
             lr_grid={
-                "adamw_cosine": grid if quick else (1e-3, 3e-3, 1e-2),
-                **{m: grid for m in ("muon_cosine", "sf_adamw", "amuse")},
+                "adamw_cosine": grid if quick else (3e-4, 1e-3, 3e-3, 1e-2),
+                "sf_adamw": grid if quick else (1e-3, *grid),  # 3e-3 was its bottom
+                **{m: grid for m in ("muon_cosine", "amuse")},
             },
             weight_decay=0.05,
             seeds=(0, 1) if quick else (0, 1, 2),

@@ -75,10 +75,11 @@ class ViTTask:
         self.study = StudyConfig(
             budgets=self.cfg.budgets,
             # Muon + cosine and AMUSE chose the top of the 3-point grid: one more point for both
+            # (and a second one for Muon + cosine, which then chose 3e-2 at three budgets)
             lr_grid={
                 "adamw_cosine": grid,
                 "sf_adamw": grid,
-                "muon_cosine": grid if quick else (*grid, 3e-2),
+                "muon_cosine": grid if quick else (*grid, 3e-2, 1e-1),
                 "amuse": grid if quick else (*grid, 3e-2),
             },
             weight_decay=0.05,
