@@ -59,7 +59,7 @@ class LMTask:
             # 3e-4 added after AdamW chose the bottom (1e-3) at three budgets
             lr_grid={
                 "adamw_cosine": grid if quick else (3e-4, 1e-3, 3e-3, 1e-2),
-                "sf_adamw": grid if quick else (1e-3, *grid),  # 3e-3 was its bottom
+                "sf_adamw": grid if quick else (3e-4, 1e-3, *grid),  # 3e-3, then 1e-3 the bottom
                 **{m: grid for m in ("muon_cosine", "amuse")},
             },
             weight_decay=0.05,

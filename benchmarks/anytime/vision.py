@@ -69,6 +69,9 @@ SCREEN: tuple[tuple[str, dict], ...] = (
     ("warmup=15%", {"warmup_fraction": 0.15}),
     ("wd_at_y", {"wd_at_y": True}),
     ("r=1", {"r": 1.0}),
+    # added after the first screens: the two per-task winners together, and a larger fixed beta
+    ("rho=0,beta1=0.9,r=1", {"beta1": 0.9, "rho": 0.0, "r": 1.0}),
+    ("rho=0,beta1=0.95", {"beta1": 0.95, "rho": 0.0}),
 )
 
 QUICK = VisionConfig(
