@@ -65,7 +65,8 @@ class Task(Protocol):
 @dataclass(frozen=True)
 class RunSpec:
     """One training run. ``settings``: AMUSE keyword overrides as sorted ``(key, value)`` pairs,
-    plus ``warmup_fraction`` and ``wd_at_y`` (weight decay applied at y instead of at z)."""
+    plus ``warmup_fraction``, ``wd_at_y`` (weight decay applied at y instead of at z) and
+    ``fallback_lr_ratio`` (fallback lr / Muon lr)."""
 
     phase: str  # "sweep", "screen", "final"
     method: str
@@ -126,6 +127,7 @@ def train_run(spec: RunSpec, task: Task) -> dict:
     settings = dict(spec.settings)
     fraction = settings.pop("warmup_fraction", study.warmup_fraction)
     wd_at_y = settings.pop("wd_at_y", False)
+    fallback_ratio = settings.pop("fallback_lr_ratio", 1.0)
     horizon = spec.steps if is_budget_method(spec.method) else max(study.budgets)
     warmup = max(2, round(fraction * horizon))
     torch.manual_seed(spec.seed)  # model init and the data stream of this seed
@@ -133,6 +135,9 @@ def train_run(spec: RunSpec, task: Task) -> dict:
     groups = task.param_groups(model, 0.0 if wd_at_y else study.weight_decay)
     if wd_at_y:
         settings["weight_decay_at_y"] = study.weight_decay
+    for g in groups:  # fallback lr = ratio * Muon lr, through the groups' lr_scale
+        if not g["use_muon"] and fallback_ratio != 1.0:
+            g["lr_scale"] = g.get("lr_scale", 1.0) * fallback_ratio
     handle = build_optimizer(
         spec.method,
         model,

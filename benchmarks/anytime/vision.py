@@ -72,6 +72,8 @@ SCREEN: tuple[tuple[str, dict], ...] = (
     # added after the first screens: the two per-task winners together, and a larger fixed beta
     ("rho=0,beta1=0.9,r=1", {"beta1": 0.9, "rho": 0.0, "r": 1.0}),
     ("rho=0,beta1=0.95", {"beta1": 0.95, "rho": 0.0}),
+    ("fallback lr x0.3", {"fallback_lr_ratio": 0.3}),
+    ("fallback lr x3", {"fallback_lr_ratio": 3.0}),
 )
 
 QUICK = VisionConfig(
