@@ -40,7 +40,7 @@ demo: $(STAMP) fashion-mnist
 	$(PY) -m amuse_lightning fit --config configs/fashion_mnist_resnet.yaml
 
 # Smoke runs of the benchmarks (under a minute each; results go to *_quick.json, not committed).
-# The anytime study's --quick runs inside the test suite (tests/test_benchmarks_smoke.py).
+# The anytime studies' --quick runs are inside the test suite (tests/test_benchmarks_smoke.py).
 bench-smoke: $(STAMP)
 	$(PY) benchmarks/step_time.py --quick
 	$(PY) benchmarks/distributed_step.py --quick
@@ -49,7 +49,9 @@ bench-smoke: $(STAMP)
 bench: $(STAMP) fashion-mnist
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/distributed_step.py
-	$(PY) benchmarks/anytime.py
+	$(PY) benchmarks/run_anytime.py vision
+	$(PY) benchmarks/run_anytime.py lm
+	$(PY) benchmarks/run_anytime.py vit
 
 tables: $(STAMP)
 	$(PY) benchmarks/make_tables.py --readme README.md

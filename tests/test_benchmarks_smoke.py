@@ -1,10 +1,10 @@
-"""Smoke tests of the anytime study: ``benchmarks/anytime.py --quick`` end to end (JSON schema,
-plot, README tables) and the pieces whose mistakes would bias it silently (evaluation at x must
-not disturb training, the Muon baseline must move the conv kernels, the cosine schedule)."""
+"""Smoke tests of the anytime studies (``benchmarks/run_anytime.py <task> --quick`` end to end:
+JSON schema, selection on validation only, plot, README tables) and the pieces whose mistakes
+would bias them silently (evaluation at x must not disturb training, BatchNorm recalibration,
+the Muon baseline must move the conv kernels, the cosine schedule, the choice rules)."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import subprocess
@@ -17,200 +17,208 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 DATA = Path("/usr/share/datasets/fashion-mnist")
-RECORD_FIELDS = {
-    "optimizer",
-    "budget_epochs",
-    "eval_epoch",
-    "test_accuracy",
-    "test_loss",
-    "seed",
-    "lr",
-}
+sys.path.insert(0, str(BENCH))
+
+from anytime import methods, protocol  # noqa: E402
+from anytime.bn import recalibrated  # noqa: E402
+from anytime.vision import VisionTask  # noqa: E402
 
 
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _has_char_gpt() -> bool:
+    return (ROOT / "amuse_lightning" / "examples" / "char_gpt.py").is_file()
 
 
-@pytest.fixture(scope="module")
-def anytime():
-    return _load("anytime")
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    if not (DATA / "train-images-idx3-ubyte.gz").is_file():
+@pytest.fixture(scope="module", params=["vision", "vit", "lm"])
+def quick_run(request, tmp_path_factory) -> tuple[str, Path]:
+    task = request.param
+    if task in ("vision", "vit") and not (DATA / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Fashion-MNIST idx files not installed (Debian dataset-fashion-mnist)")
-    out = tmp_path_factory.mktemp("anytime") / "anytime_fashion_mnist.json"
+    if task == "lm" and not _has_char_gpt():
+        pytest.skip("the char_gpt example is not in this tree")
+    out = tmp_path_factory.mktemp(task) / f"anytime_{task}.json"
     subprocess.run(
-        [sys.executable, str(BENCH / "anytime.py"), "--quick", "--output", str(out)],
+        [sys.executable, str(BENCH / "run_anytime.py"), task, "--quick", "--output", str(out)],
         check=True,
         cwd=ROOT,
-        timeout=240,
+        timeout=300,
     )
-    return out
+    return task, out
 
 
-@pytest.mark.xdist_group("multiprocess")
-def test_quick_run_writes_the_documented_schema(quick_run: Path, anytime) -> None:
-    data = json.loads(quick_run.read_text())
-    assert set(data) == {"meta", "sweep", "records"}
+@pytest.mark.xdist_group("multiprocess")  # starts a study subprocess
+def test_quick_run_follows_the_protocol(quick_run: tuple[str, Path]) -> None:
+    task, path = quick_run
+    data = json.loads(path.read_text())
+    assert set(data) == {"meta", "runs", "records"}
     meta = data["meta"]
-    for key in (
-        "date",
-        "platform",
-        "cpu_count",
-        "torch",
-        "lightning",
-        "timm",
-        "schedulefree",
-        "wall_s",
-        "config",
-        "selected",
-    ):
+    for key in ("date", "platform", "cpu_count", "torch", "timm", "schedulefree", "wall_s"):
         assert key in meta, key
-    assert meta["status"] == "complete" and meta["mode"] == "quick"
-    records = data["records"]
-    for r in records:
-        assert set(r) >= RECORD_FIELDS
-        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["test_loss"] > 0
-        assert 1 <= r["eval_epoch"] <= r["budget_epochs"]
+    assert meta["status"] == "complete" and meta["mode"] == "quick" and meta["task"] == task
     cfg = meta["config"]
     budgets, seeds = cfg["budgets"], cfg["seeds"]
-    assert len(seeds) >= 2 and {r["seed"] for r in records} == set(seeds)
-    for method in anytime.BUDGET_METHODS:  # one run per budget, evaluated at its end
-        got = {
-            (r["seed"], r["budget_epochs"], r["eval_epoch"])
-            for r in records
-            if r["optimizer"] == method
+    assert len(seeds) >= 2
+    methods_seen = {r["method"] for r in data["records"]}
+    assert methods_seen == {"adamw_cosine", "muon_cosine", "sf_adamw", "amuse", "amuse_best"}
+    for method in methods_seen:  # every (seed, budget) cell is filled, from the chosen setting
+        rows = [r for r in data["records"] if r["method"] == method]
+        assert {(r["seed"], r["budget_steps"]) for r in rows} == {
+            (s, b) for s in seeds for b in budgets
         }
-        assert got == {(s, b, b) for s in seeds for b in budgets}
-    for method in anytime.ANYTIME_METHODS:  # one run, evaluated after every epoch
-        got = {(r["seed"], r["eval_epoch"]) for r in records if r["optimizer"] == method}
-        assert got == {(s, e) for s in seeds for e in range(1, max(budgets) + 1)}
-        assert all(r["bn_recalibrated"] for r in records if r["optimizer"] == method)
-    # every swept method has one chosen lr, and its final runs use it
-    for method, pick in meta["selected"].items():
-        assert {r["lr"] for r in records if r["optimizer"] == method} == {pick["lr"]}
-    lr_sweep = [s for s in data["sweep"] if s["phase"] == "lr"]
-    for method in anytime.SWEPT_METHODS:
-        tried = {s["lr"] for s in lr_sweep if s["optimizer"] == method}
-        assert tried == set(cfg["lr_grid"][method])
-        assert len({s["lr"] for s in lr_sweep if s["optimizer"] == method and s["chosen"]}) == 1
-    pairs = {(s["beta1"], s["rho"]) for s in data["sweep"] if s["phase"] == "beta_rho"}
-    assert pairs == {tuple(p) for p in cfg["beta_rho_grid"]}
-    assert quick_run.with_suffix(".png").stat().st_size > 10_000
+        for r in rows:
+            chosen = meta["selected"][method][str(r["budget_steps"])]
+            assert r["run_id"].startswith(chosen + ":seed=")
+            assert r["test"]["loss"] > 0
+    runs = {r["spec"]["phase"] for r in data["runs"]}
+    assert runs == {"sweep", "screen", "final"}
+    grid = cfg["lr_grid"]
+    for method in ("adamw_cosine", "muon_cosine", "sf_adamw", "amuse"):
+        tried = {r["spec"]["lr"] for r in data["runs"] if r["spec"]["phase"] == "sweep"
+                 and r["spec"]["method"] == method}  # fmt: skip
+        assert tried == set(grid[method])
+    # anytime runs are evaluated at every budget, budget runs only at their end
+    for r in data["runs"]:
+        steps = [e["step"] for e in r["evals"]]
+        if r["spec"]["method"] in methods.BUDGET_METHODS:
+            assert steps == [r["spec"]["steps"]]
+        else:
+            assert steps == [b for b in budgets if b <= r["spec"]["steps"]]
+    assert path.with_suffix(".png").stat().st_size > 10_000
 
 
-@pytest.mark.xdist_group("multiprocess")
-def test_make_tables_renders_the_quick_run(quick_run: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "make_tables.py"), "--results", str(quick_run.parent)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    text = result.stdout
-    assert "Anytime test accuracy" in text and "AMUSE (β1, ρ) sweep" in text
-    for method in ("adamw_cosine", "muon_cosine", "sf_adamw", "amuse_reference_compat", "sfmuon"):
+@pytest.mark.xdist_group("multiprocess")  # starts a study subprocess
+def test_make_tables_renders_the_quick_run(quick_run: tuple[str, Path]) -> None:
+    _, path = quick_run
+    text = subprocess.run(
+        [sys.executable, str(BENCH / "make_tables.py"), "--results", str(path.parent)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "Anytime minus budget-tuned Muon + cosine" in text
+    for method in ("adamw_cosine", "muon_cosine", "sf_adamw", "amuse", "amuse_best"):
         assert f"| {method} |" in text
     assert "step_time.json not found" in text  # absent file: a note, not a crash
 
 
-def _tiny(anytime):
-    cfg = anytime.StudyConfig(
-        train_size=64,
-        val_size=32,
-        test_size=32,
-        width=4,
-        batch_size=16,
-        eval_batch_size=32,
-        warmup_steps=2,
-        bn_batches=2,
-    )
+def _tiny_vision() -> VisionTask:
+    task = VisionTask(quick=True)
     g = torch.Generator().manual_seed(0)
-    data = anytime.Data(
-        torch.rand(64, 1, 28, 28, generator=g),
+    task.train = (
+        torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g),
         torch.randint(0, 10, (64,), generator=g),
-        torch.randn(32, 1, 28, 28, generator=g),
-        torch.randint(0, 10, (32,), generator=g),
-        torch.randn(32, 1, 28, 28, generator=g),
-        torch.randint(0, 10, (32,), generator=g),
     )
-    return cfg, data
+    task.splits = {
+        split: (torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
+        for split in ("val", "test")
+    }
+    return task
 
 
-def _train_steps(anytime, model, handle, data, cfg, steps: int) -> None:
-    gen = torch.Generator().manual_seed(1)
-    for _, (images, labels) in zip(
-        range(steps), anytime.train_batches(data, cfg, gen), strict=False
-    ):
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
+def _handle(task: VisionTask, method: str, model: torch.nn.Module) -> methods.OptimizerHandle:
+    groups = task.param_groups(model, 0.05)
+    return methods.build_optimizer(
+        method, model, groups, lr=1e-2, weight_decay=0.05, warmup_steps=2, total_steps=8
+    )
+
+
+def _train(task: VisionTask, model, handle, steps: int, seed: int = 1) -> None:
+    torch.manual_seed(seed)
+    for batch in itertools.islice(task.train_batches(seed), steps):
+        loss = task.loss(model, batch)
         handle.zero_grad()
         loss.backward()
         handle.step()
 
 
-@pytest.mark.parametrize("method", ["amuse", "sf_adamw", "sfmuon"])
-def test_evaluation_at_x_leaves_training_state_untouched(anytime, method: str) -> None:
-    """y parameters and y-time BN statistics come back bit for bit; x was what got evaluated."""
-    cfg, data = _tiny(anytime)
+@pytest.mark.parametrize("method", ["amuse", "sf_adamw"])
+def test_evaluation_at_x_leaves_training_untouched(method: str) -> None:
+    """y parameters, y-time BN statistics and the data stream come back bit for bit."""
+    task = _tiny_vision()
     torch.manual_seed(0)
-    model = anytime.CifarResNet(10, 1, cfg.width, cfg.num_blocks)
-    spec = anytime.RunSpec("final", method, 1e-2, 0, 1, 0.8, 0.3)
-    handle = anytime.build_optimizer(spec, model, cfg, total_steps=8)
-    _train_steps(anytime, model, handle, data, cfg, 4)
+    model = task.build_model(0)
+    handle = _handle(task, method, model)
+    _train(task, model, handle, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x_acc_loss = anytime.evaluate(model, handle, data, "test", cfg, torch.Generator())
+    rng = torch.get_rng_state()
+    at_x = protocol.evaluate_both(task, model, handle, seed=0)
+    assert torch.equal(rng, torch.get_rng_state())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    y_acc_loss = anytime.accuracy_and_loss(model, data.test_x, data.test_y, 32)
-    assert x_acc_loss[1] != pytest.approx(y_acc_loss[1], rel=1e-6)
-    _train_steps(anytime, model, handle, data, cfg, 1)  # training goes on in train mode
+    at_y = task.evaluate(model, "test")
+    assert at_x["test"]["loss"] != pytest.approx(at_y["loss"], rel=1e-6)
+    _train(task, model, handle, 1)  # training goes on
 
 
-def test_bn_recalibration_is_a_cumulative_average_and_restores(anytime) -> None:
+def test_bn_recalibration_is_a_cumulative_average_and_restores() -> None:
     bn = torch.nn.BatchNorm2d(3)
     model = torch.nn.Sequential(bn)
     bn.running_mean.fill_(5.0)
-    batches = [(torch.randn(8, 3, 4, 4) + i, None) for i in range(3)]
-    saved = anytime.recalibrate_bn(model, batches)
-    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b, _ in batches]).mean(0)
-    torch.testing.assert_close(bn.running_mean, expected)
-    anytime.restore_bn(model, saved)
+    batches = [torch.randn(8, 3, 4, 4) + i for i in range(3)]
+    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    with recalibrated(model, lambda: iter(batches), count=3):
+        torch.testing.assert_close(bn.running_mean, expected)
+        assert not model.training
     assert torch.equal(bn.running_mean, torch.full((3,), 5.0)) and bn.momentum == 0.1
 
 
-def test_muon_baseline_moves_conv_kernels_through_flat_views(anytime) -> None:
-    cfg, data = _tiny(anytime)
+def test_muon_baseline_moves_conv_kernels_through_flat_views() -> None:
+    task = _tiny_vision()
     torch.manual_seed(0)
-    model = anytime.CifarResNet(10, 1, cfg.width, cfg.num_blocks)
-    handle = anytime.build_optimizer(
-        anytime.RunSpec("final", "muon_cosine", 1e-2, 0, 1), model, cfg, total_steps=8
-    )
+    model = task.build_model(0)
+    handle = _handle(task, "muon_cosine", model)
     kernel = model.layer2[0].conv1.weight
     start = kernel.detach().clone()
-    _train_steps(anytime, model, handle, data, cfg, 3)
+    _train(task, model, handle, 3)
     assert not torch.equal(start, kernel)
     muon = handle.optimizers[0]
-    assert any(kernel.data_ptr() == p.data_ptr() for p in muon.param_groups[0]["params"])
+    assert any(kernel.data_ptr() == p.data_ptr() for g in muon.param_groups for p in g["params"])
 
 
-def test_warmup_cosine_rises_then_decays_to_zero(anytime) -> None:
-    factor = anytime.warmup_cosine(4, 20)
+def test_torch_groups_apply_layer_decay_scale() -> None:
+    p = torch.nn.Parameter(torch.zeros(2, 2))
+    groups = [{"params": [p], "use_muon": True, "lr_scale": 0.5, "weight_decay": 0.1}]
+    assert methods.torch_groups(groups, 1e-2) == [{"params": [p], "lr": 5e-3, "weight_decay": 0.1}]
+
+
+def test_warmup_cosine_rises_then_decays_to_zero() -> None:
+    factor = methods.warmup_cosine(4, 20)
     values = [factor(s) for s in range(20)]
     assert values[:4] == [0.25, 0.5, 0.75, 1.0]
     assert all(a >= b for a, b in itertools.pairwise(values[3:]))
     assert factor(20) == pytest.approx(0.0, abs=1e-12) and values[-1] < 0.01
 
 
-@pytest.mark.xdist_group("multiprocess")
+def _result(spec: protocol.RunSpec, val: dict[int, float], test: dict[int, float]) -> dict:
+    evals = [{"step": s, "val": {"score": val[s]}, "test": {"score": test[s]}} for s in val]
+    return {"spec": spec.to_dict(), "evals": evals, "diverged": False}
+
+
+def test_choices_use_validation_only() -> None:
+    """Budget methods: best validation score at each budget; anytime: best mean validation
+    score over the budgets; the test split never decides."""
+    a = protocol.RunSpec("sweep", "muon_cosine", 1e-2, 0, 10)
+    b = protocol.RunSpec("sweep", "muon_cosine", 3e-2, 0, 10)
+    results = {a.run_id: _result(a, {10: 0.9}, {10: 0.1}), b.run_id: _result(b, {10: 0.8}, {10: 1})}
+    assert protocol.choose_budget_lrs("muon_cosine", results, [a, b], (10,)).specs[10] == a
+    x = protocol.RunSpec("sweep", "amuse", 1e-2, 0, 20)
+    y = protocol.RunSpec("sweep", "amuse", 3e-2, 0, 20)
+    results = {
+        x.run_id: _result(x, {10: 0.5, 20: 0.95}, {10: 1.0, 20: 1.0}),  # best at the end only
+        y.run_id: _result(y, {10: 0.8, 20: 0.9}, {10: 0.0, 20: 0.0}),  # best on average
+    }
+    choice = protocol.choose_anytime("amuse", results, [x, y], (10, 20))
+    assert choice.specs == {10: y, 20: y}
+
+
+def test_train_run_stops_at_a_non_finite_loss_and_never_wins() -> None:
+    task = _tiny_vision()
+    task.study = protocol.StudyConfig(budgets=(2, 4), lr_grid={}, weight_decay=0.0)
+    losses = iter([1.0, 1.0, 1.0, float("nan")])
+    task.loss = lambda model, batch: model(batch[0]).sum() * 0 + next(losses)
+    result = protocol.train_run(protocol.RunSpec("sweep", "amuse", 1e-2, 0, 4), task)
+    assert result["diverged"] and [e["step"] for e in result["evals"]] == [2]
+    assert protocol.mean_score(result, (2, 4)) == float("-inf")
+
+
+@pytest.mark.xdist_group("multiprocess")  # starts a study subprocess
 def test_make_tables_handles_optional_results(tmp_path: Path) -> None:
     """step_time.json in its known layout becomes a table; a layout it does not know, a note."""
     row = {"median_ms": 2.0, "min_ms": 1.5, "state_bytes": 2**21, "step_peak_bytes": 2**22,
@@ -224,5 +232,5 @@ def test_make_tables_handles_optional_results(tmp_path: Path) -> None:
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
     assert "| amuse | 2.00 | 1.25 | 2.0 | 4.0 |" in text
-    assert "anytime_fashion_mnist.json not found" in text
+    assert "anytime_vision.json not found" in text
     assert "distributed_step.json: unexpected layout" in text
