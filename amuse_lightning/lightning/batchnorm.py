@@ -169,42 +169,69 @@ def recalibration_loader(trainer: Trainer) -> Any:
     return loader
 
 
-def recalibrate(
-    trainer: Trainer, pl_module: LightningModule, max_batches: int, forward: BatchNormForward
+def reestimate_running_stats(
+    module: torch.nn.Module,
+    batches: Iterable[Any],
+    max_batches: int,
+    forward: Callable[[Any], Any],
 ) -> int:
-    """Re-estimate the BatchNorm running statistics of the weights now in ``pl_module`` with up
-    to ``max_batches`` training batches; returns the number of batches used.
+    """Re-estimate the BatchNorm running statistics of ``module``'s current weights from up to
+    ``max_batches`` of ``batches``, each run through ``forward``; returns the number used.
 
-    Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in train
-    mode under ``no_grad``; layer momenta, train/eval flags and every random stream are restored
-    afterwards. Under data parallelism the ranks' estimates are merged
-    (:func:`merge_across_ranks`); every rank must call this at the same point.
+    Every tracking BatchNorm layer is reset and run with ``momentum=None`` (a cumulative
+    average) in train mode under ``no_grad``; layer momenta and every module's train/eval flag
+    are restored afterwards, also after an exception. Needs no Trainer (plain training loops and
+    the benchmarks call it); random streams are the caller's (:func:`preserved_random_state`).
     """
-    layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
-    layers = [m for m in layers if m.track_running_stats]
-    loader = recalibration_loader(trainer)
+    layers = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     momenta = [m.momentum for m in layers]
-    modes = [(m, m.training) for m in pl_module.modules()]
+    modes = [(m, m.training) for m in module.modules()]
     used = 0
-    with preserved_random_state(_generators_of(loader)), torch.no_grad():
-        iterator = iter(_fresh_loader(loader))
+    if max_batches <= 0:
+        return used
+    with torch.no_grad():
         try:
             for m in layers:
                 m.reset_running_stats()
                 m.momentum = None
-            pl_module.train()
-            for batch in iterator:
-                _forward_batch(trainer, pl_module, batch, forward)
+            module.train()
+            for batch in batches:
+                forward(batch)
                 used += 1
                 if used == max_batches:
                     break
-            used = merge_across_ranks(layers, used)
         finally:
-            del iterator
             for m, momentum in zip(layers, momenta, strict=True):
                 m.momentum = momentum
             for m, training in modes:
                 m.training = training
+    return used
+
+
+def recalibrate(
+    trainer: Trainer, pl_module: LightningModule, max_batches: int, forward: BatchNormForward
+) -> int:
+    """Re-estimate the BatchNorm running statistics of the weights now in ``pl_module`` with up
+    to ``max_batches`` training batches (:func:`reestimate_running_stats`) drawn from a fresh
+    iterator over the training data, with every random stream restored afterwards; returns the
+    number of batches used. Under data parallelism the ranks' estimates are merged
+    (:func:`merge_across_ranks`); every rank must call this at the same point.
+    """
+    loader = recalibration_loader(trainer)
+    with preserved_random_state(_generators_of(loader)):
+        iterator = iter(_fresh_loader(loader))
+        try:
+            used = reestimate_running_stats(
+                pl_module,
+                iterator,
+                max_batches,
+                lambda batch: _forward_batch(trainer, pl_module, batch, forward),
+            )
+        finally:
+            del iterator
+    layers = [m for m in pl_module.modules() if isinstance(m, _BatchNorm)]
+    with torch.no_grad():
+        used = merge_across_ranks([m for m in layers if m.track_running_stats], used)
     if used == 0:
         raise RuntimeError(
             "BatchNorm recalibration got no batches from the train dataloader; give it data "
