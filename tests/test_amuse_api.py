@@ -208,17 +208,20 @@ def test_bad_group_leaves_optimizer_unchanged() -> None:
     assert len(opt.param_groups) == 1
 
 
-def test_sparse_and_complex_gradients_are_refused() -> None:
+def test_sparse_gradients_are_refused_and_complex_parameters_at_construction() -> None:
     emb = nn.Embedding(10, 4, sparse=True)
     opt = AMUSE([{"params": emb.parameters(), "use_muon": False}])
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     z = nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
-    opt = AMUSE([{"params": [z], "use_muon": True}])
-    z.grad = torch.randn_like(z)
-    with pytest.raises(RuntimeError, match="complex"):
-        opt.step()
+    for use_muon in (True, False):
+        with pytest.raises(ValueError, match=r"params\[0\] of param group 0 is complex.*as_real"):
+            AMUSE([{"params": [z], "use_muon": use_muon}])
+    opt = AMUSE([{"params": [nn.Parameter(torch.randn(3))], "use_muon": False}])
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [z], "use_muon": False})
+    assert len(opt.param_groups) == 1
 
 
 @pytest.mark.parametrize("policy", ["raise", "skip"])

@@ -33,7 +33,7 @@ X_MIN_FOR_BAND = 1.31e-3
 INVARIANT_BAND = (0.68, 1.14)
 
 
-SPEC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # ALGORITHMS.md section 2
+SPEC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic (Keller Jordan)
 
 
 def quintic(x: torch.Tensor, steps: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Pure schedule functions of AMUSE: warmup lr, averaging weight c_t, interpolation beta_t.
 
 All quantities are per parameter group; ``t`` is the group's 1-based step count and
-``T0 = warmup_steps`` (ALGORITHMS.md, section 1, steps 1 to 3).
+``T0 = warmup_steps`` (the equations are repeated in ``amuse.py``'s module docstring).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from .directions import (
     SPECTRAL_INPUTS,
     ns_dtype_name,
 )
-from .polar import SUPPORTED_POWERS
+from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
 
@@ -110,6 +110,7 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     steps = group["ns_steps"]
     _check(isinstance(steps, int) and steps >= 1, f"ns_steps must be an int >= 1{where}")
     ns_dtype_name(group["ns_dtype"])  # raises with the allowed names
+    _choice(group, "ns_coefficients", NS_COEFFICIENT_SETS, where)
     _choice(group, "aux_update_type", MUON_SCALINGS, where)
     _choice(group, "update_type", FALLBACK_UPDATES, where)
     _choice(group, "direction", MUON_DIRECTIONS, where)
@@ -119,12 +120,27 @@ def validate_group(group: dict[str, Any], index: int) -> None:
         f"spectral_power must be one of {SUPPORTED_POWERS}, got {group['spectral_power']!r}{where}",
     )
     _check(isinstance(group["use_muon"], bool), f"use_muon must be True or False{where}")
+    _check_real(group, index)
     if group["use_muon"]:
         _check_matrices(group, index)
 
 
 def _choice(group: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> None:
     _check(group[key] in allowed, f"{key} must be one of {allowed}, got {group[key]!r}{where}")
+
+
+def _param_name(group: dict[str, Any], j: int) -> str:
+    names = group.get("names")
+    return names[j] if names is not None and j < len(names) else f"params[{j}]"
+
+
+def _check_real(group: dict[str, Any], index: int) -> None:
+    for j, p in enumerate(group["params"]):
+        if p.is_complex():
+            raise ValueError(
+                f"{_param_name(group, j)} of param group {index} is complex ({p.dtype}); AMUSE "
+                "supports real parameters only: optimise torch.view_as_real(p) instead"
+            )
 
 
 def _check_matrices(group: dict[str, Any], index: int) -> None:
