@@ -159,15 +159,20 @@ def test_adam_fallback_is_bias_corrected_rms_normalisation() -> None:
 
 @pytest.mark.parametrize("shape", [(6, 10), (10, 6), (4, 2, 3, 3), (12, 2, 1, 1)])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_single_tensor_muon_equals_the_list_form(shape: tuple, nesterov: bool) -> None:
-    g = torch.randn(shape, dtype=torch.float64)
-    group = {**GROUP, "nesterov": nesterov}
-    m_list, m_single = torch.randn(shape, dtype=torch.float64), None
-    m_single = m_list.clone()
+@pytest.mark.parametrize("ns", ["float64", "bfloat16"])
+def test_single_tensor_muon_equals_the_list_form(shape: tuple, nesterov: bool, ns: str) -> None:
+    dtype = torch.float64 if ns == "float64" else torch.float32
+    g = torch.randn(shape, dtype=dtype)
+    group = {**GROUP, "nesterov": nesterov, "ns_dtype": ns}
+    m0 = torch.randn(shape, dtype=dtype)
+    m_list, m_single = m0.clone(), m0.clone()
     (expected,) = compute_direction([g], [[m_list]], group, 1)
-    ortho, scale = muon_update(g, m_single, group, Workspace())
-    assert ortho.shape == g.shape
-    torch.testing.assert_close(ortho * scale, expected, rtol=1e-12, atol=1e-12)
+    workspace = Workspace()
+    for _ in range(2):  # the second call reuses the workspace: same numbers
+        m_single.copy_(m0)
+        ortho, scale = muon_update(g, m_single, group, workspace)
+        assert ortho.shape == g.shape and ortho.dtype == g.dtype
+        torch.testing.assert_close(ortho * scale, expected, rtol=1e-12, atol=1e-12)
     assert torch.equal(m_single, m_list)
 
 

@@ -155,32 +155,40 @@ def muon_direction(
 def muon_update(
     grad: Tensor, momentum: Tensor, group: dict, workspace: Workspace
 ) -> tuple[Tensor, float]:
-    """Muon for one matrix without allocating: ``(NS(u), s)``, ``NS(u)`` in the NS dtype.
+    """Muon for one matrix without allocating: ``(NS(u), s)``, ``NS(u)`` in ``grad``'s dtype.
 
-    The Nesterov input is written (cast) straight into the workspace iterate, Newton-Schulz runs in
-    the workspace (:func:`~amuse_lightning.optim.polar.newton_schulz_`), and the returned view of
-    it, in ``grad``'s shape, is valid until the workspace's next use. The caller folds ``s``
-    into its own update.
+    Everything lives in the workspace: the Nesterov input ``u`` in a buffer of ``grad``'s dtype,
+    cast once into the Newton-Schulz iterate (:func:`~amuse_lightning.optim.polar.newton_schulz_`),
+    whose result is cast back once into the first buffer. Mixed-dtype elementwise ops would each
+    allocate a parameter-sized cast, so the caller gets ``grad``'s dtype and folds ``s`` into its
+    own update. The returned view, in ``grad``'s shape, is valid until the workspace's next use.
     """
     momentum.lerp_(grad, 1.0 - group["momentum"])
     g, m = as_matrix(grad), as_matrix(momentum)
     rows, cols = g.shape
     short, long = min(rows, cols), max(rows, cols)
     dtype = ns_dtype(group)
-    X, spare, gram, poly = workspace.take(
-        [(short, long), (short, long), (short, short), (short, short)], dtype, grad.device
-    )
-    target = X if rows <= cols else X.mT
-    if group["nesterov"]:
-        torch.lerp(g, m, group["momentum"], out=target)
+    iterates = [(short, long), (short, long), (short, short), (short, short)]
+    if dtype == grad.dtype:
+        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
+        u = X if rows <= cols else X.mT
     else:
-        target.copy_(m)
+        (u,) = workspace.take([(rows, cols)], grad.dtype, grad.device)
+        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
+    if group["nesterov"]:
+        torch.lerp(g, m, group["momentum"], out=u)
+    else:
+        u.copy_(m)
+    if dtype != grad.dtype:
+        X.copy_(u if rows <= cols else u.mT)
     schedule, norm_factor = ns_schedule(group["ns_coefficients"], group["ns_steps"])
     out = newton_schulz_(X, spare, gram, poly, schedule, norm_factor)
     out = out if rows <= cols else out.mT
+    if dtype != grad.dtype:
+        out = u.copy_(out)
     try:
         out = out.view(grad.shape)
-    except RuntimeError:  # a tall conv kernel: its transposed iterate has no 4-D view
+    except RuntimeError:  # a tall conv kernel with an NS-dtype result: no 4-D view of out.mT
         out = out.reshape(grad.shape)
     return out, muon_scale(rows, cols, group["aux_update_type"])
 
