@@ -15,7 +15,9 @@ count and ``T0 = warmup_steps`` (``schedule.py``)::
     y_{t+1} = x_{t+1} + (1 - beta_t)(z_{t+1} - x_{t+1})
 
 ``kernels.py`` folds the last four lines into three in-place passes. ``weight_decay_at_y`` first
-applies ``z -= lr_t wd_y y;  y -= lr_t wd_y (1 - beta) y``, which keeps ``x`` fixed.
+applies ``z -= lr_t wd_y y;  y -= lr_t wd_y (1 - beta) y``, which keeps ``x`` fixed. With
+``reference_compat=True`` both this decay and the recovery of ``x_t`` use the new ``beta_t``, one
+to one with the public reference code (there the decay moves ``x`` slightly when beta changes).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .kernels import (
     schedule_free_update_foreach_,
 )
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
-from .validation import NONFINITE_POLICIES, normalise_groups, validate_group
+from .validation import NONFINITE_POLICIES, normalise_groups, plain_numbers, validate_group
 
 __all__ = ["AMUSE", "SFMuon"]
 
@@ -83,7 +85,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
         direction: Muon-side direction, ``"muon"``, ``"adamuon"`` or ``"spectral"``.
         spectral_power, spectral_input: ``p`` in {0, 0.25, 0.5, 1} and ``"momentum"`` or ``"rms"``
             for ``direction="spectral"``.
-        reference_compat: recover ``x`` with the new ``beta_t`` as the public reference code does.
+        reference_compat: recover ``x`` (and decay at ``y``) with the new ``beta_t`` as the public
+            reference code does; the default uses the beta that built ``y``.
         averaging: ``False`` runs the bare direction (no z, no averaging; params are the iterate),
             to compare a direction with its own paper.
         nonfinite: non-finite gradients: ``"raise"`` (names the parameter), ``"skip"`` (warn and
@@ -160,11 +163,17 @@ class AMUSE(MatrixMapChoice, Optimizer):
         self._rank_split: RankSplit | None = None
         self._sharded_maps: dict[int, ShardedMatrixMap] = {}
         self._workspace = Workspace()
-        super().__init__(normalise_groups(params), defaults)
+        super().__init__(normalise_groups(params), plain_numbers(defaults))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; validated first so that a bad group leaves the optimizer unchanged."""
+        """Add a group; validated first so that a bad group leaves the optimizer unchanged.
+
+        The group takes the optimizer's current mode (a group that never stepped has ``x = y``,
+        so it joins an optimizer in eval mode as it is).
+        """
         for group in normalise_groups([param_group]):
+            if self.param_groups and "train_mode" not in group:
+                group["train_mode"] = all(g["train_mode"] for g in self.param_groups)
             candidate = {**self.defaults, **group}
             validate_group(candidate, len(self.param_groups))
             check_dtensor_layout(candidate["params"])
@@ -316,7 +325,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         for i, (p, g) in enumerate(zip(params, grads, strict=True)):
             own = [tensors[i] for tensors in buffers]
             if averaging and decay_y != 0.0:
-                decay_at_y_(p, zs[i], decay=decay_y, beta=betas[i])
+                decay_at_y_(p, zs[i], decay=decay_y, beta=recover[i])
             update, scale = self._single_update(group, g, own, t)
             if averaging:
                 schedule_free_update_(
@@ -353,11 +362,12 @@ class AMUSE(MatrixMapChoice, Optimizer):
             updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
             plain_update_foreach_(params, updates, lr=lr_t, decay=decay)
             return
+        betas = self._betas(group, betas, beta_t)
         if decay_y != 0.0:
             decay_at_y_foreach_(params, zs, decay=decay_y, betas=betas)
         updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
         schedule_free_update_foreach_(
-            params, zs, updates, betas=self._betas(group, betas, beta_t), beta_t=beta_t,
+            params, zs, updates, betas=betas, beta_t=beta_t,
             c_t=schedule.c_t, lr=lr_t,
             decay=decay,
         )  # fmt: skip

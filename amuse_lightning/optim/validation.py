@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -44,9 +45,15 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
         items = [{"params": items}]
     groups: list[dict[str, Any]] = []
     warned = False
-    for group in items:
+    for index, group in enumerate(items):
         if not isinstance(group, dict):
             raise TypeError("mix of tensors and dicts in params; pass one kind")
+        if "params" not in group:
+            raise ValueError(
+                f"param group {index} has no 'params' entry (keys: {sorted(group)}); every group "
+                "dict needs 'params': an iterable of tensors"
+            )
+        group = plain_numbers(group)
         tensors = group["params"]
         tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
         group = {**group, "params": tensors}
@@ -67,6 +74,15 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
             if chosen
         ]
     return groups
+
+
+def plain_numbers(options: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars (``np.float32(0.01)``, ``np.int64(50)``) become Python numbers, as torch's
+    optimizers accept them; the groups and the state_dict then hold plain data."""
+    return {
+        k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v
+        for k, v in options.items()
+    }
 
 
 def _check(condition: bool, message: str) -> None:
