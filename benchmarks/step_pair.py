@@ -24,6 +24,7 @@ WEIGHT_DECAY = {
     "torch_muon": 0.0,
     "amuse": 0.0,
     "amuse_foreach": 0.0,
+    "amuse_per_parameter": 0.0,
     "amuse_polar_express": 0.0,
     "amuse_per_param_loop": 0.0,
     "timm_muon": 0.0,
@@ -67,6 +68,7 @@ def _sf_adamw(ps):
 OPTIMIZERS: dict[str, Callable] = {
     "amuse": _amuse(),
     "amuse_foreach": _amuse(foreach=True),
+    "amuse_per_parameter": _amuse(foreach=False),
     "amuse_polar_express": _amuse(ns_coefficients="polar_express"),
     "amuse_per_param_loop": _loop,
     "timm_muon": _timm,

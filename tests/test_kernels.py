@@ -117,3 +117,24 @@ def test_a_per_parameter_step_allocates_no_parameter_sized_temporary() -> None:
     allocations = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
     smallest_matrix = min(p.numel() * p.element_size() for p in params if p.ndim == 2)
     assert max(allocations, default=0) < 1024 < smallest_matrix
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_cuda_batched_foreach_matches_the_per_parameter_path_and_cpu(ns_dtype: str) -> None:
+    def run(device: str, foreach: bool) -> list[torch.Tensor]:
+        model = repeated_shapes_model().to(device)
+        opt = AMUSE(groups(model), lr=0.02, warmup_steps=3, ns_dtype=ns_dtype, foreach=foreach)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            x = torch.randn(8, 3, 4, 4, generator=gen).to(device)
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        return [p.detach().cpu() for p in model.parameters()]
+
+    tol = dict(rtol=2e-4, atol=2e-5) if ns_dtype == "float32" else dict(rtol=2e-2, atol=2e-3)
+    batched = run("cuda", True)
+    for other in (run("cuda", False), run("cpu", False)):
+        for a, b in zip(batched, other, strict=True):
+            torch.testing.assert_close(a, b, **tol)
