@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> dict:
             print(
                 f"[{model}] {name:22s} {result['median_ms']:9.1f} ms  "
                 f"torch Muon {result['anchor']['median_ms']:9.1f} ms  "
-                f"x{result['ratio_to_torch_muon']:.3f}  wd {result['weight_decay']}  "
+                f"x{result['ratio_to_torch_muon']:.3f} (CPU time "
+                f"x{result['cpu_ratio_to_torch_muon']:.3f})  wd {result['weight_decay']}  "
                 f"state {result['state_bytes'] / 2**20:6.1f} MiB  "
                 f"peak {result['step_peak_bytes'] / 2**20:6.1f} MiB  "
                 f"load {result['load_average_1m']}",
