@@ -208,17 +208,20 @@ def test_bad_group_leaves_optimizer_unchanged() -> None:
     assert len(opt.param_groups) == 1
 
 
-def test_sparse_and_complex_gradients_are_refused() -> None:
+def test_sparse_gradients_are_refused_and_complex_parameters_at_construction() -> None:
     emb = nn.Embedding(10, 4, sparse=True)
     opt = AMUSE([{"params": emb.parameters(), "use_muon": False}])
     emb(torch.tensor([1, 2])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
     z = nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
-    opt = AMUSE([{"params": [z], "use_muon": True}])
-    z.grad = torch.randn_like(z)
-    with pytest.raises(RuntimeError, match="complex"):
-        opt.step()
+    for use_muon in (True, False):
+        with pytest.raises(ValueError, match=r"params\[0\] of param group 0 is complex.*as_real"):
+            AMUSE([{"params": [z], "use_muon": use_muon}])
+    opt = AMUSE([{"params": [nn.Parameter(torch.randn(3))], "use_muon": False}])
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [z], "use_muon": False})
+    assert len(opt.param_groups) == 1
 
 
 @pytest.mark.parametrize("policy", ["raise", "skip"])
@@ -341,3 +344,85 @@ def test_huge_finite_gradients_are_not_mistaken_for_nonfinite() -> None:
     w.grad = torch.full((4, 4), 1e30)  # its 2-norm overflows float32
     opt.step()
     assert torch.isfinite(w).all() and opt.param_groups[0]["step"] == 1
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    results = []
+    for number in (float, np.float32, np.float64):
+        model = tiny_model()
+        to_int = int if number is float else np.int64
+        opt = AMUSE(groups_of(model), lr=number(0.05), warmup_steps=to_int(3),
+                    beta1=number(0.8), weight_decay=number(0.0))  # fmt: skip
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], "use_muon": False,
+                             "lr": np.float32(0.1), "warmup_steps": np.int64(2)})  # fmt: skip
+        train_steps(model, opt, 0, 3)
+        results.append(params_of(model))
+        assert all(type(g["warmup_steps"]) is int for g in opt.param_groups)
+        assert all(type(g["lr"]) is float for g in opt.param_groups)
+    for a, b in zip(results[0], results[2], strict=True):  # np.float64(0.05) == 0.05
+        assert torch.equal(a, b)
+    for a, b in zip(results[0], results[1], strict=True):  # float32(0.05) is 0.05 to 1e-9
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_group_without_params_is_named() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"param group 1 has no 'params' entry.*\['lr'\]"):
+        AMUSE([{"params": list(model.parameters())[:1], "use_muon": True}, {"lr": 0.1}])
+    opt = AMUSE(groups_of(model))
+    with pytest.raises(ValueError, match="no 'params' entry"):
+        opt.add_param_group({"use_muon": False})
+
+
+def test_a_group_added_in_eval_mode_takes_the_current_mode() -> None:
+    model = tiny_model()
+    opt = AMUSE(groups_of(model), lr=0.05, warmup_steps=2)
+    train_steps(model, opt, 0, 3)
+    opt.eval()
+    extra = nn.Parameter(torch.randn(3))
+    opt.add_param_group({"params": [extra], "use_muon": False})
+    assert [g["train_mode"] for g in opt.param_groups] == [False, False, False]
+    before = extra.detach().clone()
+    opt.train()  # a never-stepped group has x = y: the round trip leaves it as it was
+    assert all(g["train_mode"] for g in opt.param_groups)
+    assert torch.equal(extra.detach(), before)
+    opt.zero_grad()
+    extra.grad = torch.ones(3)
+    opt.step()  # and it trains
+    assert not torch.equal(extra.detach(), before)
+    opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], "use_muon": False})
+    assert opt.param_groups[-1]["train_mode"] is True
+
+
+def test_reference_compat_decays_at_y_with_the_new_beta() -> None:
+    """Compat mode follows the public code: the decay at y uses the step's new beta_t, the same
+    one that then recovers x; the exact mode uses the beta that built y (x stays fixed)."""
+    p0 = torch.randn(4, 3, dtype=torch.float64)
+    g = torch.randn(4, 3, dtype=torch.float64)
+    cfg = dict(lr=0.1, warmup_steps=2, rho=0.9, weight_decay_at_y=0.5, update_type="sgd",
+               ns_dtype="float64")  # fmt: skip
+    out = {}
+    for compat in (False, True):
+        p = nn.Parameter(p0.clone())
+        opt = AMUSE([{"params": [p], "use_muon": False}], reference_compat=compat, **cfg)
+        for _ in range(3):  # beta rises after warmup: beta_3 != beta_2
+            p.grad = g.clone()
+            opt.step()
+        state, group = opt.state[p], opt.param_groups[0]
+        beta_old, beta_new = state["beta"], None
+        y, z = p.detach().clone(), state["z"].clone()
+        p.grad = g.clone()
+        opt.step()
+        beta_new, lr_t, c_t = group["beta_t"], group["lr_t"], group["c_t"]
+        assert beta_new != beta_old
+        beta = beta_new if compat else beta_old
+        e = lr_t * 0.5
+        z_d, y_d = z - e * y, y * (1 - e * (1 - beta))
+        x = y_d + (1 - 1 / beta) * (z_d - y_d)
+        z_new = z_d - lr_t * g
+        x_new = x + c_t * (z_new - x)
+        expected = x_new + (1 - beta_new) * (z_new - x_new)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-12)
+        out[compat] = p.detach().clone()
+    assert not torch.allclose(out[False], out[True], rtol=1e-9, atol=1e-12)

@@ -142,12 +142,7 @@ def assert_matches(opt: AMUSE, params, ref: ReferenceAMUSE, rtol: float = 1e-10)
             assert_close(p.detach(), ref.x[i], max(rtol, 1e-9))
 
 
-CASES = [
-    (variant, compat)
-    for variant in sorted(VARIANTS)
-    for compat in (False, True)
-    if not (variant == "weight-decay-at-y" and compat)  # see the xfail test below
-]
+CASES = [(variant, compat) for variant in sorted(VARIANTS) for compat in (False, True)]
 
 
 @pytest.mark.parametrize(
@@ -158,7 +153,6 @@ def test_fast_matches_float64_reference(variant: str, compat: bool) -> None:
     assert_matches(opt, params, ref)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 point 5: fixed on branch optim")
 def test_reference_compat_decays_y_with_the_new_beta() -> None:
     """Public ``_apply_weight_decay_at_y``: the step's new beta_t, the one that then recovers x."""
     opt, params, ref = run_both({**BASE, "weight_decay_at_y": 0.2, "reference_compat": True})

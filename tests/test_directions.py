@@ -7,13 +7,30 @@ import math
 import pytest
 import torch
 
-from amuse_lightning.optim.directions import compute_direction, map_matrices, muon_scale
+from amuse_lightning.optim.directions import (
+    adam_update,
+    buffer_names,
+    compute_direction,
+    map_matrices,
+    muon_scale,
+    muon_update,
+)
+from amuse_lightning.optim.kernels import Workspace
 
 GROUP = dict(
     momentum=0.9, nesterov=False, ns_steps=5, ns_dtype="float64", aux_update_type="adamw",
     eps=1e-12, beta2=0.99, use_muon=True, direction="muon", spectral_power=0.0,
-    spectral_input="momentum", update_type="adamw",
+    spectral_input="momentum", update_type="adamw", ns_coefficients="quintic",
 )  # fmt: skip
+
+
+def compute(grads: list, states: list[dict], group: dict, step: int) -> list[torch.Tensor]:
+    """``compute_direction`` with the buffers kept in one dict per tensor, created as zeros."""
+    names = buffer_names(group)
+    for state, g in zip(states, grads, strict=True):
+        for name in names:
+            state.setdefault(name, torch.zeros_like(g))
+    return compute_direction(grads, [[s[n] for s in states] for n in names], group, step)
 
 
 def well_conditioned(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -41,7 +58,7 @@ def spectrum_in_reference_basis(O: torch.Tensor, M: torch.Tensor) -> torch.Tenso
 def test_muon_is_orthogonalised_momentum_with_the_declared_scale(rows: int, cols: int) -> None:
     g = well_conditioned(rows, cols, 0)
     state: dict = {}
-    (update,) = compute_direction([g], [state], {**GROUP}, 1)
+    (update,) = compute([g], [state], {**GROUP}, 1)
     # first step with EMA momentum: m = (1 - mu) g, same singular vectors as g
     core = spectrum_in_reference_basis(update / muon_scale(rows, cols, "adamw"), g)
     off_diagonal = core - torch.diag(torch.diagonal(core))
@@ -85,11 +102,11 @@ def test_adamuon_signs_then_normalises_to_rms_point_two() -> None:
     g = well_conditioned(6, 9, 1)
     group = {**GROUP, "direction": "adamuon"}
     state: dict = {}
-    (u1,) = compute_direction([g], [state], group, 1)
+    (u1,) = compute([g], [state], group, 1)
     rms = u1.pow(2).mean().sqrt()
     assert rms.item() == pytest.approx(0.2, rel=1e-10)
     # the sign removes the gradient scale: a 1000x gradient gives the same first update
-    (u_big,) = compute_direction([1000 * g], [{}], group, 1)
+    (u_big,) = compute([1000 * g], [{}], group, 1)
     torch.testing.assert_close(u_big, u1, rtol=1e-10, atol=1e-12)
     # reference: O = polar(sign(m)) via the same NS, V = (1 - mu) O^2, U = rescaled O / sqrt(V)
     from amuse_lightning.optim.polar import newton_schulz
@@ -108,7 +125,7 @@ def test_spectral_power_matches_svd(power: float, spectral_input: str) -> None:
     g = well_conditioned(7, 11, 2)
     group = {**GROUP, "direction": "spectral", "spectral_power": power}
     group["spectral_input"] = spectral_input
-    (update,) = compute_direction([g], [{}], group, 1)
+    (update,) = compute([g], [{}], group, 1)
     if spectral_input == "momentum":
         O = 0.1 * g  # EMA momentum after one step
     else:
@@ -120,10 +137,10 @@ def test_spectral_power_matches_svd(power: float, spectral_input: str) -> None:
 
 def test_spectral_power_zero_is_unscaled_muon() -> None:
     g = well_conditioned(6, 6, 3)
-    (spectral,) = compute_direction(
+    (spectral,) = compute(
         [g], [{}], {**GROUP, "direction": "spectral", "spectral_power": 0.0}, 1
     )
-    (muon,) = compute_direction([g], [{}], {**GROUP}, 1)
+    (muon,) = compute([g], [{}], {**GROUP}, 1)
     torch.testing.assert_close(spectral * muon_scale(6, 6, "adamw"), muon)
 
 
@@ -131,10 +148,43 @@ def test_adam_fallback_is_bias_corrected_rms_normalisation() -> None:
     g = torch.randn(10, dtype=torch.float64)
     group = {**GROUP, "use_muon": False}
     state: dict = {}
-    (u,) = compute_direction([g], [state], group, 1)
+    (u,) = compute([g], [state], group, 1)
     torch.testing.assert_close(u, g / (g.abs() + 1e-12))
-    (u2,) = compute_direction([g], [state], group, 2)
+    (u2,) = compute([g], [state], group, 2)
     v = 0.99 * 0.01 * g * g + 0.01 * g * g
     torch.testing.assert_close(u2, g / ((v / (1 - 0.99**2)).sqrt() + 1e-12))
-    (sgd,) = compute_direction([g], [{}], {**group, "update_type": "sgd"}, 1)
+    (sgd,) = compute([g], [{}], {**group, "update_type": "sgd"}, 1)
     assert sgd is g
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (10, 6), (4, 2, 3, 3), (12, 2, 1, 1)])
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("ns", ["float64", "bfloat16"])
+def test_single_tensor_muon_equals_the_list_form(shape: tuple, nesterov: bool, ns: str) -> None:
+    dtype = torch.float64 if ns == "float64" else torch.float32
+    g = torch.randn(shape, dtype=dtype)
+    group = {**GROUP, "nesterov": nesterov, "ns_dtype": ns}
+    m0 = torch.randn(shape, dtype=dtype)
+    m_list, m_single = m0.clone(), m0.clone()
+    (expected,) = compute_direction([g], [[m_list]], group, 1)
+    workspace = Workspace()
+    for _ in range(2):  # the second call reuses the workspace: same numbers
+        m_single.copy_(m0)
+        ortho, scale = muon_update(g, m_single, group, workspace)
+        assert ortho.shape == g.shape and ortho.dtype == g.dtype
+        torch.testing.assert_close(ortho * scale, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(m_single, m_list)
+
+
+def test_single_tensor_adam_equals_the_list_form_and_reuses_its_workspace() -> None:
+    g = torch.randn(7, 3)
+    v_list, v_single = torch.rand(7, 3), None
+    v_single = v_list.clone()
+    group = {**GROUP, "use_muon": False}
+    (expected,) = compute_direction([g], [[v_list]], group, 3)
+    workspace = Workspace()
+    u = adam_update(g, v_single, group, 3, workspace)
+    assert torch.equal(u, expected) and torch.equal(v_single, v_list)
+    before = workspace.nbytes()
+    adam_update(g, v_single, group, 4, workspace)
+    assert workspace.nbytes() == before == g.numel() * g.element_size()

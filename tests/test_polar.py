@@ -25,6 +25,7 @@ from amuse_lightning.optim.polar import (
     coupled_newton_sqrt,
     inverse_fourth_root,
     newton_schulz,
+    ns_schedule,
     spectral_power,
 )
 
@@ -33,7 +34,7 @@ X_MIN_FOR_BAND = 1.31e-3
 INVARIANT_BAND = (0.68, 1.14)
 
 
-SPEC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # docs/algorithm.md#muon
+SPEC_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Muon's quintic, docs/algorithm.md#muon
 
 
 def quintic(x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -425,3 +426,50 @@ def test_ns_out_dtype_skips_the_cast_back():
     kept = newton_schulz(G, dtype=torch.bfloat16, out_dtype=torch.bfloat16)
     assert kept.dtype == torch.bfloat16
     assert torch.equal(kept.float(), newton_schulz(G, dtype=torch.bfloat16))
+
+
+# ----------------------------------------------------------------------------- coefficient presets
+
+
+def test_ns_schedule_presets() -> None:
+    quintic_steps, quintic_factor = ns_schedule("quintic", 4)
+    assert quintic_steps == (NS_COEFFICIENTS,) * 4 and quintic_factor == 1.0
+    steps, factor = ns_schedule("polar_express", 10)
+    assert factor == 1.01 and len(steps) == 10
+    a, b, c = steps[0]  # the first optimal quintic, evaluated at x / 1.01
+    assert (a * 1.01, b * 1.01**3, c * 1.01**5) == pytest.approx(
+        (8.28721201814563, -23.595886519098837, 17.300387312530933), rel=1e-12
+    )
+    assert steps[7:] == ((1.875, -1.25, 0.375),) * 3  # the converged polynomial, unscaled
+    assert ns_schedule("polar_express", 3)[0] == steps[:3]
+    with pytest.raises(ValueError, match="ns_coefficients must be one of"):
+        ns_schedule("cubic", 5)
+
+
+def polar_errors(G: torch.Tensor, steps: int, dtype: torch.dtype, name: str) -> tuple:
+    """``max_i |s_i - 1|`` of the result and its relative distance to the SVD polar factor."""
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    polar = U @ Vh
+    X = newton_schulz(G, steps, dtype, coefficients=name).double()
+    return (singular_values(X) - 1).abs().max().item(), rel_err(X, polar)
+
+
+def gaussian(m: int, n: int, seed: int) -> torch.Tensor:
+    return torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
+@pytest.mark.parametrize("steps", [5, 8])
+@pytest.mark.parametrize("kappa", [None, 1e2, 1e3], ids=["gaussian", "kappa1e2", "kappa1e3"])
+def test_polar_express_singular_values_are_closer_to_one_than_the_quintic(kappa, steps, dtype):
+    G = gaussian(48, 96, 1) if kappa is None else random_matrix(48, 96, kappa=kappa, seed=1)
+    quintic_max, quintic_rel = polar_errors(G, steps, dtype, "quintic")
+    express_max, express_rel = polar_errors(G, steps, dtype, "polar_express")
+    assert express_max < quintic_max
+    assert express_rel < quintic_rel
+
+
+def test_polar_express_converges_where_the_quintic_plateaus() -> None:
+    G = gaussian(40, 40, 3)
+    assert polar_errors(G, 10, torch.float64, "polar_express")[0] < 1e-6
+    assert polar_errors(G, 10, torch.float64, "quintic")[0] > 0.2

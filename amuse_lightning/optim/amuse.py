@@ -1,21 +1,28 @@
 """AMUSE: Anytime MUon with Stable gradient Evaluation (arXiv 2605.22432), plain PyTorch.
 
-Three sequences per parameter (docs/algorithm.md#sequences): the fast sequence ``z`` moved by the
-direction, its Schedule-Free average ``x`` and the gradient point ``y = (1 - beta_t) z + beta_t x``.
-While training, the parameter holds ``y`` and the state holds ``z``; ``x`` is recovered as
-``x = y + (1 - 1/beta) (z - y)`` with the beta that built ``y``. One step of a group::
+Three sequences per parameter (docs/algorithm.md#sequences): the fast sequence ``z`` moved by
+the direction (``directions.py``), its Schedule-Free average ``x`` and the gradient point
+``y = (1 - beta_t) z + beta_t x``. While training, the parameter holds ``y`` and the state holds
+``z`` and ``beta`` (the beta that built ``y``); ``x = y + (1 - 1/beta) (z - y)`` is never stored.
+One step of a group, ``t`` its 1-based count and ``T0 = warmup_steps`` (``schedule.py``)::
 
     lr_t    = lr * lr_scale * min(1, t / T0)
     c_t     = w_t / sum_{s<=t} w_s,            w_t = t^r lr_t^weight_lr_power
     beta_t  = beta1 (t <= T0),   1 - S_t^rho (1 - beta1) after warmup
+    x_t     = y_t + (1 - 1/beta)(z_t - y_t)    (beta_t instead of beta if reference_compat)
     z_{t+1} = z_t (1 - lr_t wd) - lr_t U_t
     x_{t+1} = x_t + c_t (z_{t+1} - x_t)
     y_{t+1} = x_{t+1} + (1 - beta_t)(z_{t+1} - x_{t+1})
+
+``kernels.py`` folds the last four lines into three in-place passes. ``weight_decay_at_y`` first
+applies ``z -= lr_t wd_y y;  y -= lr_t wd_y (1 - beta) y``, which keeps ``x`` fixed. With
+``reference_compat=True`` both this decay and the recovery of ``x_t`` use the new ``beta_t``, one
+to one with the public reference code (there the decay moves ``x`` slightly when beta changes).
 """
 
 from __future__ import annotations
 
-import warnings
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,21 +31,33 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .directions import MatrixMap, compute_direction, map_matrices, muon_parts, ns_dtype_name
-from .distributed import (
-    RankSplit,
-    ShardedMatrixMap,
-    check_dtensor_layout,
-    is_dtensor,
-    split_world_size,
+from .directions import (
+    MatrixMap,
+    adam_update,
+    buffer_names,
+    compute_direction,
+    map_matrices,
+    muon_update,
+    ns_dtype_name,
+)
+from .distributed import MatrixMapChoice, RankSplit, ShardedMatrixMap, check_dtensor_layout
+from .guards import gradients_finite, params_with_grad
+from .kernels import (
+    Workspace,
+    decay_at_y_,
+    decay_at_y_foreach_,
+    plain_update_,
+    plain_update_foreach_,
+    schedule_free_update_,
+    schedule_free_update_foreach_,
 )
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
-from .validation import NONFINITE_POLICIES, normalise_groups, validate_group
+from .validation import NONFINITE_POLICIES, normalise_groups, plain_numbers, validate_group
 
 __all__ = ["AMUSE", "SFMuon"]
 
 
-class AMUSE(Optimizer):
+class AMUSE(MatrixMapChoice, Optimizer):
     """AMUSE: Muon directions for matrices, Schedule-Free averaging, no learning-rate schedule.
 
     Args:
@@ -59,12 +78,15 @@ class AMUSE(Optimizer):
         beta2, eps: second-moment decay and epsilon of the AdamW fallback (and AdaMuon's eps).
         ns_steps, ns_dtype: Newton-Schulz iterations and the dtype they run in (a torch dtype or
             its name, e.g. ``"float32"``; stored by name in the param groups).
+        ns_coefficients: ``"quintic"`` (Muon's fixed 3.4445 / -4.7750 / 2.0315) or
+            ``"polar_express"`` (per-iteration optimal coefficients, Amsel et al. 2025); per group.
         aux_update_type: Muon update scaling, ``"adamw"`` or ``"sgd"``.
         update_type: fallback update for non-Muon groups, ``"adamw"`` or ``"sgd"``.
         direction: Muon-side direction, ``"muon"``, ``"adamuon"`` or ``"spectral"``.
         spectral_power, spectral_input: ``p`` in {0, 0.25, 0.5, 1} and ``"momentum"`` or ``"rms"``
             for ``direction="spectral"``.
-        reference_compat: recover ``x`` with the new ``beta_t`` as the public reference code does.
+        reference_compat: recover ``x`` (and decay at ``y``) with the new ``beta_t`` as the public
+            reference code does; the default uses the beta that built ``y``.
         averaging: ``False`` runs the bare direction (no z, no averaging; params are the iterate),
             to compare a direction with its own paper.
         nonfinite: non-finite gradients: ``"raise"`` (names the parameter), ``"skip"`` (warn and
@@ -106,6 +128,7 @@ class AMUSE(Optimizer):
         eps: float = 1e-10,
         ns_steps: int = 5,
         ns_dtype: torch.dtype | str = torch.bfloat16,
+        ns_coefficients: str = "quintic",
         aux_update_type: str = "adamw",
         update_type: str = "adamw",
         direction: str = "muon",
@@ -126,8 +149,9 @@ class AMUSE(Optimizer):
             lr=lr, beta1=beta1, rho=rho, warmup_steps=warmup_steps, r=r,
             weight_lr_power=weight_lr_power, momentum=momentum, nesterov=nesterov,
             weight_decay=weight_decay, weight_decay_at_y=weight_decay_at_y, beta2=beta2, eps=eps,
-            ns_steps=ns_steps, ns_dtype=ns_dtype_name(ns_dtype), aux_update_type=aux_update_type,
-            update_type=update_type, direction=direction, spectral_power=spectral_power,
+            ns_steps=ns_steps, ns_dtype=ns_dtype_name(ns_dtype), ns_coefficients=ns_coefficients,
+            aux_update_type=aux_update_type, update_type=update_type, direction=direction,
+            spectral_power=spectral_power,
             spectral_input=spectral_input, lr_scale=1.0, reference_compat=reference_compat,
             averaging=averaging, train_mode=True, step=0, weight_sum=0.0, c_warmup=None,
             lr_t=0.0, c_t=0.0, beta_t=beta1,
@@ -138,11 +162,18 @@ class AMUSE(Optimizer):
         self.foreach = foreach
         self._rank_split: RankSplit | None = None
         self._sharded_maps: dict[int, ShardedMatrixMap] = {}
-        super().__init__(normalise_groups(params), defaults)
+        self._workspace = Workspace()
+        super().__init__(normalise_groups(params), plain_numbers(defaults))
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; validated first so that a bad group leaves the optimizer unchanged."""
+        """Add a group; validated first so that a bad group leaves the optimizer unchanged.
+
+        The group takes the optimizer's current mode (a group that never stepped has ``x = y``,
+        so it joins an optimizer in eval mode as it is).
+        """
         for group in normalise_groups([param_group]):
+            if self.param_groups and "train_mode" not in group:
+                group["train_mode"] = all(g["train_mode"] for g in self.param_groups)
             candidate = {**self.defaults, **group}
             validate_group(candidate, len(self.param_groups))
             check_dtensor_layout(candidate["params"])
@@ -154,42 +185,12 @@ class AMUSE(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("nonfinite", "raise")
-        self.__dict__.setdefault("distributed", None)
-        self.__dict__.setdefault("process_group", None)
-        self.__dict__.setdefault("foreach", None)
-        self.__dict__.setdefault("_rank_split", None)
-        self.__dict__.setdefault("_sharded_maps", {})
-
-    def _matrix_map(self, params: list[Tensor]) -> MatrixMap:
-        """``map_matrices``, or a :class:`RankSplit` over ``process_group`` when splitting.
-
-        FSDP2 (DTensor) parameters get a :class:`ShardedMatrixMap` over their own mesh.
-        """
-        if params and is_dtensor(params[0]):
-            return self._sharded_map(params[0])
-        if self.distributed is False:
-            return map_matrices
-        if split_world_size(self.process_group) == 1:
-            if self.distributed:
-                raise RuntimeError(
-                    "AMUSE(distributed=True) needs torch.distributed initialised with more than "
-                    "one rank; call init_process_group first or use distributed=None (auto)"
-                )
-            return map_matrices
-        if self._rank_split is None:
-            self._rank_split = RankSplit(self.process_group)
-        return self._rank_split
-
-    def _sharded_map(self, param: Tensor) -> ShardedMatrixMap:
-        mesh = param.device_mesh
-        key = id(mesh)
-        if key not in self._sharded_maps:
-            split = None
-            if self.distributed is not False and mesh.size() > 1:
-                split = RankSplit(mesh.get_group())
-            self._sharded_maps[key] = ShardedMatrixMap(split)
-        return self._sharded_maps[key]
+        attributes = dict(nonfinite="raise", distributed=None, process_group=None, foreach=None)
+        attributes.update(_rank_split=None, _sharded_maps={}, _workspace=Workspace())
+        for name, value in attributes.items():
+            self.__dict__.setdefault(name, value)
+        for group in self.param_groups:  # keys added after 0.1.0 take their defaults
+            group.setdefault("ns_coefficients", "quintic")
 
     # ----------------------------------------------------------------- modes
     @torch.no_grad()
@@ -234,67 +235,35 @@ class AMUSE(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = [(group, *self._params_with_grad(group)) for group in self.param_groups]
-        if self.nonfinite != "off" and not self._gradients_finite(work):
+        work = [(group, *params_with_grad(group)) for group in self.param_groups]
+        if self.nonfinite != "off" and not gradients_finite(work, self.nonfinite):
             return loss
         for group, params, grads in work:
             self._step_group(group, params, grads)
         return loss
 
-    def _params_with_grad(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        params, grads = [], []
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("AMUSE does not support sparse gradients; use a dense module.")
-            if torch.is_complex(p.grad):
-                raise RuntimeError(
-                    "AMUSE does not support complex parameters; view them as real "
-                    "(torch.view_as_real) before optimising."
-                )
-            params.append(p)
-            grads.append(p.grad)
-        return params, grads
+    def _init_group(self, group: dict, params: list[Tensor]) -> tuple[list, list, list]:
+        """Create every missing state entry of ``params``; return ``(zs, betas, buffers)``.
 
-    def _gradients_finite(self, work: list[tuple[dict, list[Tensor], list[Tensor]]]) -> bool:
-        grads = [g for _, _, group_grads in work for g in group_grads]
-        if not grads:
-            return True
-        # A 2-norm is one fast pass (the inf-norm is ~10x slower on CPU); it can overflow only for
-        # absurdly large finite gradients, which the exact per-tensor check below then clears.
-        low = [g for g in grads if g.dtype in (torch.float16, torch.bfloat16)]
-        high = [g for g in grads if g.dtype not in (torch.float16, torch.bfloat16)]
-        norms = list(torch._foreach_norm(low, 2, dtype=torch.float32)) if low else []
-        norms += list(torch._foreach_norm(high, 2)) if high else []
-        by_device: dict[torch.device, list[Tensor]] = {}
-        for norm in norms:
-            by_device.setdefault(norm.device, []).append(norm)
-        if all(bool(torch.stack(norms).isfinite().all()) for norms in by_device.values()):
-            return True
-        name = self._first_nonfinite(work)
-        if name is None:
-            return True
-        if self.nonfinite == "raise":
-            raise FloatingPointError(
-                f"non-finite gradient in {name}; nothing was updated. Fix the loss or the "
-                "learning rate, or construct AMUSE(..., nonfinite='skip') to skip such steps."
-            )
-        warnings.warn(f"skipping AMUSE step: non-finite gradient in {name}", stacklevel=3)
-        return False
-
-    def _first_nonfinite(self, work: list[tuple[dict, list[Tensor], list[Tensor]]]) -> str | None:
-        for group_index, (group, params, grads) in enumerate(work):
-            for p, g in zip(params, grads, strict=True):
-                if not bool(torch.isfinite(g).all()):
-                    names = group.get("names")
-                    index = next(i for i, q in enumerate(group["params"]) if q is p)
-                    if names is not None and index < len(names):
-                        return f"parameter {names[index]!r} (shape {tuple(p.shape)})"
-                    return (
-                        f"param_groups[{group_index}]['params'][{index}] (shape {tuple(p.shape)})"
-                    )
-        return None
+        The state of a parameter is ``z`` (a copy of the parameter, so ``x_1 = y_1 = z_1``) and
+        ``beta`` (the beta that built ``y``) when averaging, plus the direction's buffers named by
+        :func:`~amuse_lightning.optim.directions.buffer_names` (zeros), each a list in that order.
+        """
+        names = buffer_names(group)
+        zs, betas, buffers = [], [], [[] for _ in names]
+        for p in params:
+            state = self.state[p]
+            if group["averaging"]:
+                if "z" not in state:
+                    state["z"] = p.detach().clone(memory_format=torch.preserve_format)
+                    state["beta"] = group["beta_t"]
+                zs.append(state["z"])
+                betas.append(state["beta"])
+            for name, tensors in zip(names, buffers, strict=True):
+                if name not in state:
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                tensors.append(state[name])
+        return zs, betas, buffers
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Advance the group's clock (every step, like Schedule-Free) and move its parameters.
@@ -311,7 +280,15 @@ class AMUSE(Optimizer):
             weight_lr_power=group["weight_lr_power"],
         )
         if params:
-            self._update(group, params, grads, schedule)
+            zs, betas, buffers = self._init_group(group, params)
+            matrix_map = self._matrix_map(params)
+            if self._per_parameter(params, matrix_map):
+                self._update_per_parameter(group, params, grads, zs, betas, buffers, schedule)
+            else:
+                self._update_foreach(group, params, grads, zs, betas, buffers, schedule, matrix_map)
+            if group["averaging"]:
+                for p in params:
+                    self.state[p]["beta"] = schedule.beta_t
         group.update(
             step=schedule.state.step,
             weight_sum=schedule.state.weight_sum,
@@ -321,114 +298,79 @@ class AMUSE(Optimizer):
             beta_t=schedule.beta_t,
         )
 
-    def _update(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], schedule: ScheduleStep
-    ) -> None:
-        """Foreach over the whole group, or one parameter at a time (see ``foreach``)."""
-        matrix_map = self._matrix_map(params)
-        if self._per_tensor(params, matrix_map):
-            for p, g in zip(params, grads, strict=True):
-                self._update_tensors(group, [p], [g], schedule, matrix_map)
-        else:
-            self._update_tensors(group, params, grads, schedule, matrix_map)
-
-    def _per_tensor(self, params: list[Tensor], matrix_map: MatrixMap) -> bool:
-        """Per-parameter on CPU by default: each temporary is freed and reused while still in
-        cache, which beats foreach's group-wide temporaries there (``benchmarks/step_time.py``).
-        A split across ranks needs the whole group at once."""
+    def _per_parameter(self, params: list[Tensor], matrix_map: MatrixMap) -> bool:
+        """Per parameter on CPU by default (``foreach`` decides); a rank split needs the group."""
         if matrix_map is not map_matrices:
             return False
         if self.foreach is not None:
             return not self.foreach
         return params[0].device.type == "cpu"
 
-    def _update_tensors(
-        self,
-        group: dict,
-        params: list[Tensor],
-        grads: list[Tensor],
-        schedule: ScheduleStep,
+    @staticmethod
+    def _betas(group: dict, betas: list[float], beta_t: float) -> list[float]:
+        """The beta that built each ``y``, or the new ``beta_t`` as the public code uses."""
+        return [beta_t] * len(betas) if group["reference_compat"] else betas
+
+    def _update_per_parameter(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], zs: list[Tensor],
+        betas: list[float], buffers: list[list[Tensor]], schedule: ScheduleStep,
+    ) -> None:  # fmt: skip
+        """One parameter at a time through the single-tensor kernels (no temporaries for Muon and
+        the AdamW fallback: their updates live in ``self._workspace``)."""
+        t, lr_t, beta_t = schedule.state.step, schedule.lr_t, schedule.beta_t
+        decay = 1.0 - lr_t * group["weight_decay"]
+        decay_y = lr_t * group["weight_decay_at_y"]
+        averaging = group["averaging"]
+        recover = self._betas(group, betas, beta_t) if averaging else betas
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            own = [tensors[i] for tensors in buffers]
+            if averaging and decay_y != 0.0:
+                decay_at_y_(p, zs[i], decay=decay_y, beta=recover[i])
+            update, scale = self._single_update(group, g, own, t)
+            if averaging:
+                schedule_free_update_(
+                    p, zs[i], update, beta=recover[i], beta_t=beta_t, c_t=schedule.c_t,
+                    lr=lr_t * scale, decay=decay,
+                )  # fmt: skip
+            else:
+                plain_update_(p, update, lr=lr_t * scale, decay=decay)
+
+    def _single_update(
+        self, group: dict, grad: Tensor, buffers: list[Tensor], t: int
+    ) -> tuple[Tensor, float]:
+        """The direction of one parameter and a scale still to fold into the move."""
+        if group["use_muon"] and group["direction"] == "muon":
+            return muon_update(grad, buffers[0], group, self._workspace)
+        if not group["use_muon"] and group["update_type"] == "adamw":
+            return adam_update(grad, buffers[0], group, t, self._workspace), 1.0
+        lists = [[b] for b in buffers]
+        return compute_direction([grad], lists, group, t)[0], 1.0
+
+    def _update_foreach(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], zs: list[Tensor],
+        betas: list[float], buffers: list[list[Tensor]], schedule: ScheduleStep,
         matrix_map: MatrixMap,
-    ) -> None:
-        t, lr_t = schedule.state.step, schedule.lr_t
-        states = [self.state[p] for p in params]
+    ) -> None:  # fmt: skip
+        """The whole group through foreach kernels; same-shape matrices are orthogonalised as
+        one batch (``foreach=True`` does this on CPU too)."""
+        lr_t, beta_t = schedule.lr_t, schedule.beta_t
+        decay = 1.0 - lr_t * group["weight_decay"]
+        decay_y = lr_t * group["weight_decay_at_y"]
+        if matrix_map is map_matrices:
+            matrix_map = functools.partial(map_matrices, batch_same_shapes=True)
         if not group["averaging"]:
-            updates, scale = self._direction(group, grads, states, t, matrix_map)
-            self._move_z(params, updates, group, lr_t, scale)
+            updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
+            plain_update_foreach_(params, updates, lr=lr_t, decay=decay)
             return
-        zs = self._z_buffers(params, states, group)
-        self._decay_at_y(params, zs, states, group, lr_t)
-        self._recover_x(params, zs, states, group, schedule.beta_t)
-        updates, scale = self._direction(group, grads, states, t, matrix_map)
-        self._move_z(zs, updates, group, lr_t, scale)
-        self._average_and_interpolate(params, zs, schedule.c_t, schedule.beta_t)
-        for state in states:
-            state["beta"] = schedule.beta_t
-
-    @staticmethod
-    def _direction(
-        group: dict, grads: list[Tensor], states: list[dict], t: int, matrix_map: MatrixMap
-    ) -> tuple[list[Tensor], float]:
-        """The update ``U`` and a scale still to fold into the move of z.
-
-        One Muon matrix on the local map (the CPU per-parameter path) keeps the Newton-Schulz
-        output in its dtype and folds Muon's scale into the add: two passes over the matrix
-        fewer, as torch's Muon does. Everything else comes back scaled.
-        """
-        one_muon_matrix = len(grads) == 1 and group["use_muon"] and group["direction"] == "muon"
-        if one_muon_matrix and matrix_map is map_matrices:
-            (ortho,), (scale,) = muon_parts(grads, states, group, keep_ns_dtype=True)
-            return [ortho], scale
-        return compute_direction(grads, states, group, t, matrix_map), 1.0
-
-    def _z_buffers(self, params: list[Tensor], states: list[dict], group: dict) -> list[Tensor]:
-        """``z`` starts as a copy of the parameter, so ``x_1 = y_1 = z_1``."""
-        for p, state in zip(params, states, strict=True):
-            if "z" not in state:
-                state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-                state["beta"] = group["beta_t"]
-        return [state["z"] for state in states]
-
-    @staticmethod
-    def _decay_at_y(
-        params: list[Tensor], zs: list[Tensor], states: list[dict], group: dict, lr_t: float
-    ) -> None:
-        """``z -= lr_t wd_y y;  y -= lr_t wd_y (1 - beta) y`` (x unchanged)."""
-        decay = group["weight_decay_at_y"] * lr_t
-        if decay == 0.0:
-            return
-        torch._foreach_add_(zs, params, alpha=-decay)
-        torch._foreach_mul_(params, [1.0 - decay * (1.0 - s["beta"]) for s in states])
-
-    @staticmethod
-    def _recover_x(
-        params: list[Tensor], zs: list[Tensor], states: list[dict], group: dict, beta_t: float
-    ) -> None:
-        """Parameters ``y_t -> x_t`` with the beta that built ``y_t`` (or ``beta_t`` in compat)."""
-        if group["reference_compat"]:
-            weights: float | list[float] = 1.0 - 1.0 / beta_t
-        else:
-            weights = [1.0 - 1.0 / s["beta"] for s in states]
-        torch._foreach_lerp_(params, zs, weights)
-
-    @staticmethod
-    def _move_z(
-        zs: list[Tensor], updates: list[Tensor], group: dict, lr_t: float, scale: float = 1.0
-    ) -> None:
-        """``z <- z (1 - lr_t wd) - lr_t U`` (decoupled decay; equals AdamW's ``U + wd z``)."""
-        if group["weight_decay"] != 0.0:
-            torch._foreach_mul_(zs, 1.0 - lr_t * group["weight_decay"])
-        torch._foreach_add_(zs, updates, alpha=-lr_t * scale)
-
-    @staticmethod
-    def _average_and_interpolate(
-        params: list[Tensor], zs: list[Tensor], c_t: float, beta_t: float
-    ) -> None:
-        """``y_{t+1} = beta_t x_{t+1} + (1 - beta_t) z_{t+1}`` with ``x_{t+1} = lerp(x_t, z, c_t)``.
-
-        Both in one lerp from ``x_t``: ``y_{t+1} = lerp(x_t, z_{t+1}, 1 - beta_t (1 - c_t))``.
-        """
-        torch._foreach_lerp_(params, zs, 1.0 - beta_t * (1.0 - c_t))
+        betas = self._betas(group, betas, beta_t)
+        if decay_y != 0.0:
+            decay_at_y_foreach_(params, zs, decay=decay_y, betas=betas)
+        updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
+        schedule_free_update_foreach_(
+            params, zs, updates, betas=betas, beta_t=beta_t,
+            c_t=schedule.c_t, lr=lr_t,
+            decay=decay,
+        )  # fmt: skip
 
 
 class SFMuon(AMUSE):

@@ -1,20 +1,35 @@
-"""What moves z: the update direction ``U_t`` of one parameter group (docs/algorithm.md#muon).
+"""What moves z: the update direction ``U_t`` of one parameter group, as pure functions
+(docs/algorithm.md#muon).
 
-Every function takes the group's gradients (never modified) and the per-parameter state dicts,
-creates its buffers lazily, and returns one update tensor per parameter. Elementwise work uses
-foreach ops over the whole group; matrix work stacks same-shape matrices into one batch.
+Every function takes the gradients (never modified) and the state buffers it updates as explicit
+tensor lists (``AMUSE._init_group`` creates them) and returns one update per parameter:
+
+* Muon (matrices): ``m = m + (1 - mu)(g - m)``, input ``u = g + mu (m - g)`` (Nesterov) or ``m``;
+  ``U = s NS(u)`` with ``s = 0.2 sqrt(max(rows, cols))`` (``aux_update_type="adamw"``) or
+  ``sqrt(max(1, rows / cols))`` (``"sgd"``); conv kernels are flattened to ``(out, in*kh*kw)``.
+* AdaMuon: ``O = NS(sign(u))``, ``V = mu V + (1 - mu) O*O``, ``O_hat = O / (sqrt(V) + eps)``,
+  ``U = 0.2 sqrt(rows cols) O_hat / ||O_hat||_F``.
+* Spectral power ``p``: ``U = Psi_p(O)`` of the momentum input, or of Adam's bias-corrected
+  ``m_hat / (sqrt(v_hat) + eps)`` (``spectral_input="rms"``).
+* Fallback AdamW (no first moment): ``v = beta2 v + (1 - beta2) g^2``,
+  ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``; fallback SGD: ``U = g``.
+
+Every second moment goes through :func:`second_moment_`. The list functions use foreach ops and
+``matrix_map`` (same-shape batching, or a split across ranks); ``muon_update`` and
+``adam_update`` are the single-tensor forms of the per-parameter path, which write into a
+:class:`~amuse_lightning.optim.kernels.Workspace` instead of allocating.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from .polar import as_matrix, newton_schulz, spectral_power
+from .kernels import Workspace
+from .polar import as_matrix, newton_schulz, newton_schulz_, ns_schedule, spectral_power
 
 MUON_DIRECTIONS = ("muon", "adamuon", "spectral")
 FALLBACK_UPDATES = ("adamw", "sgd")
@@ -44,7 +59,6 @@ def ns_dtype_name(dtype: torch.dtype | str) -> str:
     return name
 
 
-State = dict[str, Any]
 BatchFn = Callable[[Tensor], Tensor]
 MatrixMap = Callable[..., list[Tensor]]
 """``map_matrices`` or a drop-in that splits the work across ranks (``distributed.RankSplit``)."""
@@ -94,77 +108,101 @@ def muon_scale(rows: int, cols: int, aux_update_type: str) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
-def _buffers(states: Sequence[State], key: str, like: Sequence[Tensor]) -> list[Tensor]:
-    for state, ref in zip(states, like, strict=True):
-        if key not in state:
-            state[key] = torch.zeros_like(ref, memory_format=torch.preserve_format)
-    return [state[key] for state in states]
+def buffer_names(group: dict) -> tuple[str, ...]:
+    """The state buffers (besides ``z`` and ``beta``) the group's direction keeps, in order."""
+    if group["use_muon"]:
+        if group["direction"] == "adamuon":
+            return ("momentum_buffer", "exp_avg_sq")
+        if group["direction"] == "spectral" and group["spectral_input"] == "rms":
+            return ("exp_avg", "exp_avg_sq")
+        return ("momentum_buffer",)
+    return ("exp_avg_sq",) if group["update_type"] == "adamw" else ()
 
 
-def _momentum_input(grads: Sequence[Tensor], states: Sequence[State], group: dict) -> list[Tensor]:
-    """EMA momentum ``m = m + (1 - mu)(g - m)``; Nesterov input ``u = g + mu (m - g)``."""
-    mu = group["momentum"]
-    momenta = _buffers(states, "momentum_buffer", grads)
+def second_moment_(second: list[Tensor], values: Sequence[Tensor], beta2: float) -> None:
+    """The one second-moment update of every direction: ``v <- beta2 v + (1 - beta2) x*x``."""
+    torch._foreach_mul_(second, beta2)
+    torch._foreach_addcmul_(second, list(values), list(values), 1.0 - beta2)
+
+
+def momentum_inputs(
+    grads: Sequence[Tensor], momenta: list[Tensor], mu: float, nesterov: bool
+) -> list[Tensor]:
+    """EMA momentum ``m = m + (1 - mu)(g - m)``; returns ``u = g + mu (m - g)`` or ``m``."""
     torch._foreach_lerp_(momenta, list(grads), 1.0 - mu)
-    if group["nesterov"]:
+    if nesterov:
         return list(torch._foreach_lerp(list(grads), momenta, mu))
     return momenta
 
 
+def _ns(group: dict) -> Callable[[Tensor], Tensor]:
+    return lambda b: newton_schulz(
+        b, group["ns_steps"], ns_dtype(group), coefficients=group["ns_coefficients"]
+    )
+
+
 def muon_direction(
-    grads: Sequence[Tensor],
-    states: Sequence[State],
-    group: dict,
+    grads: Sequence[Tensor], momenta: list[Tensor], group: dict,
     matrix_map: MatrixMap = map_matrices,
-) -> list[Tensor]:
-    """Muon: ``U = scale * NS5(u)`` with ``u`` the (Nesterov) momentum; one buffer."""
-    ortho, scales = muon_parts(grads, states, group, matrix_map)
+) -> list[Tensor]:  # fmt: skip
+    """Muon over a list: ``U = s NS(u)`` (see the module docstring)."""
+    inputs = momentum_inputs(grads, momenta, group["momentum"], group["nesterov"])
+    ortho = matrix_map(inputs, _ns(group), ns_dtype(group))
+    scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
     torch._foreach_mul_(ortho, scales)
     return ortho
 
 
-def muon_parts(
-    grads: Sequence[Tensor],
-    states: Sequence[State],
-    group: dict,
-    matrix_map: MatrixMap = map_matrices,
-    keep_ns_dtype: bool = False,
-) -> tuple[list[Tensor], list[float]]:
-    """``NS5(u)`` and the scales still to apply, so a caller can fold them into its update.
+def muon_update(
+    grad: Tensor, momentum: Tensor, group: dict, workspace: Workspace
+) -> tuple[Tensor, float]:
+    """Muon for one matrix without allocating: ``(NS(u), s)``, ``NS(u)`` in ``grad``'s dtype.
 
-    ``keep_ns_dtype`` leaves the orthogonalised matrices in the Newton-Schulz dtype (no cast
-    back); only for the local map, whose consumer adds them with a per-tensor ``alpha``.
+    Everything lives in the workspace: the Nesterov input ``u`` in a buffer of ``grad``'s dtype,
+    cast once into the Newton-Schulz iterate (:func:`~amuse_lightning.optim.polar.newton_schulz_`),
+    whose result is cast back once into the first buffer. Mixed-dtype elementwise ops would each
+    allocate a parameter-sized cast, so the caller gets ``grad``'s dtype and folds ``s`` into its
+    own update. The returned view, in ``grad``'s shape, is valid until the workspace's next use.
     """
-    inputs = _momentum_input(grads, states, group)
+    momentum.lerp_(grad, 1.0 - group["momentum"])
+    g, m = as_matrix(grad), as_matrix(momentum)
+    rows, cols = g.shape
+    short, long = min(rows, cols), max(rows, cols)
     dtype = ns_dtype(group)
-    out_dtype = dtype if keep_ns_dtype else None
-    ortho = matrix_map(
-        inputs, lambda b: newton_schulz(b, group["ns_steps"], dtype, out_dtype=out_dtype), dtype
-    )
-    scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
-    return ortho, scales
-
-
-def _newton_schulz(batch: Tensor, group: dict) -> Tensor:
-    return newton_schulz(batch, group["ns_steps"], ns_dtype(group))
+    iterates = [(short, long), (short, long), (short, short), (short, short)]
+    if dtype == grad.dtype:
+        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
+        u = X if rows <= cols else X.mT
+    else:
+        (u,) = workspace.take([(rows, cols)], grad.dtype, grad.device)
+        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
+    if group["nesterov"]:
+        torch.lerp(g, m, group["momentum"], out=u)
+    else:
+        u.copy_(m)
+    if dtype != grad.dtype:
+        X.copy_(u if rows <= cols else u.mT)
+    schedule, norm_factor = ns_schedule(group["ns_coefficients"], group["ns_steps"])
+    out = newton_schulz_(X, spare, gram, poly, schedule, norm_factor)
+    out = out if rows <= cols else out.mT
+    if dtype != grad.dtype:
+        out = u.copy_(out)
+    try:
+        out = out.view(grad.shape)
+    except RuntimeError:  # a tall conv kernel with an NS-dtype result: no 4-D view of out.mT
+        out = out.reshape(grad.shape)
+    return out, muon_scale(rows, cols, group["aux_update_type"])
 
 
 def adamuon_direction(
-    grads: Sequence[Tensor],
-    states: Sequence[State],
-    group: dict,
+    grads: Sequence[Tensor], momenta: list[Tensor], second: list[Tensor], group: dict,
     matrix_map: MatrixMap = map_matrices,
-) -> list[Tensor]:
-    """AdaMuon (arXiv 2507.11005): second moment of the orthogonalised sign, RMS-0.2 rescale.
-
-    ``O = NS5(sign(u))``, ``V = mu V + (1 - mu) O*O``, ``O_hat = O / (sqrt(V) + eps)``,
-    ``U = 0.2 sqrt(rows*cols) / ||O_hat||_F * O_hat``. Buffers: momentum and V.
-    """
-    inputs = _momentum_input(grads, states, group)
+) -> list[Tensor]:  # fmt: skip
+    """AdaMuon (arXiv 2507.11005); buffers: momentum and ``V`` (module docstring)."""
+    inputs = momentum_inputs(grads, momenta, group["momentum"], group["nesterov"])
     signs = torch._foreach_sign(inputs)
-    ortho = matrix_map(signs, lambda b: _newton_schulz(b, group), ns_dtype(group))
-    second = _buffers(states, "exp_avg_sq", grads)
-    torch._foreach_lerp_(second, torch._foreach_mul(ortho, ortho), 1.0 - group["momentum"])
+    ortho = matrix_map(signs, _ns(group), ns_dtype(group))
+    second_moment_(second, ortho, group["momentum"])
     denom = torch._foreach_sqrt(second)
     torch._foreach_add_(denom, group["eps"])
     torch._foreach_div_(ortho, denom)
@@ -177,81 +215,89 @@ def adamuon_direction(
 
 
 def spectral_direction(
-    grads: Sequence[Tensor],
-    states: Sequence[State],
-    group: dict,
-    step: int,
-    matrix_map: MatrixMap = map_matrices,
-) -> list[Tensor]:
-    """Spectral power family (arXiv 2602.04669): ``U = Psi_p(O) = U_O Sigma^p V_O^T``, no rescale.
+    grads: Sequence[Tensor], first: list[Tensor], second: list[Tensor] | None, group: dict,
+    step: int, matrix_map: MatrixMap = map_matrices,
+) -> list[Tensor]:  # fmt: skip
+    """Spectral power family (arXiv 2602.04669): ``U = Psi_p(O)``, no rescale.
 
-    ``O`` is the (Nesterov) momentum for ``spectral_input="momentum"``, or Adam's RMS-normalised
-    update ``m_hat / (sqrt(v_hat) + eps)`` (bias-corrected) for ``spectral_input="rms"``.
+    ``first`` is the momentum (``spectral_input="momentum"``) or Adam's first moment (``"rms"``,
+    then ``second`` is its second moment).
     """
     if group["spectral_input"] == "momentum":
-        inputs = _momentum_input(grads, states, group)
+        inputs = momentum_inputs(grads, first, group["momentum"], group["nesterov"])
     else:
-        inputs = _rms_normalised(grads, states, group, step)
+        inputs = _rms_normalised(grads, first, second, group, step)
     power = group["spectral_power"]
     wire = ns_dtype(group) if power == 0 else None  # p = 0 is a plain Newton-Schulz
     return matrix_map(
-        inputs, lambda b: spectral_power(b, power, group["ns_steps"], ns_dtype(group)), wire
+        inputs,
+        lambda b: spectral_power(
+            b, power, group["ns_steps"], ns_dtype(group), coefficients=group["ns_coefficients"]
+        ),
+        wire,
     )
 
 
 def _rms_normalised(
-    grads: Sequence[Tensor], states: Sequence[State], group: dict, step: int
+    grads: Sequence[Tensor], first: list[Tensor], second: list[Tensor], group: dict, step: int
 ) -> list[Tensor]:
-    mu, beta2 = group["momentum"], group["beta2"]
-    first = _buffers(states, "exp_avg", grads)
-    second = _buffers(states, "exp_avg_sq", grads)
+    """Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)``."""
+    mu = group["momentum"]
     torch._foreach_lerp_(first, list(grads), 1.0 - mu)
-    torch._foreach_mul_(second, beta2)
-    torch._foreach_addcmul_(second, list(grads), list(grads), 1.0 - beta2)
-    denom = torch._foreach_div(second, 1.0 - beta2**step)
+    second_moment_(second, grads, group["beta2"])
+    out = _adam_normalise(first, second, group, step)
+    torch._foreach_div_(out, 1.0 - mu**step)
+    return out
+
+
+def _adam_normalise(
+    numer: Sequence[Tensor], second: list[Tensor], group: dict, step: int
+) -> list[Tensor]:
+    denom = torch._foreach_div(second, 1.0 - group["beta2"] ** step)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, group["eps"])
-    out = torch._foreach_div(first, denom)
-    torch._foreach_div_(out, 1.0 - mu**step)
-    return list(out)
+    return list(torch._foreach_div(list(numer), denom))
 
 
 def adam_fallback(
-    grads: Sequence[Tensor], states: Sequence[State], group: dict, step: int
+    grads: Sequence[Tensor], second: list[Tensor], group: dict, step: int
 ) -> list[Tensor]:
-    """Adam without a first moment (the interpolation supplies momentum).
+    """Adam without a first moment: ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``."""
+    second_moment_(second, grads, group["beta2"])
+    return _adam_normalise(grads, second, group, step)
 
-    ``v = beta2 v + (1 - beta2) g^2``, ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``.
-    """
-    beta2 = group["beta2"]
-    second = _buffers(states, "exp_avg_sq", grads)
-    torch._foreach_mul_(second, beta2)
-    torch._foreach_addcmul_(second, list(grads), list(grads), 1.0 - beta2)
-    denom = torch._foreach_div(second, 1.0 - beta2**step)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, group["eps"])
-    return list(torch._foreach_div(list(grads), denom))
+
+def adam_update(
+    grad: Tensor, second: Tensor, group: dict, step: int, workspace: Workspace
+) -> Tensor:
+    """:func:`adam_fallback` of one tensor, computed in the workspace (valid until its next use)."""
+    second_moment_([second], [grad], group["beta2"])
+    (denom,) = workspace.take([tuple(second.shape)], second.dtype, second.device)
+    torch.div(second, 1.0 - group["beta2"] ** step, out=denom)
+    denom.sqrt_().add_(group["eps"])
+    return torch.div(grad, denom, out=denom)
 
 
 def compute_direction(
     grads: Sequence[Tensor],
-    states: Sequence[State],
+    buffers: Sequence[list[Tensor]],
     group: dict,
     step: int,
     matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
     """Dispatch on the group: Muon-side ``direction`` or fallback ``update_type``.
 
-    ``matrix_map`` runs the per-matrix work (Newton-Schulz, spectral powers); pass a
-    ``distributed.RankSplit`` to split it across data-parallel ranks.
+    ``buffers`` are the state lists named by :func:`buffer_names`, in that order. ``matrix_map``
+    runs the per-matrix work; pass a ``distributed.RankSplit`` to split it across ranks.
     """
     if group["use_muon"]:
         direction = group["direction"]
         if direction == "muon":
-            return muon_direction(grads, states, group, matrix_map)
+            return muon_direction(grads, buffers[0], group, matrix_map)
         if direction == "adamuon":
-            return adamuon_direction(grads, states, group, matrix_map)
-        return spectral_direction(grads, states, group, step, matrix_map)
+            return adamuon_direction(grads, buffers[0], buffers[1], group, matrix_map)
+        second = buffers[1] if len(buffers) > 1 else None
+        return spectral_direction(grads, buffers[0], second, group, step, matrix_map)
     if group["update_type"] == "adamw":
-        return adam_fallback(grads, states, group, step)
+        return adam_fallback(grads, buffers[0], group, step)
     return list(grads)  # "sgd": U = g (read only, never modified)

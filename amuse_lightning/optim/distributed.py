@@ -49,6 +49,7 @@ from .polar import as_matrix
 
 __all__ = [
     "ExchangePlan",
+    "MatrixMapChoice",
     "RankSplit",
     "ShardedMatrixMap",
     "assign_matrices",
@@ -309,3 +310,53 @@ def _reshard_like(whole: Tensor, like: Tensor) -> Tensor:
         return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
     except TypeError:  # pragma: no cover - torch < 2.6: broadcast from rank 0 (same values)
         return distribute_tensor(whole, like.device_mesh, like.placements)
+
+
+def _local_map() -> Callable[..., list[Tensor]]:
+    from .directions import map_matrices
+
+    return map_matrices
+
+
+class MatrixMapChoice:
+    """Which matrix map an optimizer's group uses (a mixin of ``AMUSE``).
+
+    Needs ``distributed`` and ``process_group`` attributes; caches ``_rank_split`` (the split over
+    ``process_group``) and ``_sharded_maps`` (one :class:`ShardedMatrixMap` per DTensor mesh).
+    """
+
+    distributed: bool | None
+    process_group: dist.ProcessGroup | None
+    _rank_split: RankSplit | None
+    _sharded_maps: dict[int, ShardedMatrixMap]
+
+    def _matrix_map(self, params: list[Tensor]) -> Callable[..., list[Tensor]]:
+        """``map_matrices``, or a :class:`RankSplit` over ``process_group`` when splitting.
+
+        FSDP2 (DTensor) parameters get a :class:`ShardedMatrixMap` over their own mesh.
+        """
+        if params and is_dtensor(params[0]):
+            return self._sharded_map(params[0])
+        if self.distributed is False:
+            return _local_map()
+        if split_world_size(self.process_group) == 1:
+            if self.distributed:
+                raise RuntimeError(
+                    "AMUSE(distributed=True) needs torch.distributed initialised with more than "
+                    "one rank; call init_process_group first or use distributed=None (auto)"
+                )
+            return _local_map()
+        if self._rank_split is None:
+            self._rank_split = RankSplit(self.process_group)
+        return self._rank_split
+
+    def _sharded_map(self, param: Tensor) -> ShardedMatrixMap:
+        mesh = param.device_mesh
+        key = id(mesh)
+        if key not in self._sharded_maps:
+            split = None
+            if self.distributed is not False and mesh.size() > 1:
+                split = RankSplit(mesh.get_group())
+            self._sharded_maps[key] = ShardedMatrixMap(split)
+        return self._sharded_maps[key]
+

@@ -18,16 +18,61 @@ from torch import Tensor
 
 __all__ = [
     "NS_COEFFICIENTS",
+    "NS_COEFFICIENT_SETS",
     "SUPPORTED_POWERS",
     "as_matrix",
     "coupled_newton_sqrt",
     "inverse_fourth_root",
     "newton_schulz",
+    "newton_schulz_",
+    "ns_schedule",
     "spectral_power",
 ]
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """``(a, b, c)`` of the quintic ``f(x) = a x + b x^3 + c x^5`` applied to each singular value."""
+
+NS_COEFFICIENT_SETS = ("quintic", "polar_express")
+"""Names accepted by ``ns_coefficients``: Muon's fixed quintic, or Polar Express's per-step ones."""
+
+# Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv 2505.16932), degree 5, lower bound 1e-3:
+# the minimax-optimal odd quintic for each iteration, from the paper's Algorithm 1. From the
+# eighth iteration on, the optimal polynomial is numerically the last one (it converges to 1).
+_POLAR_EXPRESS = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+POLAR_EXPRESS_SAFETY = 1.01
+"""Polar Express's safety factor: the input is divided by ``1.01 ||X||_F`` and every polynomial
+but the last is evaluated at ``x / 1.01`` (``a / s, b / s^3, c / s^5``), so that rounding in
+bf16 cannot push a singular value past the interval the polynomials were optimised for."""
+
+Coefficients = tuple[tuple[float, float, float], ...]
+
+
+def ns_schedule(name: str, steps: int) -> tuple[Coefficients, float]:
+    """The ``(a, b, c)`` of each of ``steps`` iterations and the input's norm divisor factor.
+
+    ``"quintic"``: Muon's ``(3.4445, -4.7750, 2.0315)`` every step, input ``X / ||X||_F``.
+    ``"polar_express"``: the per-step optimal quintics with the safety scaling above (steps beyond
+    the table repeat its last polynomial), input ``X / (1.01 ||X||_F)``.
+    """
+    if name == "quintic":
+        return (NS_COEFFICIENTS,) * steps, 1.0
+    if name == "polar_express":
+        s = POLAR_EXPRESS_SAFETY
+        table = [(a / s, b / s**3, c / s**5) for a, b, c in _POLAR_EXPRESS[:-1]]
+        table.append(_POLAR_EXPRESS[-1])
+        table += [table[-1]] * max(0, steps - len(table))
+        return tuple(table[:steps]), s
+    raise ValueError(f"ns_coefficients must be one of {NS_COEFFICIENT_SETS}, got {name!r}")
+
 
 SUPPORTED_POWERS = (0.0, 0.25, 0.5, 1.0)
 """The exponents ``p`` that :func:`spectral_power` implements."""
@@ -67,6 +112,7 @@ def newton_schulz(
     dtype: torch.dtype = torch.bfloat16,
     eps: float = 1e-7,
     out_dtype: torch.dtype | None = None,
+    coefficients: str = "quintic",
 ) -> Tensor:
     """Approximate the polar factor ``U V^T`` of each ``G = U S V^T`` in a stack ``(..., m, n)``.
 
@@ -75,8 +121,10 @@ def newton_schulz(
         X <- X / (||X||_F + eps)                       (per matrix)
         repeat `steps` times:  A = X X^T;  B = b A + c A A;  X = a X + B X
 
-    with ``(a, b, c) = NS_COEFFICIENTS``. Each step maps every singular value ``x`` to
-    ``f(x) = a x + b x^3 + c x^5`` and keeps the singular vectors. The quintic trades exactness for
+    with ``(a, b, c) = NS_COEFFICIENTS`` (``coefficients="quintic"``), or Polar Express's per-step
+    coefficients and its ``1.01`` norm factor (``"polar_express"``, see :func:`ns_schedule`). Each
+    step maps every singular value ``x`` to ``f(x) = a x + b x^3 + c x^5`` and keeps the singular
+    vectors. The quintic trades exactness for
     speed: it does not converge to 1. After 5 steps every normalised singular value
     ``x = s / ||G||_F >= 1.31e-3`` lands in ``[0.60, 1.21]`` (``x >= 1.5e-3``: ``[0.68, 1.21]``),
     and further steps keep it in the invariant band ``[0.68, 1.14]``; smaller ones stay smaller.
@@ -85,24 +133,52 @@ def newton_schulz(
     ``G`` is not modified. A zero matrix maps to zero.
     """
     _check_matrix_stack(G, "newton_schulz input")
-    a, b, c = NS_COEFFICIENTS
+    schedule, norm_factor = ns_schedule(coefficients, steps)
     wide = G.shape[-2] <= G.shape[-1]
     X = _as_stack(G).to(dtype)
     if not wide:
         X = X.mT
-    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + eps)
+    norm = torch.linalg.matrix_norm(X, keepdim=True)
+    X = X / ((norm if norm_factor == 1.0 else norm * norm_factor) + eps)
     # A single matrix takes the 2-D kernels (addmm), which are faster than a batch of one on CPU.
     single = X.shape[0] == 1
     if single:
         X = X[0]
     fused = torch.addmm if single else torch.baddbmm
-    for _ in range(steps):
+    for a, b, c in schedule:
         A = X @ X.mT
         B = fused(A, A, A, beta=b, alpha=c)
         X = fused(X, B, X, beta=a)
     if not wide:
         X = X.mT
     return X.reshape(G.shape).to(G.dtype if out_dtype is None else out_dtype)
+
+
+def newton_schulz_(
+    X: Tensor,
+    spare: Tensor,
+    gram: Tensor,
+    poly: Tensor,
+    schedule: Coefficients,
+    norm_factor: float = 1.0,
+    eps: float = 1e-7,
+) -> Tensor:
+    """:func:`newton_schulz` of one wide matrix ``X`` (``m <= n``) in caller-owned buffers.
+
+    ``X`` (overwritten) holds the input, ``spare`` is a second ``(m, n)`` buffer, ``gram`` and
+    ``poly`` are ``(m, m)``; all four share ``X``'s dtype. Each iteration writes
+    ``gram = X X^T``, ``poly = b gram + c gram^2`` and ``spare = a X + poly X`` (then the two
+    iterates swap roles), so nothing is allocated but a scalar norm. Returns whichever of ``X`` and
+    ``spare`` holds the result; the same numbers as :func:`newton_schulz` on that matrix.
+    """
+    norm = torch.linalg.matrix_norm(X)
+    X.div_((norm if norm_factor == 1.0 else norm * norm_factor) + eps)
+    for a, b, c in schedule:
+        torch.mm(X, X.mT, out=gram)
+        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=poly)
+        torch.addmm(X, poly, X, beta=a, out=spare)
+        X, spare = spare, X
+    return X
 
 
 def _compute_dtype(A: Tensor) -> torch.dtype:
@@ -202,6 +278,7 @@ def spectral_power(
     ns_steps: int = 5,
     ns_dtype: torch.dtype = torch.bfloat16,
     newton_iters: int = 15,
+    coefficients: str = "quintic",
 ) -> Tensor:
     """``Psi_p(O) = U Sigma^p V^T`` for ``O = U Sigma V^T`` of shape ``(..., m, n)``, no SVD.
 
@@ -221,7 +298,7 @@ def spectral_power(
         allowed = ", ".join(f"{p:g}" for p in SUPPORTED_POWERS)
         raise ValueError(f"spectral_power: power must be one of {{{allowed}}}, got {power!r}")
     if power == 0:
-        return newton_schulz(O, steps=ns_steps, dtype=ns_dtype)
+        return newton_schulz(O, steps=ns_steps, dtype=ns_dtype, coefficients=coefficients)
     if power == 1:
         return O.clone()
     out = _half_power(O.to(_compute_dtype(O)), newton_iters)

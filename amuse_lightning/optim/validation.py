@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +17,7 @@ from .directions import (
     SPECTRAL_INPUTS,
     ns_dtype_name,
 )
-from .polar import SUPPORTED_POWERS
+from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
 
@@ -44,9 +45,15 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
         items = [{"params": items}]
     groups: list[dict[str, Any]] = []
     warned = False
-    for group in items:
+    for index, group in enumerate(items):
         if not isinstance(group, dict):
             raise TypeError("mix of tensors and dicts in params; pass one kind")
+        if "params" not in group:
+            raise ValueError(
+                f"param group {index} has no 'params' entry (keys: {sorted(group)}); every group "
+                "dict needs 'params': an iterable of tensors"
+            )
+        group = plain_numbers(group)
         tensors = group["params"]
         tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
         group = {**group, "params": tensors}
@@ -67,6 +74,15 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
             if chosen
         ]
     return groups
+
+
+def plain_numbers(options: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars (``np.float32(0.01)``, ``np.int64(50)``) become Python numbers, as torch's
+    optimizers accept them; the groups and the state_dict then hold plain data."""
+    return {
+        k: v.item() if isinstance(v, numbers.Number) and hasattr(v, "item") else v
+        for k, v in options.items()
+    }
 
 
 def _check(condition: bool, message: str) -> None:
@@ -110,6 +126,7 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     steps = group["ns_steps"]
     _check(isinstance(steps, int) and steps >= 1, f"ns_steps must be an int >= 1{where}")
     ns_dtype_name(group["ns_dtype"])  # raises with the allowed names
+    _choice(group, "ns_coefficients", NS_COEFFICIENT_SETS, where)
     _choice(group, "aux_update_type", MUON_SCALINGS, where)
     _choice(group, "update_type", FALLBACK_UPDATES, where)
     _choice(group, "direction", MUON_DIRECTIONS, where)
@@ -119,12 +136,27 @@ def validate_group(group: dict[str, Any], index: int) -> None:
         f"spectral_power must be one of {SUPPORTED_POWERS}, got {group['spectral_power']!r}{where}",
     )
     _check(isinstance(group["use_muon"], bool), f"use_muon must be True or False{where}")
+    _check_real(group, index)
     if group["use_muon"]:
         _check_matrices(group, index)
 
 
 def _choice(group: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> None:
     _check(group[key] in allowed, f"{key} must be one of {allowed}, got {group[key]!r}{where}")
+
+
+def _param_name(group: dict[str, Any], j: int) -> str:
+    names = group.get("names")
+    return names[j] if names is not None and j < len(names) else f"params[{j}]"
+
+
+def _check_real(group: dict[str, Any], index: int) -> None:
+    for j, p in enumerate(group["params"]):
+        if p.is_complex():
+            raise ValueError(
+                f"{_param_name(group, j)} of param group {index} is complex ({p.dtype}); AMUSE "
+                "supports real parameters only: optimise torch.view_as_real(p) instead"
+            )
 
 
 def _check_matrices(group: dict[str, Any], index: int) -> None:
