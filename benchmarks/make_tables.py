@@ -80,47 +80,88 @@ def provenance(meta: dict) -> str:
 
 
 def step_time_tables(data: dict) -> str:
-    """Per matrix set: optimizer step time against torch.optim.Muon, state and peak memory."""
-    out = []
+    """``step_time.json``: each optimizer against ``torch.optim.Muon`` measured as a pair in its
+    own fresh process (the ratio is the one to read; absolute times of different pairs come
+    from different processes and loads), with weight decay, state and step peak memory."""
+    out = [f"{data['method']}.\n"] if "method" in data else []
     for model, results in data["models"].items():
-        rows = [
-            [
-                name,
-                f"{r['median_ms']:.2f}",
-                f"{r.get('ratio_to_torch_muon', float('nan')):.2f}",
-                f"{r['state_bytes'] / 2**20:.1f}",
-                f"{r['step_peak_bytes'] / 2**20:.1f}",
-            ]
-            for name, r in results.items()
-        ]
-        out += [
-            f"**Optimizer step, {model}**\n",
-            table(["optimizer", "median ms", "× torch Muon", "state MiB", "step peak MiB"], rows),
-            "",
-        ]
-    sweep = data.get("width_sweep")
-    if sweep:
-        names = list(sweep[0]["results"])
         rows = []
-        for row in sweep:
-            ms = {n: row["results"][n]["median_ms"] for n in names}
-            ratio = ms["amuse"] / ms["torch_muon"]
-            rows.append([row["width"], *(f"{ms[n]:.1f}" for n in names), f"{ratio:.2f}"])
+        for name, r in results.items():
+            anchor = r.get("anchor", r)
+            load = r.get("load_average_1m")
+            rows.append(
+                [
+                    name,
+                    _short(r.get("weight_decay")),
+                    f"{r['median_ms']:.1f}",
+                    f"{anchor['median_ms']:.1f}",
+                    _ratio(r.get("ratio_to_torch_muon")),
+                    _ratio(r.get("cpu_ratio_to_torch_muon")),
+                    f"{r['state_bytes'] / 2**20:.1f}",
+                    f"{r['step_peak_bytes'] / 2**20:.2f}",
+                    "-" if load is None else "–".join(f"{v:.1f}" for v in load),
+                ]
+            )
         out += [
-            f"**Step time vs ViT width** ({sweep[0]['depth']} blocks, median ms; plot: "
-            "`benchmarks/results/step_time_width.png`)\n",
-            table(["width", *names, "amuse × torch Muon"], rows),
-            "",
-        ]
-    swap = data.get("swap")
-    if swap:
-        out += [
-            "**y ↔ x swap**\n",
-            table(["measure", "value"], [[k, f"{v:.3f}"] for k, v in swap.items()]),
+            f"**Optimizer step, {model}** (each row: that optimizer and torch Muon alone in one "
+            "process)\n",
+            table(
+                [
+                    "optimizer",
+                    "weight decay",
+                    "median ms",
+                    "torch Muon ms (same pair)",
+                    "× torch Muon (wall)",
+                    "× torch Muon (CPU time)",
+                    "state MiB",
+                    "step peak MiB",
+                    "load (1 min)",
+                ],
+                rows,
+            ),
             "",
         ]
     out.append(provenance(data.get("meta", {})))
     return "\n".join(out)
+
+
+def ns_coefficient_tables(data: dict) -> str:
+    """``ns_coefficients.json``: distance of the singular values from 1 after k Newton-Schulz
+    steps, quintic against Polar Express, per matrix kind and dtype."""
+    rows = [
+        [
+            r["matrix"],
+            r["ns_dtype"],
+            r["steps"],
+            f"{r['quintic']['max_abs_sv_minus_1']:.3g}",
+            f"{r['polar_express']['max_abs_sv_minus_1']:.3g}",
+            f"{r['quintic']['rel_polar_error']:.3g}",
+            f"{r['polar_express']['rel_polar_error']:.3g}",
+        ]
+        for r in data["results"]
+    ]
+    shape = "x".join(str(n) for n in data.get("shape", []))
+    return "\n".join(
+        [
+            f"Matrices {shape}; the largest distance of a singular value from 1 and the relative "
+            "distance to the exact polar factor (SVD), after the same number of steps.\n",
+            "<details><summary>Error after k steps, quintic vs Polar Express</summary>\n",
+            table(
+                [
+                    "matrix",
+                    "dtype",
+                    "steps",
+                    "quintic max abs(σ-1)",
+                    "Polar Express max abs(σ-1)",
+                    "quintic polar error",
+                    "Polar Express polar error",
+                ],
+                rows,
+            ),
+            "\n</details>\n",
+            provenance(data.get("meta", {})),
+        ]
+    )
 
 
 def distributed_tables(data: dict) -> str:
@@ -180,6 +221,10 @@ def generic_tables(data: dict) -> str:
     return table(columns, rows) + "\n\n" + provenance(data.get("meta", {}))
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _short(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -211,6 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     ]  # fmt: skip
     parts += [
         section("Optimizer step time", args.results / "step_time.json", step_time_tables),
+        section(
+            "Newton-Schulz coefficients",
+            args.results / "ns_coefficients.json",
+            ns_coefficient_tables,
+        ),
     ]
     for path in sorted(args.results.glob("distributed*.json")):
         if not path.stem.endswith("_quick"):  # smoke runs do not go into the README

@@ -192,6 +192,7 @@ def test_timm_use_fallback_and_lr_scale_are_honoured() -> None:
         (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
         (dict(nonfinite="ignore"), "nonfinite must be one of"),
         (dict(lr=float("nan")), "lr must be a finite number"),
+        (dict(averaging=False, weight_decay_at_y=0.1), "weight_decay_at_y .* needs averaging"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
@@ -27,6 +27,21 @@ _FLAT_WARNING = (
     "build groups with amuse_lightning.partition_parameters(model).param_groups() (AmuseMixin "
     "does this for a LightningModule)."
 )
+
+
+def uses_muon(group: Mapping[str, Any], param: Tensor) -> bool:
+    """Whether ``param`` of param group ``group`` takes the Muon update (else the fallback): the
+    one rule the optimizer, the partition and the Lightning layer share.
+
+    The group decides when it says so: ``group["use_muon"]`` first, else timm's
+    ``group["use_fallback"]`` negated. A group that says neither (a flat parameter list) sends
+    matrices and conv kernels (``param.ndim >= 2``) to Muon and everything else to the fallback.
+    """
+    if "use_muon" in group:
+        return bool(group["use_muon"])
+    if "use_fallback" in group:
+        return not group["use_fallback"]
+    return param.ndim >= 2
 
 
 def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,8 +77,8 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
         if "use_muon" in group:
             groups.append(group)
             continue
-        matrices = [p for p in tensors if p.ndim >= 2]
-        others = [p for p in tensors if p.ndim < 2]
+        matrices = [p for p in tensors if uses_muon(group, p)]
+        others = [p for p in tensors if not uses_muon(group, p)]
         if matrices and not warned:
             warnings.warn(_FLAT_WARNING, stacklevel=4)
             warned = True
@@ -123,6 +138,11 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     _check(_number(group, "eps") >= 0.0, f"eps must be >= 0{where}")
     for key in ("weight_decay", "weight_decay_at_y", "r", "weight_lr_power"):
         _check(_number(group, key) >= 0.0, f"{key} must be >= 0, got {group[key]}{where}")
+    _check(
+        group.get("averaging", True) or group["weight_decay_at_y"] == 0.0,
+        f"weight_decay_at_y decays y while keeping the average x fixed, so it needs averaging: "
+        f"with averaging=False use weight_decay instead{where}",
+    )
     steps = group["ns_steps"]
     _check(isinstance(steps, int) and steps >= 1, f"ns_steps must be an int >= 1{where}")
     ns_dtype_name(group["ns_dtype"])  # raises with the allowed names
