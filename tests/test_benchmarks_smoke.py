@@ -222,15 +222,16 @@ def test_train_run_stops_at_a_non_finite_loss_and_never_wins() -> None:
 def test_make_tables_handles_optional_results(tmp_path: Path) -> None:
     """step_time.json in its known layout becomes a table; a layout it does not know, a note."""
     row = {"median_ms": 2.0, "min_ms": 1.5, "state_bytes": 2**21, "step_peak_bytes": 2**22,
-           "ratio_to_torch_muon": 1.25}  # fmt: skip
+           "ratio_to_torch_muon": 1.25, "cpu_ratio_to_torch_muon": 1.2, "weight_decay": 0.0,
+           "anchor": {"median_ms": 1.6}, "load_average_1m": [1.0, 1.5]}  # fmt: skip
     step_time = {"meta": {"date": "2026-01-01", "cpu_count": 2, "wall_seconds": 60.0},
-                 "models": {"vit_s16": {"amuse": row}}, "swap": {"exact_swap_ms": 0.5}}  # fmt: skip
+                 "models": {"vit_s16": {"amuse": row}}}  # fmt: skip
     (tmp_path / "step_time.json").write_text(json.dumps(step_time))
     (tmp_path / "distributed_step.json").write_text(json.dumps({"something": "else"}))
     text = subprocess.run(
         [sys.executable, str(BENCH / "make_tables.py"), "--results", str(tmp_path)],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
-    assert "| amuse | 2.00 | 1.25 | 2.0 | 4.0 |" in text
+    assert "| amuse | 0 | 2.0 | 1.6 | 1.250 | 1.200 | 2.0 | 4.00 | 1.0–1.5 |" in text
     assert "anytime_vision.json not found" in text
     assert "distributed_step.json: unexpected layout" in text
