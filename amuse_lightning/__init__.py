@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "AmuseCallback": "amuse_lightning.lightning.callback",
     "AmuseMixin": "amuse_lightning.lightning.mixin",
-    "default_amuse_factory": "amuse_lightning.lightning.mixin",
+    "default_amuse_factory": "amuse_lightning.lightning.factories",
 }
 
 __all__ = [
@@ -37,7 +37,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.lightning.callback import AmuseCallback
-    from amuse_lightning.lightning.mixin import AmuseMixin, default_amuse_factory
+    from amuse_lightning.lightning.factories import default_amuse_factory
+    from amuse_lightning.lightning.mixin import AmuseMixin
 
 
 def __getattr__(name: str) -> Any:

@@ -103,18 +103,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it (the run then used code
+    that no commit holds)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
         )
-        return out.stdout.strip()
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return None
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

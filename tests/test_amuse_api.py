@@ -207,6 +207,13 @@ def test_bad_group_leaves_optimizer_unchanged() -> None:
     with pytest.raises(ValueError, match="Muon needs a matrix"):
         opt.add_param_group({"params": bias, "use_muon": True})
     assert len(opt.param_groups) == 1
+    # a flat group splits into a Muon part and a fallback part: when the fallback part is bad,
+    # the Muon part must not have been added either
+    opt = AMUSE(groups_of(model)[1:])  # the 1-D tensors
+    weight = next(p for p in model.parameters() if p.ndim == 2)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="already in another group"):
+        opt.add_param_group({"params": [weight, bias[0]]})
+    assert len(opt.param_groups) == 1
 
 
 def test_sparse_gradients_are_refused_and_complex_parameters_at_construction() -> None:

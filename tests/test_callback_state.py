@@ -108,6 +108,18 @@ def test_payload_round_trip_copies_the_tensors():
     assert read_payload({"state_dict": {}}) == ResumePayload(from_amuse=False)
 
 
+def test_payload_for_another_model_is_refused_naming_the_parameters():
+    from amuse_lightning import AMUSE
+
+    module = torch.nn.Linear(3, 2)
+    optimizer = AMUSE(module.parameters(), warmup_steps=2)
+    y = {"weight": torch.zeros(2, 3), "extra.weight": torch.zeros(1)}  # no bias, one unknown
+    before = [p.detach().clone() for p in module.parameters()]
+    with pytest.raises(RuntimeError, match=r"no y for \['bias'\].*\['extra.weight'\]"):
+        ResumePayload(y=y).apply(module, optimizer)
+    assert all(torch.equal(p, b) for p, b in zip(module.parameters(), before, strict=True))
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
@@ -249,6 +261,7 @@ def test_whole_tensor_layout_is_read_from_the_checkpoint():
 
 
 # ------------------------------------------------------------------------- one-way imports
+@pytest.mark.xdist_group("multiprocess")  # runs a fresh interpreter
 def test_imports_only_go_down():
     """The save hook never loads the callback; the CLI never loads the examples."""
     code = (

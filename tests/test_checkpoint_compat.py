@@ -60,8 +60,10 @@ def test_checkpoint_from_0_1_0_continues_as_0_1_0_did() -> None:
         torch.testing.assert_close(p.detach(), fixture["expected_x"][n], rtol=2e-6, atol=2e-6)
 
 
-def test_checkpoint_from_0_1_0_resumes_bit_for_bit() -> None:
-    """Interrupted after the first step and resumed from that state_dict: identical bits."""
+def test_run_continued_from_0_1_0_resumes_bit_for_bit() -> None:
+    """A run continued from the 0.1.0 state, interrupted after its first step and resumed from
+    that state_dict, equals the uninterrupted continuation bit for bit. (Against 0.1.0's own
+    next steps the agreement is to float32 rounding: see the test above.)"""
     fixture = load_fixture()
     params, opt = resumed(fixture)
     uninterrupted = run_on(params, opt, fixture["grads"])

@@ -37,13 +37,18 @@ def test_folded_update_equals_the_unfolded_equations(beta, beta_t, c_t, decay) -
     expected = unfolded(y, z, u, beta=beta, beta_t=beta_t, c_t=c_t, lr=0.1, decay=decay)
     y1, z1 = y.clone(), z.clone()
     schedule_free_update_(y1, z1, u, beta=beta, beta_t=beta_t, c_t=c_t, lr=0.1, decay=decay)
+    # the second tensor carries another beta (a parameter that sat out steps): the foreach
+    # kernel must use each tensor's own beta
+    other = 0.5 * (beta + 0.6)
+    second = unfolded(2 * y, 2 * z, 2 * u, beta=other, beta_t=beta_t, c_t=c_t, lr=0.1, decay=decay)
     ys, zs = [y.clone(), 2 * y], [z.clone(), 2 * z]
     schedule_free_update_foreach_(
-        ys, zs, [u, 2 * u], betas=[beta, beta], beta_t=beta_t, c_t=c_t, lr=0.1, decay=decay
+        ys, zs, [u, 2 * u], betas=[beta, other], beta_t=beta_t, c_t=c_t, lr=0.1, decay=decay
     )
-    for got_y, got_z, k in ((y1, z1, 1), (ys[0], zs[0], 1), (ys[1], zs[1], 2)):
-        torch.testing.assert_close(got_y, k * expected[0], rtol=1e-13, atol=1e-13)
-        torch.testing.assert_close(got_z, k * expected[1], rtol=1e-13, atol=1e-13)
+    results = ((y1, z1, expected), (ys[0], zs[0], expected), (ys[1], zs[1], second))
+    for got_y, got_z, want in results:
+        torch.testing.assert_close(got_y, want[0], rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(got_z, want[1], rtol=1e-13, atol=1e-13)
 
 
 def repeated_shapes_model() -> nn.Module:

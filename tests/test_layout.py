@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,20 @@ def test_relative_imports_are_resolved_like_python_does() -> None:
     names = imported_modules(PACKAGE / "partition" / "rules.py")
     assert "amuse_lightning.partition.finders" in names
     assert "torch" in names
+
+
+@pytest.mark.xdist_group("multiprocess")  # runs a fresh interpreter
+def test_the_core_imports_without_lightning_and_the_lightning_names_resolve_lazily() -> None:
+    """What the layering promises a user, checked in a fresh interpreter: the optimizer and the
+    partition (also through the package's top level) load no Lightning; the Lightning names of
+    the public API still resolve, and only then is Lightning loaded."""
+    code = (
+        "import sys\n"
+        "import amuse_lightning, amuse_lightning.optim, amuse_lightning.partition\n"
+        "from amuse_lightning import AMUSE, SFMuon, partition_parameters\n"
+        "assert 'lightning' not in sys.modules, 'the core loaded Lightning'\n"
+        "from amuse_lightning import AmuseCallback, AmuseMixin, default_amuse_factory\n"
+        "assert 'lightning' in sys.modules\n"
+        "assert AmuseCallback.__module__ == 'amuse_lightning.lightning.callback'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -282,7 +282,11 @@ def test_second_amuse_callback_is_refused_at_setup_naming_which_to_keep(tmp_path
     run = trainer(
         tmp_path, [AmuseCallback(), AmuseCallback(bn_recalibration_batches=5)], max_epochs=1
     )
-    with pytest.raises(MisconfigurationException, match=r"(?s)2 AmuseCallback.*keep"):
+    with pytest.raises(
+        MisconfigurationException,
+        match=r"(?s)2 AmuseCallback.*keep only one.*"
+        r"here AmuseCallback\(bn_recalibration_batches=5\)",
+    ):
         run.fit(model)
     assert not model.events  # refused before anything ran
     assert_same(model.snapshot(), before)

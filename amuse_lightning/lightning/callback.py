@@ -188,7 +188,7 @@ class AmuseCallback(Callback):
         check_trainable(pl_module)
         check_params_belong_to(optimizer, pl_module)
         if is_model_parallel(trainer.strategy):
-            check_fsdp2(optimizer, self._recalibrates(pl_module))
+            check_fsdp2(optimizer, self._recalibrates(pl_module), self.keep_y_in_checkpoint)
         weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._state.manage(weights)

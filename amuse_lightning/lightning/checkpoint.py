@@ -160,10 +160,12 @@ class ResumePayload:
             names = {id(p): n for n, p in named.items()}
             params = [p for group in groups for p in group["params"]]
             missing = [names[id(p)] for p in params if names[id(p)] not in self.y]
-            if missing:
+            unknown = [name for name in self.y if name not in named]
+            if missing or unknown:
                 raise RuntimeError(
-                    f"The checkpoint's y does not cover the parameters {missing[:5]}; "
-                    "resume with the model the checkpoint was written for."
+                    f"The checkpoint's y does not match the module: no y for {missing[:5]}, y for "
+                    f"parameters the module does not have {unknown[:5]}; resume with the model "
+                    "the checkpoint was written for."
                 )
             for name, value in self.y.items():
                 named[name].copy_(value)

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from amuse_lightning.lightning.factories import is_schedule_free
 from amuse_lightning.lightning.sharded import check_fsdp2_params
@@ -67,13 +68,22 @@ def check_params_belong_to(optimizer: torch.optim.Optimizer, pl_module: Lightnin
         )
 
 
-def check_fsdp2(optimizer: torch.optim.Optimizer, recalibrates: bool) -> None:
-    """Under ModelParallelStrategy: FSDP2 DTensors only, and no BatchNorm recalibration."""
+def check_fsdp2(optimizer: torch.optim.Optimizer, recalibrates: bool, keep_y: bool) -> None:
+    """Under ModelParallelStrategy: FSDP2 DTensors only, and no BatchNorm recalibration; says
+    once that checkpoints cannot carry ``y`` there (a resume is close, not bit-exact)."""
     check_fsdp2_params([p for group in optimizer.param_groups for p in group["params"]])
     if recalibrates:
         raise MisconfigurationException(
             "BatchNorm recalibration (bn_recalibration_batches > 0) is not supported with "
             "ModelParallelStrategy yet; set bn_recalibration_batches=0 or use strategy='ddp'."
+        )
+    if keep_y:
+        rank_zero_warn(
+            "AmuseCallback under FSDP2 (ModelParallelStrategy): checkpoints hold x but not y (its "
+            "shards cannot travel in checkpoint['amuse']), so fit(ckpt_path=...) rebuilds y from "
+            "x and z: the resumed run matches the uninterrupted one to rounding, not bit for "
+            "bit. Use strategy='ddp' for bit-exact resumes; AmuseCallback(keep_y_in_checkpoint="
+            "False) silences this warning."
         )
 
 

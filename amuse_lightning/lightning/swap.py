@@ -18,16 +18,6 @@ from torch import Tensor
 from amuse_lightning.optim.distributed import is_dtensor
 
 
-def is_schedule_free(optimizer: Any) -> bool:
-    """Whether ``optimizer`` follows the Schedule-Free convention: ``train()``/``eval()`` methods
-    and ``train_mode`` in every param group."""
-    return (
-        callable(getattr(optimizer, "train", None))
-        and callable(getattr(optimizer, "eval", None))
-        and all("train_mode" in group for group in optimizer.param_groups)
-    )
-
-
 class WeightSwap:
     """Moves the parameters of one schedule-free optimizer between ``y`` and ``x``.
 

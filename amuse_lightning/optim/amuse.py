@@ -171,16 +171,24 @@ class AMUSE(MatrixMapChoice, Optimizer):
         The group takes the optimizer's current mode (a group that never stepped has ``x = y``,
         so it joins an optimizer in eval mode as it is).
         """
-        for group in normalise_groups([param_group]):
-            if self.param_groups and "train_mode" not in group:
-                group["train_mode"] = all(g["train_mode"] for g in self.param_groups)
+        groups = normalise_groups([param_group])  # a flat group may split into two
+        mode = all(g["train_mode"] for g in self.param_groups) if self.param_groups else True
+        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        for offset, group in enumerate(groups):  # check every part before adding any
+            group.setdefault("train_mode", mode)
             candidate = {**self.defaults, **group}
-            validate_group(candidate, len(self.param_groups))
+            validate_group(candidate, len(self.param_groups) + offset)
             check_dtensor_layout(candidate["params"])
+            if any(id(p) in taken for p in candidate["params"]):
+                raise ValueError(
+                    "some parameters of the new param group are already in another group; "
+                    "each parameter may appear in only one group"
+                )
             if candidate["averaging"]:
                 warn_if_degenerate(candidate["warmup_steps"], candidate["rho"])
             if "ns_dtype" in group:  # stored by name: plain data for any state_dict reader
                 group["ns_dtype"] = ns_dtype_name(group["ns_dtype"])
+        for group in groups:
             super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
