@@ -86,20 +86,24 @@ def worker(
 
 def time_amuse(rank: int, args: argparse.Namespace) -> dict:
     """``AMUSE.step()`` per step: whole step, inside Newton-Schulz, inside the all-gather."""
+    # Newton-Schulz runs through newton_schulz (batched stacks, the rank split) or, one matrix at
+    # a time in reused buffers, through newton_schulz_: time both
     ns = Timer(directions.newton_schulz)
+    ns_inplace = Timer(directions.newton_schulz_)
     gather = Timer(distributed._all_gather)
-    directions.newton_schulz = ns
+    directions.newton_schulz, directions.newton_schulz_ = ns, ns_inplace
     distributed._all_gather = gather
     opt = AMUSE(vit_s_groups(args.blocks), lr=1e-3, ns_dtype=DTYPES[args.ns_dtype])
     rows = []
     for step in range(args.warmup + args.steps):
-        ns.seconds = gather.seconds = 0.0
+        ns.seconds = ns_inplace.seconds = gather.seconds = 0.0
         dist.barrier()
         start = time.perf_counter()
         opt.step()
         total = time.perf_counter() - start
         if step >= args.warmup:
-            rows.append({"step_s": total, "ns_s": ns.seconds, "gather_s": gather.seconds})
+            ns_s = ns.seconds + ns_inplace.seconds
+            rows.append({"step_s": total, "ns_s": ns_s, "gather_s": gather.seconds})
     split = opt._rank_split  # None with one process: every matrix is computed here
     matrices = len(opt.param_groups[0]["params"])
     if split is not None:
