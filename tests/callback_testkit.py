@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -176,6 +177,28 @@ class Recorder(LightningModule):
                 found = entry
         assert found is not None, f"no y recorded at step {step}"
         return found
+
+
+def bn_statistics_at(weights: dict[str, Tensor], inputs: Iterable[Tensor]) -> dict[str, Tensor]:
+    """Oracle: the BatchNorm statistics of a :class:`Recorder` with parameters ``weights``,
+    re-estimated from ``inputs`` (every layer reset, ``momentum=None``: a cumulative average)."""
+    model = Recorder(batchnorm=True, record=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+        for layer in model.modules():
+            if isinstance(layer, nn.BatchNorm1d):
+                layer.reset_running_stats()
+                layer.momentum = None
+        model.train()
+        for batch in inputs:
+            model(batch)
+    return model.bn_state()
+
+
+def first_inputs(loader: Iterable[Any], n_batches: int, scale: float = 1.0) -> list[Tensor]:
+    """The inputs of the first ``n_batches`` batches of ``loader``, multiplied by ``scale``."""
+    return [inputs * scale for (inputs, _), _ in zip(loader, range(n_batches), strict=False)]
 
 
 def check_training_sees_y(model: Recorder) -> int:

@@ -19,8 +19,10 @@ from amuse_lightning.lightning.callback import batchnorm_buffer_names, preserved
 from tests.callback_testkit import (
     Recorder,
     assert_same,
+    bn_statistics_at,
     differs,
     expected_x,
+    first_inputs,
     make_data,
     params_only,
     trainer,
@@ -34,23 +36,9 @@ def recalibrated(
 ) -> dict[str, torch.Tensor]:
     """Oracle: BatchNorm statistics of weights ``x`` from the first ``n_batches`` training
     batches (the training loader does not shuffle in these tests), inputs multiplied by
-    ``scale``, cumulative average."""
-    model = Recorder(batchnorm=True, record=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(x[name])
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.BatchNorm1d):
-            layer.reset_running_stats()
-            layer.momentum = None
-    model.train()
+    ``scale``."""
     loader = DataLoader(make_data(48, seed=0), batch_size=8)
-    with torch.no_grad():
-        for index, (inputs, _) in enumerate(loader):
-            if index == n_batches:
-                break
-            model(inputs * scale)
-    return model.bn_state()
+    return bn_statistics_at(x, first_inputs(loader, n_batches, scale))
 
 
 def fit(tmp_path: Path, callbacks: list, seed: int = 0, **kwargs: Any) -> tuple[Recorder, Any]:

@@ -15,6 +15,7 @@ from amuse_lightning import AmuseCallback
 from tests.callback_testkit import (
     Recorder,
     assert_same,
+    bn_statistics_at,
     expected_x,
     params_only,
     trainer,
@@ -112,22 +113,6 @@ class BatchNormRankDump(RankDump):
         torch.save(dump, path)
 
 
-def statistics_at(x: dict[str, torch.Tensor], inputs: list[torch.Tensor]) -> dict:
-    """Oracle: cumulative-average BatchNorm statistics of weights ``x`` over ``inputs``."""
-    model = Recorder(batchnorm=True, record=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(x[name])
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.BatchNorm1d):
-                layer.reset_running_stats()
-                layer.momentum = None
-        model.train()
-        for batch in inputs:
-            model(batch)
-    return model.bn_state()
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("multiprocess")
 @pytest.mark.parametrize("broadcast_buffers", [True, False])
@@ -167,7 +152,7 @@ def test_ddp_batchnorm_recalibration_is_the_same_on_every_rank(tmp_path, broadca
         inputs = [b for rank in ranks for at, b in rank["recalibration_inputs"] if at == step]
         assert len(inputs) == 4
         x = expected_x(records.y_at_step(step))
-        assert_same(seen, statistics_at(x, inputs), exact=False)
+        assert_same(seen, bn_statistics_at(x, inputs), exact=False)
     paths = sorted((tmp_path / "ck").glob("*.ckpt"))
     assert len(paths) == 2
     for path in paths:

@@ -35,8 +35,10 @@ from amuse_lightning.lightning.swap import WeightSwap
 from tests.callback_testkit import (
     Recorder,
     assert_same,
+    bn_statistics_at,
     differs,
     expected_x,
+    first_inputs,
     make_data,
     params_only,
     trainer,
@@ -288,20 +290,7 @@ def test_one_schedule_free_rule_for_callback_mixin_and_cli():
 # ---------------------------------------------------- which batches recalibration draws
 def bn_oracle(weights: dict[str, torch.Tensor], loader, n_batches: int, scale: float = 1.0):
     """BatchNorm statistics of ``weights`` from the first ``n_batches`` of ``loader``."""
-    model = Recorder(batchnorm=True, record=False)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(weights[name])
-        for layer in model.modules():
-            if isinstance(layer, torch.nn.BatchNorm1d):
-                layer.reset_running_stats()
-                layer.momentum = None
-        model.train()
-        for index, (inputs, _) in enumerate(loader):
-            if index == n_batches:
-                break
-            model(inputs * scale)
-    return model.bn_state()
+    return bn_statistics_at(weights, first_inputs(loader, n_batches, scale))
 
 
 def sanity_check_bn(model: Recorder) -> dict[str, torch.Tensor]:
