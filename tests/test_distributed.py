@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch import LightningModule, Trainer
@@ -43,6 +40,7 @@ from tests.helpers.nets import (
     matrix_shapes,
     run_steps,
 )
+from tests.helpers.spawn import spawn_ranks
 
 CONFIGS = {
     "muon": dict(direction="muon"),
@@ -213,10 +211,7 @@ def _mismatch_error(rank: int) -> str:
 
 @pytest.fixture(scope="module")
 def ddp_results() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_ddp_worker, args=(WORLD, init_file, tmp), nprocs=WORLD, join=True)
-        return {r: torch.load(Path(tmp) / f"rank{r}.pt") for r in range(WORLD)}
+    return spawn_ranks(_ddp_worker, WORLD)
 
 
 @pytest.mark.xdist_group("multiprocess")

@@ -8,16 +8,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from amuse_lightning import AMUSE, partition_parameters
@@ -32,6 +29,7 @@ from tests.helpers.nets import (
     run_steps,
 )
 from tests.helpers.sharded import single_process_reference
+from tests.helpers.spawn import spawn_ranks
 
 FSDP_CONFIGS = {"muon": dict(direction="muon"), "adamuon": dict(direction="adamuon")}
 
@@ -89,10 +87,7 @@ def _column_sharded_error(mesh) -> str:
 
 @pytest.fixture(scope="module")
 def fsdp_results() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        mp.spawn(_fsdp_worker, args=(WORLD, init_file, tmp), nprocs=WORLD, join=True)
-        return {r: torch.load(Path(tmp) / f"fsdp_rank{r}.pt") for r in range(WORLD)}
+    return spawn_ranks(_fsdp_worker, WORLD, "fsdp_rank{rank}.pt")
 
 
 @pytest.mark.xdist_group("multiprocess")

@@ -5,7 +5,8 @@
 * :mod:`tests.helpers.sharded` - the FSDP2 LightningModule the ``fsdp2_*_run.py`` scripts run,
   its data, and the cached single-process references their results are checked against;
 * :mod:`tests.helpers.trainers` - a quiet Lightning ``Trainer`` factory;
-* :mod:`tests.helpers.fashion` - a fake Fashion-MNIST in the idx format.
+* :mod:`tests.helpers.fashion` - a fake Fashion-MNIST in the idx format;
+* :mod:`tests.helpers.spawn` - start gloo worker processes and collect what each rank saved.
 
 (``tests/callback_testkit.py`` holds the recording module and oracles of the callback tests.)
 """
