@@ -165,6 +165,13 @@ class AmuseCallback(Callback):
         """What the module's parameters hold, and why (see :class:`~.state.Holds`)."""
         return self._state.holds
 
+    @property
+    def weights(self) -> WeightSwap | None:
+        """The swap of the optimizer this callback manages (``None`` while unmanaged): which
+        parameters it converts and, while ``x`` is in them, the exact copy of ``y``
+        (``weights.y_copy``)."""
+        return self._state.weights
+
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy)
