@@ -1,0 +1,220 @@
+"""The finisher: a short cooldown from any point of an AMUSE run, on a copy of the run.
+
+The averaged model ``x`` is good at any step, but a run whose learning rate is annealed to zero
+for its budget ends better. A finisher buys that annealing after the fact: from step ``t`` of
+an AMUSE run it runs ``k = fraction * t`` more steps (10-20 % is the usual range, after
+Hägele et al. 2024, "Scaling laws and compute-optimal training beyond fixed training durations")
+of the same directions *without* averaging, with the learning rate decayed to zero, and returns
+the finished weights. The run it started from is not touched (the finisher works on copies and
+restores every random stream), so it continues bit for bit as if nothing had happened.
+
+One cooldown step ``i = 0 .. k-1`` on each parameter ``p`` (the run's Muon / fallback directions
+``U`` with their momentum and second-moment buffers carried over; ``z`` and averaging dropped)::
+
+    p_0     = x_t  (start="x")  or  y_t  (start="y")
+    lr_i    = lr_factor * lr_t * g(i / k),   g(u) = 1 - u  ("linear")  or  1 - sqrt(u)  ("1-sqrt")
+    p_{i+1} = p_i (1 - lr_i wd) - lr_i U_i        (U_i from the gradient at p_i)
+
+``lr_t`` is the run's learning rate at step ``t`` (warm-up included, ``lr_scale`` applied per
+group). ``weight_decay_at_y`` of the run becomes plain decoupled decay of ``p``.
+
+:func:`begin_cooldown` turns an AMUSE optimizer (a copy) into that cooldown and returns the
+schedule as a standard ``LambdaLR``; :func:`finish` does the whole thing on copies of a model and
+its optimizer and returns the finished model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from amuse_lightning.optim import AMUSE
+
+from .batchnorm import reestimate_batchnorm
+from .random_state import preserved_random_state
+
+__all__ = ["COOLDOWN_SHAPES", "COOLDOWN_STARTS", "Cooldown", "begin_cooldown", "copy_run", "finish"]
+
+Start = Literal["x", "y"]
+Shape = Literal["linear", "1-sqrt"]
+COOLDOWN_STARTS: tuple[str, ...] = ("x", "y")
+COOLDOWN_SHAPES: tuple[str, ...] = ("linear", "1-sqrt")
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """What a finisher runs: ``steps`` steps from ``start``, the learning rate decayed to zero
+    along ``shape`` from ``lr_factor`` times the run's current rate."""
+
+    steps: int
+    start: Start = "x"
+    shape: Shape = "linear"
+    lr_factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"cooldown steps must be an int >= 1, got {self.steps!r}")
+        if self.start not in COOLDOWN_STARTS:
+            raise ValueError(f"cooldown start must be one of {COOLDOWN_STARTS}, got {self.start!r}")
+        if self.shape not in COOLDOWN_SHAPES:
+            raise ValueError(f"cooldown shape must be one of {COOLDOWN_SHAPES}, got {self.shape!r}")
+        if not (isinstance(self.lr_factor, (int, float)) and 0.0 < self.lr_factor < math.inf):
+            raise ValueError(f"cooldown lr_factor must be a number > 0, got {self.lr_factor!r}")
+
+    @staticmethod
+    def steps_for(run_steps: int, fraction: float) -> int:
+        """``round(fraction * run_steps)``, at least 1: the length of a cooldown from step
+        ``run_steps`` that costs ``fraction`` of the run so far."""
+        if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        return max(1, round(fraction * run_steps))
+
+    def multiplier(self, i: int) -> float:
+        """``g(i / steps)``: the factor of cooldown step ``i`` (0-based; 0 from ``steps`` on)."""
+        u = min(1.0, max(0, i) / self.steps)
+        return 1.0 - u if self.shape == "linear" else 1.0 - math.sqrt(u)
+
+
+def run_steps(optimizer: torch.optim.Optimizer) -> int:
+    """The steps an AMUSE run has taken (the largest group step count)."""
+    return max((int(group.get("step", 0)) for group in optimizer.param_groups), default=0)
+
+
+def _current_lr(group: dict[str, Any]) -> float:
+    """``lr * min(1, t / T0)``: the group's base rate with the run's warm-up at step ``t``."""
+    t = max(1, int(group["step"]))
+    return float(group["lr"]) * min(1.0, t / int(group["warmup_steps"]))
+
+
+@torch.no_grad()
+def begin_cooldown(optimizer: AMUSE, cooldown: Cooldown) -> LambdaLR:
+    """Turn ``optimizer`` (in place: use a copy, see :func:`copy_run`) into the cooldown.
+
+    The parameters are set to the start point (``x`` or ``y``), ``z`` is dropped and every group
+    runs its direction without averaging from its current learning rate times
+    ``cooldown.lr_factor``. Returns the schedule: call its ``step()`` after every
+    ``optimizer.step()``; after ``cooldown.steps`` steps the rate is zero.
+    """
+    if not isinstance(optimizer, AMUSE):
+        raise TypeError(
+            f"a cooldown needs an AMUSE optimizer (its direction is kept), got "
+            f"{type(optimizer).__name__}"
+        )
+    if cooldown.start == "x":
+        optimizer.eval()
+    else:
+        optimizer.train()
+    for group in optimizer.param_groups:
+        group.update(
+            lr=_current_lr(group) * cooldown.lr_factor,
+            warmup_steps=1,
+            averaging=False,
+            weight_decay=group["weight_decay"] + group["weight_decay_at_y"],
+            weight_decay_at_y=0.0,
+            train_mode=True,
+        )
+        group.pop("initial_lr", None)
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state:
+                state.pop("z", None)
+                state.pop("beta", None)
+    return LambdaLR(optimizer, cooldown.multiplier)
+
+
+def copy_run(module: nn.Module, optimizer: AMUSE) -> tuple[nn.Module, AMUSE]:
+    """Independent copies of ``module`` and of ``optimizer`` over the copy's parameters (its
+    state deep-copied), so that whatever the copies do leaves the originals untouched."""
+    if not isinstance(optimizer, AMUSE):
+        raise TypeError(f"copy_run needs an AMUSE optimizer, got {type(optimizer).__name__}")
+    originals = list(module.parameters())
+    twin = copy.deepcopy(module)
+    index = {id(p): i for i, p in enumerate(originals)}
+    copies = list(twin.parameters())
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in index]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} optimised parameter(s) are not parameters of the module; pass "
+                "the module the optimizer was built for."
+            )
+        groups.append(
+            {**{k: v for k, v in group.items() if k != "params"},
+             "params": [copies[index[id(p)]] for p in group["params"]]}
+        )  # fmt: skip
+    twin_optimizer = AMUSE(
+        groups, nonfinite=optimizer.nonfinite, distributed=False, foreach=optimizer.foreach
+    )
+    twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    return twin, twin_optimizer
+
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def finish(
+    optimizer: AMUSE,
+    module: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: LossFn,
+    *,
+    fraction: float = 0.15,
+    steps: int | None = None,
+    start: Start = "x",
+    shape: Shape = "linear",
+    lr_factor: float = 1.0,
+    bn_batches: Iterable[Any] | None = None,
+    max_bn_batches: int | None = None,
+    bn_forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> nn.Module:
+    """A finished copy of ``module``: a cooldown (module docstring) of ``steps`` steps, by
+    default ``fraction`` of the steps the run has taken, on copies of the module and optimizer.
+
+    Args:
+        optimizer, module: the AMUSE run to finish (left exactly as they are).
+        batches: training batches for the cooldown (a fresh iterable such as the DataLoader; not
+            the training loop's live iterator, which the cooldown would advance).
+        loss_fn: ``loss_fn(model, batch)`` returns the loss to minimise.
+        fraction, steps: the cooldown's length (``steps`` wins when given).
+        start, shape, lr_factor: see :class:`Cooldown`.
+        bn_batches, max_bn_batches, bn_forward: re-estimate BatchNorm statistics of the finished
+            weights with these batches (``bn_forward(model, batch)``; default ``model(batch[0])``
+            for tuple batches).
+
+    Every random stream (global, and the generators ``batches`` / ``bn_batches`` keep) is
+    restored afterwards, so finishing twice gives the same weights and the run continues
+    unchanged.
+    """
+    length = steps if steps is not None else Cooldown.steps_for(run_steps(optimizer), fraction)
+    cooldown = Cooldown(length, start, shape, lr_factor)
+    with preserved_random_state(batches, bn_batches):
+        twin, twin_optimizer = copy_run(module, optimizer)
+        schedule = begin_cooldown(twin_optimizer, cooldown)
+        twin.train()
+        iterator = iter(batches)
+        for i in range(cooldown.steps):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise ValueError(
+                    f"the cooldown needs {cooldown.steps} batches but `batches` ran out after "
+                    f"{i}; pass a longer iterable (e.g. itertools.cycle over a DataLoader)."
+                ) from None
+            twin_optimizer.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                loss_fn(twin, batch).backward()
+            twin_optimizer.step()
+            schedule.step()
+        del iterator
+        if bn_batches is not None:
+            reestimate_batchnorm(twin, bn_batches, max_bn_batches, bn_forward)
+    twin_optimizer.zero_grad(set_to_none=True)
+    return twin
