@@ -62,6 +62,9 @@ class AveragedWeights:
             ``module(batch[0])`` for tuple batches, else ``module(batch)``).
         bn_statistics: BatchNorm buffers by name to load at ``x`` instead of re-estimating
             (e.g. :attr:`bn_statistics` of an earlier use at the same ``x``).
+        bn_reestimate: a function that re-estimates the statistics of the weights now in the
+            module in place and returns the number of batches it used; replaces ``bn_batches``
+            (for callers that find their batches themselves, such as the Lightning callback).
         random_sources: more objects whose random-number generators must be left as they were
             (``bn_batches`` itself is always searched).
         merge_ranks: merge the ranks' BatchNorm estimates (``None``: when torch.distributed is
@@ -82,12 +85,13 @@ class AveragedWeights:
         max_bn_batches: int | None = None,
         bn_forward: Callable[[nn.Module, Any], Any] | None = None,
         bn_statistics: dict[str, Tensor] | None = None,
+        bn_reestimate: Callable[[], int] | None = None,
         random_sources: Iterable[Any] = (),
         merge_ranks: bool | None = None,
     ) -> None:
         if swap is not None and swap.optimizer is not optimizer:
             raise ValueError("swap belongs to another optimizer; pass that optimizer's swap.")
-        wants_bn = bn_batches is not None or bn_statistics is not None
+        wants_bn = any(v is not None for v in (bn_batches, bn_statistics, bn_reestimate))
         if wants_bn and module is None:
             raise ValueError("BatchNorm statistics at x need the module: pass module=...")
         if max_bn_batches is not None and (
@@ -101,6 +105,7 @@ class AveragedWeights:
         self.bn_batches = bn_batches
         self.max_bn_batches = max_bn_batches
         self.bn_forward = bn_forward
+        self.bn_reestimate = bn_reestimate
         self.random_sources = tuple(random_sources)
         self.merge_ranks = merge_ranks
         #: BatchNorm buffers at ``x`` after :meth:`enter` re-estimated or loaded them.
@@ -164,13 +169,17 @@ class AveragedWeights:
         if self.bn_statistics is not None:
             load_buffers(module, self.bn_statistics)
             return
-        with preserved_random_state(self.bn_batches, *self.random_sources):
-            source = self.bn_batches
-            batches = source() if callable(source) and not isinstance(source, Iterable) else source
-            used = reestimate_batchnorm(module, batches, self.max_bn_batches, self.bn_forward)
-            del batches  # a loader's iterator (and its workers) ends here
-        if self._merges():
-            used = merge_batchnorm_across_ranks(batchnorm_layers(module), used)
+        if self.bn_reestimate is not None:
+            used = self.bn_reestimate()
+        else:
+            with preserved_random_state(self.bn_batches, *self.random_sources):
+                batches = self.bn_batches
+                if callable(batches) and not isinstance(batches, Iterable):
+                    batches = batches()
+                used = reestimate_batchnorm(module, batches, self.max_bn_batches, self.bn_forward)
+                del batches  # a loader's iterator (and its workers) ends here
+            if self._merges():
+                used = merge_batchnorm_across_ranks(batchnorm_layers(module), used)
         if used == 0:
             raise RuntimeError(
                 "BatchNorm re-estimation at x got no batches; pass batches with data in "

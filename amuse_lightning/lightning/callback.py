@@ -42,14 +42,14 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from amuse_lightning.averaging.context import AveragedWeights
+from amuse_lightning.averaging.random_state import preserved_random_state
+from amuse_lightning.averaging.swap import WeightSwap
 from amuse_lightning.lightning.batchnorm import (
     BatchNormForward,
     batchnorm_buffer_names,
     default_bn_forward,
-    load_buffers,
-    preserved_random_state,
     recalibrate,
-    snapshot_buffers,
 )
 from amuse_lightning.lightning.checkpoint import (
     CHECKPOINT_KEY,
@@ -70,7 +70,6 @@ from amuse_lightning.lightning.save_hook import install_module_save_hook, remove
 from amuse_lightning.lightning.schedule_log import schedule_metrics
 from amuse_lightning.lightning.sharded import is_model_parallel
 from amuse_lightning.lightning.state import Holds, SwapState
-from amuse_lightning.lightning.swap import WeightSwap
 
 __all__ = [
     "AmuseCallback",
@@ -299,19 +298,38 @@ class AmuseCallback(Callback):
         # after training y is kept exactly even with swap="inplace": checkpoints written after
         # fit must carry the y the run would continue from
         exact = True if final and self.keep_y_in_checkpoint else None
-        if not weights.to_x(exact=exact):  # x is there already (after fit, or a manual eval())
+        scope = self._scope(trainer, pl_module, weights, exact)
+        if not scope.enter():  # x is there already (after fit, or a manual eval())
             if final:
-                state.swapped_to_x(final=True)
+                state.swapped_to_x(final=True, scope=None)
             return
-        state.swapped_to_x(final)
-        if not self._recalibrates(pl_module):
-            return
-        try:
-            state.train_bn = snapshot_buffers(pl_module, batchnorm_buffer_names(pl_module))
-            self._load_x_bn_stats(trainer, pl_module)
-        except BaseException:
-            self._back_to_y(pl_module)
-            raise
+        state.swapped_to_x(final, scope)
+        self._cache_x_bn(trainer, scope)
+
+    def _scope(
+        self, trainer: Trainer, pl_module: LightningModule, weights: WeightSwap,
+        exact: bool | None,
+    ) -> AveragedWeights:  # fmt: skip
+        """An :class:`AveragedWeights` for ``weights``: with the BatchNorm statistics at the
+        current ``x`` (from the cache of this optimizer step, or re-estimated) if recalibrating."""
+        options: dict[str, Any] = {}
+        if self._recalibrates(pl_module):
+            cached = self._state.x_bn
+            if cached is not None and cached[0] == self._x_bn_key(trainer):
+                options["bn_statistics"] = cached[1]
+            else:
+                options["bn_reestimate"] = lambda: self.recalibrate_batchnorm(trainer, pl_module)
+        return AveragedWeights(weights.optimizer, pl_module, swap=weights, exact=exact, **options)
+
+    def _x_bn_key(self, trainer: Trainer) -> tuple[int, int]:
+        assert self._state.weights is not None
+        return (id(self._state.weights.optimizer), trainer.global_step)
+
+    def _cache_x_bn(self, trainer: Trainer, scope: AveragedWeights) -> None:
+        """Keep the statistics at ``x`` of this optimizer step, so that evaluation and the
+        checkpoint of one step share one estimate."""
+        if scope.bn_statistics is not None:
+            self._state.x_bn = (self._x_bn_key(trainer), scope.bn_statistics)
 
     def _leave_eval(self, pl_module: LightningModule) -> None:
         """End an evaluation swap: ``y`` (and the training BatchNorm buffers) back, bit for bit."""
@@ -321,26 +339,14 @@ class AmuseCallback(Callback):
     def _back_to_y(self, pl_module: LightningModule) -> None:
         state = self._state
         assert state.weights is not None
-        if state.train_bn is not None:
-            load_buffers(pl_module, state.train_bn)
-        state.weights.to_y()
+        if state.scope is not None:
+            state.scope.restore()
+        state.weights.to_y()  # an x something else put in (no scope) goes back too
         state.back_to_y()
 
     # ------------------------------------------------------------------ BatchNorm
     def _recalibrates(self, pl_module: LightningModule) -> bool:
         return self.bn_recalibration_batches > 0 and bool(batchnorm_buffer_names(pl_module))
-
-    def _load_x_bn_stats(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Put BatchNorm statistics estimated at the current ``x`` into the module (cached per
-        optimizer step, so evaluation and the checkpoint of one step share one estimate)."""
-        state = self._state
-        assert state.weights is not None
-        key = (id(state.weights.optimizer), trainer.global_step)
-        if state.x_bn is not None and state.x_bn[0] == key:
-            load_buffers(pl_module, state.x_bn[1])
-            return
-        self.recalibrate_batchnorm(trainer, pl_module)
-        state.x_bn = (key, snapshot_buffers(pl_module, batchnorm_buffer_names(pl_module)))
 
     def recalibrate_batchnorm(self, trainer: Trainer, pl_module: LightningModule) -> int:
         """Re-estimate BatchNorm running statistics of the weights now in ``pl_module`` with up
@@ -372,17 +378,11 @@ class AmuseCallback(Callback):
         weights = self._weights_for(trainer)
         if weights is None or CHECKPOINT_KEY in checkpoint or "state_dict" not in checkpoint:
             return
-        recalibrates = self._recalibrates(pl_module)
-        write_checkpoint(
-            checkpoint,
-            pl_module,
-            weights,
-            full=full,
-            keep_y=self.keep_y_in_checkpoint,
-            train_bn=self._state.train_bn,
-            bn_names=batchnorm_buffer_names(pl_module) if recalibrates else (),
-            load_x_bn=(lambda: self._load_x_bn_stats(trainer, pl_module)) if recalibrates else None,
-        )
+        scope = self._state.scope if weights.holds_x else None
+        if scope is None:
+            scope = self._scope(trainer, pl_module, weights, exact=True)
+        write_checkpoint(checkpoint, pl_module, scope, full=full, keep_y=self.keep_y_in_checkpoint)
+        self._cache_x_bn(trainer, scope)
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

@@ -20,16 +20,16 @@ back (:meth:`ResumePayload.apply`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from amuse_lightning.lightning.batchnorm import load_buffers, snapshot_buffers
+from amuse_lightning.averaging.context import AveragedWeights
+from amuse_lightning.averaging.snapshot import parameter_names
 from amuse_lightning.lightning.sharded import checkpoint_copy, holds_whole_tensors
-from amuse_lightning.lightning.swap import WeightSwap
 from amuse_lightning.optim.distributed import is_dtensor
 
 __all__ = [
@@ -56,27 +56,19 @@ def _cloned(values: Mapping[str, Tensor] | None) -> dict[str, Tensor] | None:
 
 
 def write_x_state_dict(
-    module: nn.Module,
-    state_dict: dict[str, Any],
-    weights: WeightSwap,
-    bn_names: Iterable[str] = (),
-    load_x_bn: Callable[[], None] | None = None,
+    module: nn.Module, state_dict: dict[str, Any], scope: AveragedWeights
 ) -> dict[str, Tensor] | None:
-    """Replace the parameters (and the BatchNorm buffers ``bn_names``) in a checkpoint's
-    ``state_dict`` by copies of ``x``, made through an exact temporary swap of ``weights``.
-
-    ``load_x_bn`` puts BatchNorm statistics at ``x`` into the module while ``x`` is there; the
-    training-time buffers are restored afterwards and returned (``None`` without ``load_x_bn``).
-    The live tensors end as they started, also after an exception.
-    """
-    bn_names = set(bn_names) if load_x_bn is not None else set()
+    """Replace the parameters (and, when ``scope`` brings BatchNorm statistics at ``x``, those
+    buffers) in a checkpoint's ``state_dict`` by copies of ``x``, made inside ``scope`` (an exact
+    temporary swap). Returns the training-time BatchNorm buffers ``scope`` put aside (``None``
+    without BatchNorm statistics at ``x``). The live tensors end as they started, also after an
+    exception."""
+    weights = scope.swap
     param_ids = {id(p) for p in weights.params}
     whole = holds_whole_tensors(state_dict)
-    train_bn = snapshot_buffers(module, bn_names) if load_x_bn is not None else None
-    weights.to_x(exact=True)
-    try:
-        if load_x_bn is not None:
-            load_x_bn()
+    with scope:
+        train_bn = scope.train_bn
+        bn_names = set(train_bn or ())
         for key, live in module.state_dict(keep_vars=True).items():
             if id(live) not in param_ids and key not in bn_names:
                 continue
@@ -84,42 +76,33 @@ def write_x_state_dict(
                 live = live.full_tensor()
             if key in state_dict:
                 state_dict[key] = checkpoint_copy(live, state_dict[key])
-    finally:
-        if train_bn is not None:
-            load_buffers(module, train_bn)
-        weights.to_y()
     return train_bn
 
 
 def write_checkpoint(
-    checkpoint: dict[str, Any],
-    module: nn.Module,
-    weights: WeightSwap,
-    *,
-    full: bool,
+    checkpoint: dict[str, Any], module: nn.Module, scope: AveragedWeights, *, full: bool,
     keep_y: bool,
-    train_bn: Mapping[str, Tensor] | None,
-    bn_names: Iterable[str] = (),
-    load_x_bn: Callable[[], None] | None = None,
-) -> None:
+) -> None:  # fmt: skip
     """Write ``x`` into ``checkpoint["state_dict"]`` and, for a ``full`` checkpoint (not a
-    ``save_weights_only`` one), the payload into ``checkpoint["amuse"]``.
+    ``save_weights_only`` one), the payload (``y`` if ``keep_y``) into ``checkpoint["amuse"]``.
 
-    When the module holds ``x`` already its state_dict is ``x``; ``y`` then comes from the swap's
-    copy and ``train_bn`` are the training-time BatchNorm buffers put aside with it. Otherwise
-    ``x`` is made by :func:`write_x_state_dict`. Under FSDP2 ``y``'s shards cannot travel in the
-    payload (rank 0 writes it alone), so a resume recomputes ``y`` from ``x`` and ``z``.
+    ``scope`` is the callback's :class:`~amuse_lightning.averaging.AveragedWeights`: the active
+    one when the module holds ``x`` already (evaluation, or after fit: the state_dict is ``x``,
+    ``y`` comes from the swap's copy, the training BatchNorm buffers from the scope), otherwise
+    a fresh one that :func:`write_x_state_dict` enters for the copy. Under FSDP2 ``y``'s shards
+    cannot travel in the payload (rank 0 writes it alone), so a resume recomputes ``y`` from
+    ``x`` and ``z``.
     """
-    names = {id(p): n for n, p in module.named_parameters()}
+    weights = scope.swap
+    names = parameter_names(module)
     y: dict[str, Tensor] | None = None
     if weights.holds_x:
+        train_bn = scope.train_bn
         y_values = weights.y_copy
         if y_values is not None:
             y = {names[id(p)]: v for p, v in zip(weights.params, y_values, strict=True)}
     else:
-        train_bn = write_x_state_dict(
-            module, checkpoint["state_dict"], weights, bn_names, load_x_bn
-        )
+        train_bn = write_x_state_dict(module, checkpoint["state_dict"], scope)
         y = {names[id(p)]: p.detach() for p in weights.params}  # y is back in place
     if not full:
         return
@@ -157,7 +140,7 @@ class ResumePayload:
         groups = optimizer.param_groups
         if self.y:
             named = dict(module.named_parameters())
-            names = {id(p): n for n, p in named.items()}
+            names = parameter_names(module)
             params = [p for group in groups for p in group["params"]]
             missing = [names[id(p)] for p in params if names[id(p)] not in self.y]
             unknown = [name for name in self.y if name not in named]

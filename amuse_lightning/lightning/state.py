@@ -8,9 +8,11 @@ one place its phase changes (:meth:`SwapState.move`, checked against :data:`TRAN
         |                     +--training ends--> X_FINAL (the anytime model stays after fit)
         +--standalone stage loads a checkpoint--> X_FROM_CHECKPOINT --next setup--> UNMANAGED
 
-Next to the phase it keeps the :class:`~.swap.WeightSwap` of the fit's optimizer, the
-training-time BatchNorm buffers while recalibrated ones at ``x`` are loaded, a one-entry cache of
-those recalibrated statistics, and the resume payload waiting for the optimizer state.
+Next to the phase it keeps the :class:`~amuse_lightning.averaging.WeightSwap` of the fit's
+optimizer, the :class:`~amuse_lightning.averaging.AveragedWeights` scope that put ``x`` in (it
+holds the training-time BatchNorm buffers while recalibrated ones at ``x`` are loaded), a
+one-entry cache of those recalibrated statistics, and the resume payload waiting for the
+optimizer state.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 from torch import Tensor
 
+from amuse_lightning.averaging.context import AveragedWeights
+from amuse_lightning.averaging.swap import WeightSwap
 from amuse_lightning.lightning.checkpoint import ResumePayload
-from amuse_lightning.lightning.swap import WeightSwap
 
 __all__ = ["TRANSITIONS", "Holds", "SwapState"]
 
@@ -52,7 +55,9 @@ class SwapState:
     Attributes:
         holds: the phase (:class:`Holds`).
         weights: the swap for the optimizer in use (``None`` while unmanaged).
-        train_bn: training-time BatchNorm buffers while recalibrated ones at ``x`` are loaded.
+        scope: the scope that put ``x`` in for an evaluation or for good (``None`` while the
+            parameters hold ``y``, or hold an ``x`` something else put there); its ``train_bn``
+            are the training-time BatchNorm buffers while recalibrated ones are loaded.
         x_bn: ``(key, buffers)``: BatchNorm statistics recalibrated at the ``x`` of ``key``.
         pending: resume payload loaded with the checkpoint, applied once the optimizer state is.
         repairs: how often the parameters held ``x`` at a training batch because something else
@@ -73,7 +78,7 @@ class SwapState:
         """A new fit (or a new callback): nothing from earlier stages is kept."""
         self.holds = Holds.UNMANAGED
         self.weights: WeightSwap | None = None
-        self.train_bn: dict[str, Tensor] | None = None
+        self.scope: AveragedWeights | None = None
         self.x_bn: tuple[Any, dict[str, Tensor]] | None = None
         self.pending: ResumePayload | None = None
         self.repairs = 0
@@ -81,23 +86,26 @@ class SwapState:
     def manage(self, weights: WeightSwap) -> None:
         """Take charge of ``weights`` (a fit's optimizer, or the one a finished fit left): the
         phase follows what their parameters hold now."""
-        self.weights, self.train_bn, self.x_bn = weights, None, None
+        self.weights, self.scope, self.x_bn = weights, None, None
         self.holds = Holds.UNMANAGED  # a different optimizer than before: start from scratch
         self.move(Holds.X_FINAL if weights.holds_x else Holds.Y)
 
-    def swapped_to_x(self, final: bool) -> None:
-        """``x`` is now in the parameters: for an evaluation loop, or for good after training."""
+    def swapped_to_x(self, final: bool, scope: AveragedWeights | None) -> None:
+        """``x`` is now in the parameters (put there by ``scope``, or already there): for an
+        evaluation loop, or for good after training."""
+        if scope is not None:
+            self.scope = scope
         self.move(Holds.X_FINAL if final else Holds.X_FOR_EVALUATION)
 
     def back_to_y(self) -> None:
         """``y`` is back in the parameters; the training BatchNorm buffers are restored."""
-        self.train_bn = None
+        self.scope = None
         self.move(Holds.Y)
 
     def loaded_x(self) -> None:
         """A standalone stage loaded ``x`` from a checkpoint: the fit's ``y`` no longer belongs."""
         self.weights = None
-        self.train_bn = None
+        self.scope = None
         self.x_bn = None
         self.move(Holds.X_FROM_CHECKPOINT)
 
