@@ -11,11 +11,12 @@ trip, in any training loop::
 
 On entry it keeps an exact copy of ``y`` (``exact=True``), converts the parameters to ``x``
 (``optimizer.eval()``) and, when asked, re-estimates the BatchNorm statistics at ``x`` with
-training batches inside :func:`~.random_state.preserved_random_state`, so the run's random
-streams are untouched. On exit (also after an exception) it writes ``y`` and the training
-BatchNorm buffers back. Under data parallelism the ranks' BatchNorm estimates are merged into
-one (every rank must enter together). :class:`AveragedWeights` also offers ``enter()`` /
-``restore()`` for code whose "inside" spans several calls (the Lightning callback's hooks).
+training batches inside :func:`~.random_state.preserved_data_state`, so the run's random
+streams and its data sources' positions are untouched. On exit (also after an exception) it
+writes ``y`` and the training BatchNorm buffers back. Under data parallelism the ranks'
+BatchNorm estimates are merged into one (every rank must enter together).
+:class:`AveragedWeights` also offers ``enter()`` / ``restore()`` for code whose "inside" spans
+several calls (the Lightning callback's hooks).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .batchnorm import (
     merge_batchnorm_across_ranks,
     reestimate_batchnorm,
 )
-from .random_state import preserved_random_state
+from .random_state import preserved_data_state
 from .snapshot import load_buffers, snapshot_buffers
 from .swap import WeightSwap
 
@@ -172,7 +173,7 @@ class AveragedWeights:
         if self.bn_reestimate is not None:
             used = self.bn_reestimate()
         else:
-            with preserved_random_state(self.bn_batches, *self.random_sources):
+            with preserved_data_state(self.bn_batches, *self.random_sources):
                 batches = self.bn_batches
                 if callable(batches) and not isinstance(batches, Iterable):
                     batches = batches()

@@ -38,7 +38,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from amuse_lightning.optim import AMUSE
 
 from .batchnorm import reestimate_batchnorm
-from .random_state import preserved_random_state
+from .random_state import preserved_data_state
 
 __all__ = ["COOLDOWN_SHAPES", "COOLDOWN_STARTS", "Cooldown", "begin_cooldown", "copy_run", "finish"]
 
@@ -195,7 +195,7 @@ def finish(
     """
     length = steps if steps is not None else Cooldown.steps_for(run_steps(optimizer), fraction)
     cooldown = Cooldown(length, start, shape, lr_factor)
-    with preserved_random_state(batches, bn_batches):
+    with preserved_data_state(batches, bn_batches):
         twin, twin_optimizer = copy_run(module, optimizer)
         schedule = begin_cooldown(twin_optimizer, cooldown)
         twin.train()

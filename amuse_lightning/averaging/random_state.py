@@ -6,7 +6,8 @@ NumPy, torch CPU and CUDA) and from random-number generators that a data source 
 sampler's ``torch.Generator``, an ``IterableDataset``'s ``numpy.random.Generator``, a transform's
 ``random.Random``). :func:`preserved_random_state` restores all of them on exit. The generators a
 data source keeps are found by :func:`find_generators`, which walks the attributes of the objects
-it is given (a DataLoader, its dataset, sampler, transforms, ...).
+it is given (a DataLoader, its dataset, sampler, transforms, ...). :func:`preserved_data_state`
+also puts back the plain attributes of a loader's dataset and samplers (a position, a counter).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ try:
 except ImportError:  # pragma: no cover - numpy ships with torch in practice
     numpy = None  # type: ignore[assignment]
 
-__all__ = ["find_generators", "preserved_random_state"]
+__all__ = [
+    "data_parts",
+    "find_generators",
+    "preserved_attributes",
+    "preserved_data_state",
+    "preserved_random_state",
+]
 
 #: How many objects :func:`find_generators` looks at before it stops (large data structures
 #: such as lists of samples are not walked element by element past this).
@@ -128,3 +135,47 @@ def preserved_random_state(*sources: Any) -> Iterator[None]:
             numpy.random.set_state(numpy_state)
         for generator, state in zip(generators, generator_states, strict=True):
             _set_state(generator, state)
+
+
+def data_parts(source: Any) -> list[Any]:
+    """The objects a pass over ``source`` may change: for a DataLoader its dataset, sampler and
+    batch sampler (and the batch sampler's sampler), otherwise ``source`` itself."""
+    if not isinstance(source, torch.utils.data.DataLoader):
+        return [] if source is None or isinstance(source, _LEAVES) else [source]
+    batch_sampler = source.batch_sampler
+    parts = [source.dataset, source.sampler, batch_sampler, getattr(batch_sampler, "sampler", None)]
+    unique: list[Any] = []
+    for part in parts:
+        if part is not None and all(part is not u for u in unique):
+            unique.append(part)
+    return unique
+
+
+@contextmanager
+def preserved_attributes(*objects: Any) -> Iterator[None]:
+    """Put every attribute of ``objects`` back on exit (a shallow restore of ``vars(obj)``):
+    a counter or a position that a pass over a data source moves, or an attribute it replaces,
+    is what it was before. Objects mutated in place inside an attribute are not restored."""
+    saved = [
+        (obj, dict(obj.__dict__))
+        for obj in objects
+        if isinstance(getattr(obj, "__dict__", None), dict)
+    ]
+    try:
+        yield
+    finally:
+        for obj, attributes in saved:
+            state = obj.__dict__
+            for name in [n for n in state if n not in attributes]:
+                del state[name]
+            state.update(attributes)
+
+
+@contextmanager
+def preserved_data_state(*sources: Any) -> Iterator[None]:
+    """:func:`preserved_random_state` over ``sources`` plus :func:`preserved_attributes` of their
+    :func:`data_parts`: a side pass over a DataLoader (BatchNorm re-estimation, a finisher)
+    leaves the training run's data order and random streams as they were."""
+    parts = [part for source in sources for part in data_parts(source)]
+    with preserved_random_state(*sources), preserved_attributes(*parts):
+        yield

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_buffers", "parameter_names", "snapshot_buffers"]
+__all__ = ["fingerprint", "load_buffers", "parameter_names", "snapshot_buffers"]
 
 
 def parameter_names(module: nn.Module) -> dict[int, str]:
@@ -30,3 +30,11 @@ def load_buffers(module: nn.Module, values: dict[str, Tensor]) -> None:
     buffers = dict(module.named_buffers())
     for name, value in values.items():
         buffers[name].copy_(value)
+
+
+@torch.no_grad()
+def fingerprint(tensors: Iterable[Tensor]) -> Tensor:
+    """A cheap summary of ``tensors`` (per tensor: the sum and the sum of squares, in float64,
+    on the CPU) that tells whether they were replaced or changed since it was taken."""
+    rows = [torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors]
+    return torch.stack(rows).cpu() if rows else torch.zeros(0, 2, dtype=torch.float64)

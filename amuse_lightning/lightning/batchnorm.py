@@ -26,7 +26,7 @@ from amuse_lightning.averaging.batchnorm import (
     merge_batchnorm_across_ranks,
     reestimate_batchnorm,
 )
-from amuse_lightning.averaging.random_state import preserved_random_state
+from amuse_lightning.averaging.random_state import preserved_data_state, preserved_random_state
 from amuse_lightning.averaging.snapshot import load_buffers, snapshot_buffers
 from amuse_lightning.lightning.compat import private_attribute
 
@@ -90,6 +90,21 @@ def _fresh_loader(loader: Any) -> Any:
     return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
+def _check_separate_iterator(loader: Any) -> None:
+    """Refuse a dataset that is its own iterator: a second pass over it (the re-estimate)
+    would take batches out of the training stream itself."""
+    dataset = getattr(loader, "dataset", None)
+    if not isinstance(dataset, IterableDataset) or getattr(loader, "num_workers", 0) > 0:
+        return
+    if iter(dataset) is dataset:
+        raise MisconfigurationException(
+            f"BatchNorm recalibration needs its own pass over the training data, but "
+            f"{type(dataset).__name__}.__iter__ returns the dataset itself, so that pass would "
+            "take batches out of the training stream. Make __iter__ return a new iterator "
+            "(e.g. write it as a generator function), or set bn_recalibration_batches=0."
+        )
+
+
 def _train_loader_of(trainer: Trainer) -> Any:
     """The fit's train dataloader(s), also before the fit loop has set them up (sanity check)."""
     if trainer.train_dataloader is not None:
@@ -139,7 +154,8 @@ def recalibrate(
     point.
     """
     loader = recalibration_loader(trainer)
-    with preserved_random_state(loader):  # also the generators the loader's parts keep
+    with preserved_data_state(loader):  # also the generators and positions of its parts
+        _check_separate_iterator(loader)
         iterator = iter(_fresh_loader(loader))
         try:
             used = reestimate_batchnorm(

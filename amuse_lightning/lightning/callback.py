@@ -28,9 +28,10 @@ stand-in for ``pl_module.on_save_checkpoint`` goes on the module instance at ``s
 off at ``teardown`` (:mod:`.save_hook`; it holds this callback's writer only weakly).
 
 The callback's whole mutable state is one :class:`~.state.SwapState`: a phase
-(:class:`~.state.Holds`, what the parameters hold and why) plus what belongs to it. Next door:
-:mod:`.swap` (the exact swap), :mod:`.checkpoint` (the resume payload), :mod:`.batchnorm`
-(statistics at ``x``), :mod:`.checks` (what is refused at setup), :mod:`.sharded` (FSDP2).
+(:class:`~.state.Holds`, what the parameters hold and why) plus what belongs to it. The swap
+itself is plain PyTorch (:class:`amuse_lightning.averaging.AveragedWeights`); next door:
+:mod:`.checkpoint` (the resume payload), :mod:`.batchnorm` (the Trainer's batches for statistics
+at ``x``), :mod:`.checks` (what is refused at setup), :mod:`.sharded` (FSDP2).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from amuse_lightning.averaging.context import AveragedWeights
 from amuse_lightning.averaging.random_state import preserved_random_state
+from amuse_lightning.averaging.snapshot import fingerprint
 from amuse_lightning.averaging.swap import WeightSwap
 from amuse_lightning.lightning.batchnorm import (
     BatchNormForward,
@@ -56,20 +57,12 @@ from amuse_lightning.lightning.checkpoint import (
     read_payload,
     write_checkpoint,
 )
-from amuse_lightning.lightning.checks import (
-    check_fsdp2,
-    check_params_belong_to,
-    check_single_instance,
-    check_strategy,
-    check_trainable,
-    fit_optimizer,
-    unwrap,
-)
+from amuse_lightning.lightning.checks import check_fit_start, check_setup, unwrap
+from amuse_lightning.lightning.compat import remove_lr_finder_wrappers, sweep_at_applied_rates
 from amuse_lightning.lightning.factories import is_schedule_free
 from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
 from amuse_lightning.lightning.schedule_log import schedule_metrics
-from amuse_lightning.lightning.sharded import is_model_parallel
-from amuse_lightning.lightning.state import Holds, SwapState
+from amuse_lightning.lightning.state import WEIGHTS_REPLACED_AFTER_FAILED_FIT, Holds, SwapState
 
 __all__ = [
     "AmuseCallback",
@@ -96,9 +89,10 @@ class AmuseCallback(Callback):
         swap: ``"copy"`` (default) keeps a copy of ``y`` while ``x`` is in the parameters and
             writes it back bit for bit; ``"inplace"`` uses ``optimizer.eval()``/``train()`` only,
             which needs no extra memory during training but moves ``y`` by rounding error at
-            each evaluation. Checkpoints always use an exact temporary copy, and at the end of
-            fit ``y`` is copied before ``x`` is put in place (unless
-            ``keep_y_in_checkpoint=False``), so checkpoints written after fit resume exactly.
+            each evaluation. Checkpoints and the sanity check always use an exact temporary
+            copy, and at the end of fit ``y`` is copied before ``x`` is put in place (unless
+            ``keep_y_in_checkpoint=False``), so a resumed run takes exactly the round trips the
+            uninterrupted one took and continues bit for bit.
         y_copy_device: where the copy of ``y`` lives: ``"same"`` as the parameter, or ``"cpu"``
             to spare accelerator memory.
         bn_recalibration_batches: if ``N > 0``, re-estimate BatchNorm running statistics at ``x``
@@ -173,28 +167,29 @@ class AmuseCallback(Callback):
 
     # ------------------------------------------------------------------ setup / teardown
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        check_strategy(trainer.strategy)
-        check_single_instance(trainer.callbacks, AmuseCallback, {"bn_forward": default_bn_forward})
+        check_setup(trainer, pl_module, stage, AmuseCallback, {"bn_forward": default_bn_forward})
         if stage == "fit":
-            if not is_overridden("configure_model", pl_module):
-                check_trainable(pl_module)
             self._state.start_fit()
         else:
             self._state.new_stage()
         install_module_save_hook(pl_module, self._write_weights_only, self._is_attached)
+        sweep_at_applied_rates(trainer.callbacks)
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         remove_module_save_hook(pl_module, self._write_weights_only)
+        remove_lr_finder_wrappers(trainer.callbacks)
 
     def _is_attached(self, trainer: Trainer) -> bool:
         return any(cb is self for cb in trainer.callbacks)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        optimizer = fit_optimizer(trainer, self.allow_lr_scheduler)
-        check_trainable(pl_module)
-        check_params_belong_to(optimizer, pl_module)
-        if is_model_parallel(trainer.strategy):
-            check_fsdp2(optimizer, self._recalibrates(pl_module), self.keep_y_in_checkpoint)
+        optimizer = check_fit_start(
+            trainer,
+            pl_module,
+            self.allow_lr_scheduler,
+            self._recalibrates(pl_module),
+            self.keep_y_in_checkpoint,
+        )
         weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
         weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._state.manage(weights)
@@ -272,8 +267,14 @@ class AmuseCallback(Callback):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        """Undo an evaluation swap so that weights and optimizer mode agree again."""
+        """Undo an evaluation swap so that weights and optimizer mode agree again. A fit that
+        ends this way lets its optimizer go: a later stage converts the module's weights with it
+        only if they are still the ones the fit left (not after a checkpoint or a state_dict
+        was loaded into the module)."""
         self._leave_eval(pl_module)
+        weights = self._state.weights
+        if trainer.state.fn == TrainerFn.FITTING and weights is not None:
+            self._state.abandon(fingerprint(weights.local_params))
 
     # ------------------------------------------------------------------ the swap
     def _weights_for(self, trainer: Trainer) -> WeightSwap | None:
@@ -285,7 +286,11 @@ class AmuseCallback(Callback):
         if len(optimizers) != 1 or not is_schedule_free(optimizers[0]):
             return None
         if state.weights is None or state.weights.optimizer is not optimizers[0]:
-            state.manage(WeightSwap(optimizers[0], self.swap == "copy", self.y_copy_device))
+            weights = WeightSwap(optimizers[0], self.swap == "copy", self.y_copy_device)
+            if not state.adoptable(weights):
+                rank_zero_warn(WEIGHTS_REPLACED_AFTER_FAILED_FIT)
+                return None
+            state.manage(weights)
         return state.weights
 
     def _enter_x(self, trainer: Trainer, pl_module: LightningModule, final: bool) -> None:
@@ -297,14 +302,16 @@ class AmuseCallback(Callback):
             return
         # after training y is kept exactly even with swap="inplace": checkpoints written after
         # fit must carry the y the run would continue from
-        exact = True if final and self.keep_y_in_checkpoint else None
+        # likewise in the sanity check: a resumed run must not take an in-place round trip that
+        # the uninterrupted run never took
+        exact = True if (final and self.keep_y_in_checkpoint) or trainer.sanity_checking else None
         scope = self._scope(trainer, pl_module, weights, exact)
         if not scope.enter():  # x is there already (after fit, or a manual eval())
             if final:
                 state.swapped_to_x(final=True, scope=None)
             return
         state.swapped_to_x(final, scope)
-        self._cache_x_bn(trainer, scope)
+        state.keep_x_bn(trainer.global_step, scope.bn_statistics)
 
     def _scope(
         self, trainer: Trainer, pl_module: LightningModule, weights: WeightSwap,
@@ -314,22 +321,12 @@ class AmuseCallback(Callback):
         current ``x`` (from the cache of this optimizer step, or re-estimated) if recalibrating."""
         options: dict[str, Any] = {}
         if self._recalibrates(pl_module):
-            cached = self._state.x_bn
-            if cached is not None and cached[0] == self._x_bn_key(trainer):
-                options["bn_statistics"] = cached[1]
+            cached = self._state.x_bn_at(trainer.global_step)
+            if cached is not None:
+                options["bn_statistics"] = cached
             else:
                 options["bn_reestimate"] = lambda: self.recalibrate_batchnorm(trainer, pl_module)
         return AveragedWeights(weights.optimizer, pl_module, swap=weights, exact=exact, **options)
-
-    def _x_bn_key(self, trainer: Trainer) -> tuple[int, int]:
-        assert self._state.weights is not None
-        return (id(self._state.weights.optimizer), trainer.global_step)
-
-    def _cache_x_bn(self, trainer: Trainer, scope: AveragedWeights) -> None:
-        """Keep the statistics at ``x`` of this optimizer step, so that evaluation and the
-        checkpoint of one step share one estimate."""
-        if scope.bn_statistics is not None:
-            self._state.x_bn = (self._x_bn_key(trainer), scope.bn_statistics)
 
     def _leave_eval(self, pl_module: LightningModule) -> None:
         """End an evaluation swap: ``y`` (and the training BatchNorm buffers) back, bit for bit."""
@@ -353,8 +350,8 @@ class AmuseCallback(Callback):
         to ``bn_recalibration_batches`` training batches; returns the number of batches used.
 
         Each BatchNorm layer is reset and run with ``momentum=None`` (cumulative average) in
-        train mode under ``no_grad``; every random stream is restored afterwards
-        (:func:`.batchnorm.recalibrate`). Override to recalibrate differently.
+        train mode under ``no_grad``; every random stream and data-source position is restored
+        afterwards (:func:`.batchnorm.recalibrate`). Override to recalibrate differently.
         """
         return recalibrate(trainer, pl_module, self.bn_recalibration_batches, self.bn_forward)
 
@@ -382,7 +379,7 @@ class AmuseCallback(Callback):
         if scope is None:
             scope = self._scope(trainer, pl_module, weights, exact=True)
         write_checkpoint(checkpoint, pl_module, scope, full=full, keep_y=self.keep_y_in_checkpoint)
-        self._cache_x_bn(trainer, scope)
+        self._state.keep_x_bn(trainer.global_step, scope.bn_statistics)
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

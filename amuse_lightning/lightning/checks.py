@@ -15,20 +15,51 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from amuse_lightning.lightning.factories import is_schedule_free
-from amuse_lightning.lightning.sharded import check_fsdp2_params
+from amuse_lightning.lightning.sharded import check_fsdp2_params, is_model_parallel
 
 __all__ = [
+    "check_fit_start",
     "check_fsdp2",
+    "check_no_other_averaging",
     "check_params_belong_to",
+    "check_setup",
     "check_single_instance",
     "check_strategy",
     "check_trainable",
     "fit_optimizer",
     "unwrap",
 ]
+
+
+def check_setup(
+    trainer: Trainer, pl_module: LightningModule, stage: str, kind: type[Callback],
+    defaults: dict[str, Any],
+) -> None:  # fmt: skip
+    """Everything refused at ``setup``: the strategy, a second callback of ``kind`` (named by
+    its options other than ``defaults``), another weight-averaging callback, and, for ``fit``,
+    a module with nothing to train (unless ``configure_model`` builds it later)."""
+    check_strategy(trainer.strategy)
+    check_single_instance(trainer.callbacks, kind, defaults)
+    check_no_other_averaging(trainer.callbacks)
+    if stage == "fit" and not is_overridden("configure_model", pl_module):
+        check_trainable(pl_module)
+
+
+def check_fit_start(
+    trainer: Trainer, pl_module: LightningModule, allow_lr_scheduler: bool, recalibrates: bool,
+    keep_y: bool,
+) -> torch.optim.Optimizer:  # fmt: skip
+    """Everything refused at ``on_fit_start``, once the optimizer exists; returns it."""
+    optimizer = fit_optimizer(trainer, allow_lr_scheduler)
+    check_trainable(pl_module)
+    check_params_belong_to(optimizer, pl_module)
+    if is_model_parallel(trainer.strategy):
+        check_fsdp2(optimizer, recalibrates, keep_y)
+    return optimizer
 
 
 def check_strategy(strategy: Strategy) -> None:
@@ -44,6 +75,40 @@ def check_strategy(strategy: Strategy) -> None:
         "fully_shard in configure_model). FSDP1 (FSDPStrategy) flattens parameters while "
         "Newton-Schulz needs whole matrices, and DeepSpeed ignores checkpoint['state_dict']; "
         "use strategy='ddp' or ModelParallelStrategy."
+    )
+
+
+def _other_averaging_kinds() -> tuple[type, ...]:
+    """Lightning's own weight-averaging callbacks (``WeightAveraging`` is Lightning >= 2.5)."""
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    kinds: list[type] = [StochasticWeightAveraging]
+    try:
+        from lightning.pytorch.callbacks import WeightAveraging
+    except ImportError:  # pragma: no cover - Lightning < 2.5
+        pass
+    else:
+        kinds.append(WeightAveraging)
+    return tuple(kinds)
+
+
+def check_no_other_averaging(callbacks: list[Callback]) -> None:
+    """Refuse another weight-averaging callback (EMA, SWA) next to AmuseCallback.
+
+    Both would swap weights into the module around evaluation and checkpoints: listed first,
+    the other callback's average ends up under ``optimizer.eval()``; listed after, it averages
+    ``y`` and replaces ``x`` in validation and checkpoints. Neither is what either promises.
+    """
+    others = [cb for cb in callbacks if isinstance(cb, _other_averaging_kinds())]
+    if not others:
+        return
+    names = ", ".join(type(cb).__name__ for cb in others)
+    raise MisconfigurationException(
+        f"AmuseCallback cannot share the Trainer with another weight-averaging callback ({names}):"
+        " each swaps its own average into the module for validation and checkpoints, and "
+        "together they evaluate and save a mixture of the two. AMUSE already averages: its x "
+        f"is the anytime model. Remove {names} from Trainer(callbacks=...), or remove "
+        "AmuseCallback and use a plain optimizer (e.g. torch.optim.AdamW) with it."
     )
 
 

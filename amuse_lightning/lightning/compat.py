@@ -1,4 +1,4 @@
-"""The one place that reads a private Lightning attribute.
+"""The places that lean on Lightning internals: one private attribute, one module name.
 
 Everything else in the Lightning layer uses public API. One thing has none: before the fit loop
 sets up its data (the sanity check runs first), a train dataloader passed as
@@ -7,6 +7,11 @@ source, and without it a module's own ``train_dataloader`` cannot be told apart 
 :func:`private_attribute` reads it and, should a Lightning release rename it, fails with an error
 that names the attribute and the way around it instead of an ``AttributeError`` deep inside a
 hook.
+
+:func:`sweep_at_applied_rates` makes Lightning's learning-rate finder (``LearningRateFinder``,
+also what ``Tuner.lr_find`` adds) sweep the rates AMUSE applies: the finder replaces every
+callback by its own while it sweeps, so the only way in is its public ``lr_find`` method, which
+gets a thin wrapper on the finder instance (taken off again at ``teardown``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import lightning
 
-__all__ = ["private_attribute"]
+__all__ = ["private_attribute", "remove_lr_finder_wrappers", "sweep_at_applied_rates"]
+
+_WRAPPED = "_amuse_sweeps_applied_rates"
 
 
 def private_attribute(owner: Any, path: str, workaround: str) -> Any:
@@ -32,3 +39,58 @@ def private_attribute(owner: Any, path: str, workaround: str) -> Any:
             f"{workaround}"
         ) from error
     return value
+
+
+def sweep_at_applied_rates(callbacks: list[Any]) -> None:
+    """Wrap the ``lr_find`` of every ``LearningRateFinder`` in ``callbacks`` so that during its
+    range test a schedule-free optimizer's warm-up is off (and AMUSE's rise of ``beta_t``,
+    anchored at the end of warm-up): the rate applied at every step is then the rate the finder
+    sets and records, instead of that rate times ``t / warmup_steps``. The settings come back
+    after the sweep."""
+    from lightning.pytorch.callbacks import LearningRateFinder
+
+    for callback in callbacks:
+        if isinstance(callback, LearningRateFinder) and _WRAPPED not in callback.__dict__:
+            original = callback.lr_find
+
+            def lr_find(trainer: Any, pl_module: Any, _original: Any = original) -> Any:
+                saved = [_without_warmup(unwrap(o)) for o in trainer.optimizers]
+                try:
+                    return _original(trainer, pl_module)
+                finally:  # the finder restored the optimizer from its own checkpoint,
+                    # written after the warm-up was switched off: put the settings back
+                    for optimizer, groups in zip(trainer.optimizers, saved, strict=False):
+                        _restore(unwrap(optimizer), groups)
+
+            callback.lr_find = lr_find
+            callback.__dict__[_WRAPPED] = True
+
+
+def remove_lr_finder_wrappers(callbacks: list[Any]) -> None:
+    """Undo :func:`sweep_at_applied_rates`."""
+    for callback in callbacks:
+        if callback.__dict__.pop(_WRAPPED, False):
+            del callback.__dict__["lr_find"]
+
+
+def _without_warmup(optimizer: Any) -> list[dict[str, Any]]:
+    """Switch warm-up (and ``rho``) off in every group; returns the values to put back."""
+    saved = []
+    for group in optimizer.param_groups:
+        keys = [k for k in ("warmup_steps", "rho") if k in group]
+        saved.append({k: group[k] for k in keys})
+        if "warmup_steps" in group:
+            group["warmup_steps"] = 1
+        if "rho" in group:
+            group["rho"] = 0.0
+    return saved
+
+
+def _restore(optimizer: Any, saved: list[dict[str, Any]]) -> None:
+    for group, values in zip(optimizer.param_groups, saved, strict=True):
+        group.update(values)
+
+
+def unwrap(optimizer: Any) -> Any:
+    """The torch optimizer behind a ``LightningOptimizer`` (anything else as it is)."""
+    return getattr(optimizer, "optimizer", optimizer)

@@ -6,6 +6,7 @@ one place its phase changes (:meth:`SwapState.move`, checked against :data:`TRAN
     UNMANAGED --fit starts--> Y --evaluation loop--> X_FOR_EVALUATION --its end--> Y
         |                     |                                                     (bit-exact)
         |                     +--training ends--> X_FINAL (the anytime model stays after fit)
+        |                     +--fit ends with an exception--> UNMANAGED (the optimizer is let go)
         +--standalone stage loads a checkpoint--> X_FROM_CHECKPOINT --next setup--> UNMANAGED
 
 Next to the phase it keeps the :class:`~amuse_lightning.averaging.WeightSwap` of the fit's
@@ -20,13 +21,22 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from amuse_lightning.averaging.context import AveragedWeights
+from amuse_lightning.averaging.snapshot import fingerprint
 from amuse_lightning.averaging.swap import WeightSwap
 from amuse_lightning.lightning.checkpoint import ResumePayload
 
-__all__ = ["TRANSITIONS", "Holds", "SwapState"]
+__all__ = ["TRANSITIONS", "WEIGHTS_REPLACED_AFTER_FAILED_FIT", "Holds", "SwapState"]
+
+WEIGHTS_REPLACED_AFTER_FAILED_FIT = (
+    "AmuseCallback: the last fit ended with an exception and the module's weights were replaced "
+    "since (a checkpoint or a state_dict was loaded), so they are evaluated as they are, not "
+    "converted with that fit's optimizer. To evaluate the averaged model of a checkpoint written "
+    "by AmuseCallback, pass ckpt_path=... (its state_dict is x)."
+)
 
 
 class Holds(Enum):
@@ -42,9 +52,11 @@ class Holds(Enum):
 #: Allowed phase changes (a phase may always stay what it is).
 TRANSITIONS: dict[Holds, frozenset[Holds]] = {
     Holds.UNMANAGED: frozenset({Holds.Y, Holds.X_FINAL, Holds.X_FROM_CHECKPOINT}),
-    Holds.Y: frozenset({Holds.X_FOR_EVALUATION, Holds.X_FINAL, Holds.X_FROM_CHECKPOINT}),
+    Holds.Y: frozenset(
+        {Holds.X_FOR_EVALUATION, Holds.X_FINAL, Holds.X_FROM_CHECKPOINT, Holds.UNMANAGED}
+    ),
     Holds.X_FOR_EVALUATION: frozenset({Holds.Y}),
-    Holds.X_FINAL: frozenset({Holds.Y, Holds.X_FROM_CHECKPOINT}),
+    Holds.X_FINAL: frozenset({Holds.Y, Holds.X_FROM_CHECKPOINT, Holds.UNMANAGED}),
     Holds.X_FROM_CHECKPOINT: frozenset({Holds.UNMANAGED}),
 }
 
@@ -62,6 +74,9 @@ class SwapState:
         pending: resume payload loaded with the checkpoint, applied once the optimizer state is.
         repairs: how often the parameters held ``x`` at a training batch because something else
             called ``optimizer.eval()`` (the callback warns the first time).
+        abandoned: ``(id(optimizer), fingerprint)`` of a fit that ended with an exception: that
+            optimizer converts the module's weights again only while they are still the ones
+            the fit left (:func:`~amuse_lightning.averaging.snapshot.fingerprint`).
     """
 
     def __init__(self) -> None:
@@ -82,6 +97,7 @@ class SwapState:
         self.x_bn: tuple[Any, dict[str, Tensor]] | None = None
         self.pending: ResumePayload | None = None
         self.repairs = 0
+        self.abandoned: tuple[int, Tensor] | None = None
 
     def manage(self, weights: WeightSwap) -> None:
         """Take charge of ``weights`` (a fit's optimizer, or the one a finished fit left): the
@@ -108,6 +124,39 @@ class SwapState:
         self.scope = None
         self.x_bn = None
         self.move(Holds.X_FROM_CHECKPOINT)
+
+    def abandon(self, fingerprint: Tensor) -> None:
+        """A fit ended with an exception: let its optimizer go, remembering it with a
+        ``fingerprint`` of the weights it left (``y``), so that a later stage converts them with
+        it only if nothing replaced them (a checkpoint or a state_dict loaded since)."""
+        if self.weights is not None:
+            self.abandoned = (id(self.weights.optimizer), fingerprint)
+        self.weights = self.scope = self.x_bn = self.pending = None
+        self.move(Holds.UNMANAGED)
+
+    def x_bn_at(self, step: int) -> dict[str, Tensor] | None:
+        """The BatchNorm statistics at ``x`` of optimizer step ``step`` if already estimated
+        (evaluation and the checkpoint of one step share one estimate)."""
+        if self.x_bn is None or self.weights is None:
+            return None
+        key, statistics = self.x_bn
+        return statistics if key == (id(self.weights.optimizer), step) else None
+
+    def keep_x_bn(self, step: int, statistics: dict[str, Tensor] | None) -> None:
+        """Remember the statistics at ``x`` of optimizer step ``step`` (if there are any)."""
+        if statistics is not None and self.weights is not None:
+            self.x_bn = ((id(self.weights.optimizer), step), statistics)
+
+    def adoptable(self, weights: WeightSwap) -> bool:
+        """Whether a stage may convert the module's weights with ``weights``' optimizer: not if
+        it belongs to a fit that ended with an exception and the weights changed since
+        (converting another model's weights with that run's ``z`` would give a mixture)."""
+        if self.abandoned is None or self.abandoned[0] != id(weights.optimizer):
+            return True
+        if torch.equal(fingerprint(weights.local_params), self.abandoned[1]):
+            self.abandoned = None  # still the run's own y: it converts to the run's x
+            return True
+        return False
 
     def new_stage(self) -> None:
         """``setup`` of a standalone stage: a checkpoint's ``x`` from the last one is let go."""
