@@ -1,0 +1,159 @@
+"""Finish a checkpointed AMUSE run in Lightning: a short cooldown, written as a new checkpoint.
+
+:func:`finish_checkpoint` resumes the run from a checkpoint with ``trainer.fit(ckpt_path=...)``
+(so precision, devices, the data order and the transfer hooks are the run's own), turns the
+optimizer into the cooldown of :mod:`amuse_lightning.averaging.finisher` at the first training
+batch (:class:`CooldownCallback`), trains ``k = fraction * t`` more steps with the learning rate
+decayed to zero, re-estimates BatchNorm statistics at the finished weights and saves a normal
+Lightning checkpoint of them (``Model.load_from_checkpoint(path)`` gives the finished model).
+The source checkpoint is only read, so the run it came from stays resumable bit for bit.
+
+The finished checkpoint carries ``checkpoint["amuse_finisher"]`` (where it came from and the
+cooldown's settings). It is a model to evaluate or deploy; training on from it continues
+without averaging at the cooldown's last rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Checkpoint
+
+from amuse_lightning.averaging.finisher import Cooldown, begin_cooldown
+from amuse_lightning.lightning.callback import AmuseCallback
+from amuse_lightning.lightning.checks import unwrap
+
+__all__ = ["CooldownCallback", "FinishResult", "finish_checkpoint", "read_run_steps"]
+
+FINISHER_KEY = "amuse_finisher"
+
+
+class CooldownCallback(Callback):
+    """Runs the fit as a cooldown: from its first training batch on, the AMUSE optimizer takes
+    plain steps of its directions from ``cooldown.start`` with the rate ``lr_t`` of the resumed
+    step times ``cooldown.multiplier(i)`` at optimizer step ``i`` (gradient accumulation counts
+    once per optimizer step). Put it after :class:`AmuseCallback` in ``callbacks``."""
+
+    def __init__(self, cooldown: Cooldown, source: str = "") -> None:
+        self.cooldown = cooldown
+        self.source = source
+        self._first_step: int | None = None
+        self._peaks: list[float] = []
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        optimizers = [unwrap(o) for o in trainer.optimizers]
+        if len(optimizers) != 1:
+            raise ValueError(f"a cooldown needs exactly one optimizer, got {len(optimizers)}")
+        schedule = begin_cooldown(optimizers[0], self.cooldown)  # type: ignore[arg-type]
+        self._peaks = list(schedule.base_lrs)
+        self._first_step = trainer.global_step
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        assert self._first_step is not None, "the cooldown starts in on_train_start"
+        factor = self.cooldown.multiplier(trainer.global_step - self._first_step)
+        for group, peak in zip(unwrap(optimizer).param_groups, self._peaks, strict=True):
+            group["lr"] = peak * factor
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[FINISHER_KEY] = {
+            "source": self.source,
+            "source_step": self._first_step,
+            **asdict(self.cooldown),
+        }
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """What :func:`finish_checkpoint` did: the checkpoint written and the compute it cost."""
+
+    path: Path
+    source_step: int
+    cooldown: Cooldown
+
+    @property
+    def total_steps(self) -> int:
+        return self.source_step + self.cooldown.steps
+
+
+def read_run_steps(ckpt_path: str | Path) -> int:
+    """The optimizer steps of the run a checkpoint was written at; refuses a checkpoint without
+    optimizer state (a finisher continues the optimizer: its ``z``, momentum, second moments)."""
+    checkpoint: Mapping[str, Any] = torch.load(
+        ckpt_path, map_location="cpu", weights_only=False, mmap=True
+    )
+    if not checkpoint.get("optimizer_states"):
+        raise ValueError(
+            f"{ckpt_path} has no optimizer state (was it written with save_weights_only=True, "
+            "or by Model.save/torch.save of the weights?). Finishing continues the run's "
+            "optimizer; use a full Lightning checkpoint of the run (ModelCheckpoint's default, "
+            "or trainer.save_checkpoint(path))."
+        )
+    return int(checkpoint.get("global_step", 0))
+
+
+def finish_checkpoint(
+    model: LightningModule,
+    ckpt_path: str | Path,
+    output: str | Path,
+    *,
+    datamodule: LightningDataModule | None = None,
+    train_dataloaders: Any = None,
+    fraction: float = 0.15,
+    steps: int | None = None,
+    start: str = "x",
+    shape: str = "linear",
+    lr_factor: float = 1.0,
+    bn_recalibration_batches: int = 50,
+    trainer_options: Mapping[str, Any] | None = None,
+    callbacks: list[Callback] | None = None,
+) -> FinishResult:
+    """Finish the AMUSE run of ``ckpt_path`` (see the module docstring) and write the finished
+    model to ``output``; returns a :class:`FinishResult`.
+
+    ``model`` and ``datamodule`` (or ``train_dataloaders``) are built as for the run;
+    ``trainer_options`` are the run's Trainer arguments (accelerator, devices, precision, ...);
+    the finisher sets the steps, turns validation, logging and checkpointing off and adds its
+    callbacks. ``bn_recalibration_batches`` training batches re-estimate BatchNorm statistics
+    at the finished weights (no effect on a model without BatchNorm).
+    """
+    source_step = read_run_steps(ckpt_path)
+    if source_step < 1:
+        raise ValueError(
+            f"{ckpt_path} was written before the first optimizer step: nothing to finish."
+        )
+    length = steps if steps is not None else Cooldown.steps_for(source_step, fraction)
+    cooldown = Cooldown(length, start, shape, lr_factor)  # type: ignore[arg-type]
+    kept = [cb for cb in (callbacks or []) if not isinstance(cb, (Checkpoint, AmuseCallback))]
+    options = {
+        **dict(trainer_options or {}),
+        "max_steps": source_step + cooldown.steps,
+        "max_epochs": -1,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "logger": False,
+        "callbacks": [
+            AmuseCallback(bn_recalibration_batches=bn_recalibration_batches),
+            CooldownCallback(cooldown, source=str(ckpt_path)),
+            *kept,
+        ],
+    }
+    trainer = Trainer(**options)
+    trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule,
+                ckpt_path=ckpt_path)  # fmt: skip
+    if trainer.global_step != source_step + cooldown.steps:
+        raise RuntimeError(
+            f"the cooldown stopped at step {trainer.global_step} instead of "
+            f"{source_step + cooldown.steps} (did the training data run out?); nothing written."
+        )
+    trainer.save_checkpoint(output)
+    return FinishResult(Path(output), source_step, cooldown)
