@@ -268,3 +268,21 @@ def test_the_lr_finder_sweeps_the_rates_it_applies(tmp_path):
     groups = fit.optimizers[0].param_groups
     assert {g["warmup_steps"] for g in groups} == {2} and {g["rho"] for g in groups} == {0.5}
     assert "lr_find" not in finder.__dict__  # the wrapper is gone after the fit
+
+
+# ---------------------------------------------------------------- 2. 16-bit parameters
+
+
+@pytest.mark.parametrize(
+    ("precision", "fix"), [("bf16-true", "bf16-mixed"), ("16-true", "16-mixed")]
+)
+def test_16_bit_parameters_are_refused_at_setup_naming_the_mixed_precision(
+    tmp_path, precision, fix
+):
+    """Before: bf16-true silently degraded x (the averaging increments vanish under bf16's
+    resolution) and 16-true turned parameters into -inf after one step."""
+    model = Recorder()
+    fit = trainer(tmp_path, [AmuseCallback()], max_epochs=1, precision=precision)
+    with pytest.raises(MisconfigurationException, match=f"Use precision='{fix}'"):
+        fit.fit(model)
+    assert model.of_kind("train") == []

@@ -26,6 +26,7 @@ __all__ = [
     "check_fsdp2",
     "check_no_other_averaging",
     "check_params_belong_to",
+    "check_precision",
     "check_setup",
     "check_single_instance",
     "check_strategy",
@@ -39,10 +40,12 @@ def check_setup(
     trainer: Trainer, pl_module: LightningModule, stage: str, kind: type[Callback],
     defaults: dict[str, Any],
 ) -> None:  # fmt: skip
-    """Everything refused at ``setup``: the strategy, a second callback of ``kind`` (named by
-    its options other than ``defaults``), another weight-averaging callback, and, for ``fit``,
-    a module with nothing to train (unless ``configure_model`` builds it later)."""
+    """Everything refused at ``setup``: the strategy, 16-bit parameters, a second callback of
+    ``kind`` (named by its options other than ``defaults``), another weight-averaging callback,
+    and, for ``fit``, a module with nothing to train (unless ``configure_model`` builds it
+    later)."""
     check_strategy(trainer.strategy)
+    check_precision(str(trainer.precision))
     check_single_instance(trainer.callbacks, kind, defaults)
     check_no_other_averaging(trainer.callbacks)
     if stage == "fit" and not is_overridden("configure_model", pl_module):
@@ -60,6 +63,20 @@ def check_fit_start(
     if is_model_parallel(trainer.strategy):
         check_fsdp2(optimizer, recalibrates, keep_y)
     return optimizer
+
+
+def check_precision(precision: str) -> None:
+    """Refuse 16-bit parameters (``"bf16-true"``, ``"16-true"``): the averaging state would live
+    in 16 bits, where the averaging increments vanish and fp16 second moments underflow."""
+    if precision not in ("bf16-true", "16-true"):
+        return
+    mixed = "bf16-mixed" if precision.startswith("bf16") else "16-mixed"
+    raise MisconfigurationException(
+        f"AmuseCallback: precision={precision!r} keeps the parameters, and so AMUSE's z and the "
+        "averaged x, in 16 bits: once the averaging weight c_t falls under 16-bit resolution the "
+        "average stops moving, and in float16 the fallback's second moments underflow. Use "
+        f"precision={mixed!r}: float32 weights and optimizer state, 16-bit compute."
+    )
 
 
 def check_strategy(strategy: Strategy) -> None:
