@@ -34,7 +34,7 @@ def starts_with(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-@pytest.mark.parametrize("layer", ["optim", "partition"])
+@pytest.mark.parametrize("layer", ["optim", "partition", "averaging"])
 def test_core_layers_import_no_lightning(layer: str) -> None:
     banned = ("lightning", "pytorch_lightning", "amuse_lightning.lightning")
     banned += ("amuse_lightning.examples",)
@@ -87,6 +87,7 @@ def test_the_core_imports_without_lightning_and_the_lightning_names_resolve_lazi
     code = (
         "import sys\n"
         "import amuse_lightning, amuse_lightning.optim, amuse_lightning.partition\n"
+        "import amuse_lightning.averaging\n"
         "from amuse_lightning import AMUSE, SFMuon, partition_parameters\n"
         "assert 'lightning' not in sys.modules, 'the core loaded Lightning'\n"
         "from amuse_lightning import AmuseCallback, AmuseMixin, default_amuse_factory\n"
