@@ -17,7 +17,8 @@ hidden matrices and conv kernels go to Muon; embeddings, position / class / regi
 stem (``patch_embed``) and the classifier head go to the fallback, each part keeping the timm
 group's ``lr_scale`` and ``weight_decay`` (AMUSE applies ``lr_scale`` itself: use no timm LR
 scheduler with it). Groups timm marks ``use_fallback=True`` (its ``fallback_list`` patterns)
-stay on the fallback.
+stay on the fallback. Extra keywords go to the optimizer; timm's own ``momentum`` argument
+(default 0.9 in timm) is not passed on, so AMUSE's Muon momentum stays 0.95.
 
 timm passes the factory only the groups, not the model. The factory reads the model from the
 frame of timm's ``OptimizerRegistry.create_optimizer`` that called it (its ``model_or_params``
