@@ -200,3 +200,25 @@ def test_fit_summary_reports_the_metric_the_run_has(tmp_path):
     )
     monitored.callback_metrics.update({"val_acc": torch.tensor(0.5)})
     assert summary_metric(monitored) == "val_bpb"
+
+
+def test_a_command_beside_lightning_cli_is_dispatched_and_listed(monkeypatch, capsys):
+    """How a new subcommand (e.g. `finish`) plugs in: an entry in EXTRA_COMMANDS."""
+    from amuse_lightning.lightning import cli
+    from amuse_lightning.lightning.errors import ConfigError
+
+    seen = []
+
+    def run(argv: list[str]) -> int:
+        seen.append(argv)
+        if argv == ["--bad"]:
+            raise ConfigError("is not a flag of demo", key="--bad")
+        return 0
+
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "demo", cli.Command("a test command", run))
+    assert main(["demo", "a.ckpt", "--steps=3"]) == 0 and seen == [["a.ckpt", "--steps=3"]]
+    assert main(["demo", "--bad"]) == 2
+    assert capsys.readouterr().err == "amuse-lightning: error: --bad: is not a flag of demo\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "demo: a test command" in " ".join(capsys.readouterr().out.split())
