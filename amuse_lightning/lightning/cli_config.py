@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -75,11 +76,9 @@ class AmuseArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with one-line errors (see the module docstring)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        from jsonargparse._common import debug_mode_active  # the switch jsonargparse reads
-
-        if not self.exit_on_error or debug_mode_active():
-            super().error(message, ex)
-        self._logger.error(message)
+        debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() not in ("", "0", "false", "no")
+        if not self.exit_on_error or debug:
+            super().error(message, ex)  # raises for the caller, or shows the full report
         prog = self.prog.split()[0] if self.prog else "amuse-lightning"
         sys.stderr.write(f"{prog}: error: {condense_parser_message(message)}\n")
         self.exit(2)
