@@ -37,7 +37,7 @@ fashion-mnist:
 	fi
 
 demo: $(STAMP) fashion-mnist
-	$(PY) -m amuse_lightning fit --config configs/fashion_mnist_resnet.yaml
+	$(PY) -m amuse_lightning fit --config fashion_mnist_resnet
 
 # Smoke runs of the benchmarks (under a minute each; results go to *_quick.json, not committed).
 # The anytime studies' --quick runs are inside the test suite (tests/test_benchmarks_smoke.py).

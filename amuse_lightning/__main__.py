@@ -1,6 +1,8 @@
 """``python -m amuse_lightning fit --config ...``: the same as the ``amuse-lightning`` command."""
 
+import sys
+
 from amuse_lightning.lightning.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

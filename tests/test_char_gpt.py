@@ -24,7 +24,7 @@ from amuse_lightning.examples.text_data import (
     stdlib_files,
     unigram_entropy,
 )
-from amuse_lightning.lightning.cli import main
+from amuse_lightning.lightning.cli import run_cli
 from amuse_lightning.partition import partition_parameters
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_config_prints_and_fast_dev_run_reports_val_and_test_loss(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["amuse-lightning"])
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(CONFIG), "--print_config"])
+        run_cli(["fit", "--config", str(CONFIG), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "amuse_lightning.examples.char_gpt.CharGPTModule" in printed
@@ -233,8 +233,8 @@ def test_config_prints_and_fast_dev_run_reports_val_and_test_loss(tmp_path, monk
         f"--data.init_args.max_bytes={CORPUS_BYTES}", "--data.init_args.batch_size=4",
         "--data.init_args.eval_windows=8",
     ]  # fmt: skip
-    cli = main(["fit", "--config", str(CONFIG), *small, "--trainer.fast_dev_run=true",
-                "--trainer.accelerator=cpu"])  # fmt: skip
+    cli = run_cli(["fit", "--config", str(CONFIG), *small, "--trainer.fast_dev_run=true",
+                   "--trainer.accelerator=cpu"])  # fmt: skip
     out = capsys.readouterr().out
     assert cli.trainer.global_step == 1
     assert re.search(r"^val_loss=\d+\.\d{4} val_bpb=\d+\.\d{4}$", out, flags=re.MULTILINE)

@@ -14,7 +14,7 @@ import torch
 from amuse_lightning import AmuseCallback
 from amuse_lightning.examples.classifier import ResNetClassifier, TimmClassifier
 from amuse_lightning.examples.data import FashionMNISTDataModule, make_synthetic_image_folder
-from amuse_lightning.lightning.cli import AmuseLightningCLI, main
+from amuse_lightning.lightning.cli import AmuseLightningCLI, main, run_cli
 from tests.helpers.fashion import write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def config_overrides(config: Path, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_every_config_prints_through_the_cli(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        run_cli(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: amuse_lightning.AMUSE" in printed
@@ -89,8 +89,11 @@ def test_every_config_prints_through_the_cli(config, capsys):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_every_config_instantiates_with_one_amuse_callback(config):
-    overrides = ["--model.init_args.pretrained=false"] if config in VIT_CONFIGS else []
+def test_every_config_instantiates_with_one_amuse_callback(config, tmp_path):
+    overrides = []
+    if config in VIT_CONFIGS:  # the data folder is checked when the config is parsed
+        make_synthetic_image_folder(tmp_path / "imgs", num_classes=2, images_per_class=1)
+        overrides = ["--model.init_args.pretrained=false", f"--data.init_args.root={tmp_path}/imgs"]
     cli = AmuseLightningCLI(args=["--config", str(config), *overrides], run=False)
     expected = TimmClassifier if config in VIT_CONFIGS else ResNetClassifier
     assert isinstance(cli.model, expected)
@@ -123,7 +126,7 @@ def test_fast_dev_run_of_every_example(config, tmp_path, capsys):
         "--trainer.accelerator=cpu",
         "--test_after_fit=true",
     ]
-    cli = main(args)
+    cli = run_cli(args)
     out = capsys.readouterr().out
     assert cli.trainer.global_step == 1
     assert "Fit finished after" in out
@@ -134,9 +137,10 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
     """A real (short) fit: the printed test_acc of the final x equals what `test` and `predict`
     get from last.ckpt, i.e. the checkpoint holds the averaged model the fit ended with."""
     config = REPO / "configs" / "fashion_mnist_resnet.yaml"
-    common = ["--config", str(config), "--trainer.accelerator=cpu", "--seed_everything=1"]
+    common = ["--config", str(config), "--trainer.accelerator=cpu", "--seed_everything=1",
+              "--model.init_args.optimizer.init_args.warmup_steps=2"]  # fmt: skip
     data = config_overrides(config, tmp_path)
-    main(["fit", *common, *data, "--trainer.max_epochs=3", "--model.init_args.width=8"])
+    assert main(["fit", *common, *data, "--trainer.max_epochs=3", "--model.init_args.width=8"]) == 0
     out = capsys.readouterr().out
     fit_acc = re.search(r"^test_acc=(\S+)$", out, flags=re.MULTILINE).group(1)
     assert float(fit_acc) > 0.5  # 10 easy classes, 3 epochs of 6 steps: well above chance
@@ -147,11 +151,11 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
 
     run_dir = last.parent.parent
     saved = ["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last)]
-    main(["test", *saved])
+    assert main(["test", *saved]) == 0
     assert re.search(r"^test_acc=(\S+)$", capsys.readouterr().out, re.MULTILINE).group(1) == (
         fit_acc
     )
-    main(["predict", *saved])
+    assert main(["predict", *saved]) == 0
     assert f"predicted 32 samples; predict_acc={fit_acc}" in capsys.readouterr().out
 
     # Plain Lightning, no CLI and no callback: the checkpoint's weights are x already.
@@ -196,3 +200,25 @@ def test_fit_summary_reports_the_metric_the_run_has(tmp_path):
     )
     monitored.callback_metrics.update({"val_acc": torch.tensor(0.5)})
     assert summary_metric(monitored) == "val_bpb"
+
+
+def test_a_command_beside_lightning_cli_is_dispatched_and_listed(monkeypatch, capsys):
+    """How a new subcommand (e.g. `finish`) plugs in: an entry in EXTRA_COMMANDS."""
+    from amuse_lightning.lightning import cli
+    from amuse_lightning.lightning.errors import ConfigError
+
+    seen = []
+
+    def run(argv: list[str]) -> int:
+        seen.append(argv)
+        if argv == ["--bad"]:
+            raise ConfigError("is not a flag of demo", key="--bad")
+        return 0
+
+    monkeypatch.setitem(cli.EXTRA_COMMANDS, "demo", cli.Command("a test command", run))
+    assert main(["demo", "a.ckpt", "--steps=3"]) == 0 and seen == [["a.ckpt", "--steps=3"]]
+    assert main(["demo", "--bad"]) == 2
+    assert capsys.readouterr().err == "amuse-lightning: error: --bad: is not a flag of demo\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "demo: a test command" in " ".join(capsys.readouterr().out.split())

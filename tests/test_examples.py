@@ -135,6 +135,7 @@ def test_fashion_mnist_reads_idx_files_from_root(tmp_path):
 def test_fashion_mnist_offline_without_files_names_the_folders(tmp_path, monkeypatch):
     module = "amuse_lightning.examples.data.fashion_mnist"
     monkeypatch.setattr(f"{module}.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    (tmp_path / "empty").mkdir()
     dm = FashionMNISTDataModule(root=str(tmp_path / "empty"), download=False)
     with pytest.raises(FileNotFoundError, match="empty") as err:
         dm.setup()
@@ -217,7 +218,7 @@ def test_warmup_fraction_helpers():
 def test_resnet_learns_synthetic_data_and_ends_holding_x():
     pl.seed_everything(0)
     dm = SyntheticImageDataModule(num_classes=4, image_size=16, num_train=384, val_size=64)
-    model = ResNetClassifier(num_classes=4, width=8, num_blocks=(1, 1, 1, 1))
+    model = ResNetClassifier(num_classes=4, width=8, num_blocks=(1, 1, 1, 1), warmup_fraction=0.05)
     trainer = quiet_trainer(max_epochs=3, callbacks=[AmuseCallback(bn_recalibration_batches=4)])
     trainer.fit(model, dm)
     optimizer = trainer.optimizers[0]
@@ -251,6 +252,7 @@ def test_non_amuse_optimizer_trains_with_a_warning_about_warmup():
         width=4,
         num_blocks=(1, 1, 1, 1),
         optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+        warmup_fraction=0.05,
     )
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:

@@ -100,6 +100,7 @@ def report_lines():
 def test_mixin_trains_two_steps_with_real_amuse(report_lines) -> None:
     recorder = Recorder(lr=0.05, warmup_steps=2)
     model = TinyNet(optimizer=recorder)
+    model.partition_report = "full"
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer = quiet_trainer()
     with warnings.catch_warnings():
@@ -121,6 +122,23 @@ def test_mixin_trains_two_steps_with_real_amuse(report_lines) -> None:
     record = getattr(model, PARTITION_ATTR)
     assert record["conv1.weight"]["use_muon"] is False and record["conv2.weight"]["use_muon"]
     assert "stem" in record["conv1.weight"]["reason"]
+
+
+@pytest.mark.parametrize("style", ["compact", "none"])
+def test_partition_report_style_decides_what_fit_logs(report_lines, style) -> None:
+    model = TinyNet(optimizer=Recorder(warmup_steps=2))
+    if style != "compact":  # compact is the default
+        model.partition_report = style
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet_trainer(max_steps=1).fit(model, loader(8))
+    text = "\n".join(report_lines)
+    if style == "none":
+        assert "AMUSE partition" not in text
+        return
+    assert "AMUSE partition of TinyNet: Muon 2 tensors" in text
+    assert "stem: first conv" in text and "classifier head" in text
+    assert "hidden.bias" not in text  # one row per kind: 1-D tensors are not all listed
 
 
 def test_default_optimizer_is_amuse_with_its_defaults() -> None:

@@ -1,6 +1,7 @@
 """Runnable examples for the ``amuse-lightning`` CLI: CIFAR-style ResNets and timm ViTs trained
 with AMUSE on Fashion-MNIST, CIFAR-10/100 and ImageNet-layout folders, and a byte-level GPT on
-the Python standard library's source (configs in ``configs/``)."""
+the Python standard library's source (configs in ``amuse_lightning/configs/``, run by name:
+``amuse-lightning fit --config fashion_mnist_resnet``)."""
 
 from amuse_lightning.examples.char_gpt import CharGPT, CharGPTModule, build_char_gpt
 from amuse_lightning.examples.classifier import ImageClassifier, ResNetClassifier, TimmClassifier

@@ -22,7 +22,8 @@ at the end of ``fit`` it prints ``val_loss=... val_bpb=...`` of the last validat
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
@@ -31,7 +32,7 @@ from torch import nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
-from amuse_lightning.examples.classifier import warmup_steps_from_fraction, with_warmup_steps
+from amuse_lightning.examples.warmup import apply_warmup_fraction, check_warmup_settings
 from amuse_lightning.lightning.mixin import AmuseMixin, default_amuse_factory
 from amuse_lightning.partition import Partition
 
@@ -202,7 +203,8 @@ class CharGPTModule(AmuseMixin, LightningModule):
         weight_decay: weight decay of the matrices (``None``: the optimizer's); 1-D tensors
             get none.
         warmup_fraction: ``warmup_steps = max(2, round(f * total optimizer steps))``; ``None``
-            keeps the optimizer's own ``warmup_steps``.
+            (default) keeps the optimizer's own ``warmup_steps``; setting both is an error
+            (:mod:`amuse_lightning.examples.warmup`).
         muon_patterns, fallback_patterns: parameter-name globs forcing a side of the partition.
         print_summary: print ``val_loss=... val_bpb=...`` when ``fit`` ends (rank 0).
     """
@@ -221,14 +223,13 @@ class CharGPTModule(AmuseMixin, LightningModule):
         optimizer: OptimizerCallable | None = None,
         fallback_lr: float | None = None,
         weight_decay: float | None = None,
-        warmup_fraction: float | None = 0.05,
+        warmup_fraction: float | None = None,
         muon_patterns: Sequence[str] = (),
         fallback_patterns: Sequence[str] = (),
         print_summary: bool = True,
     ) -> None:
         super().__init__()
-        if warmup_fraction is not None:
-            warmup_steps_from_fraction(warmup_fraction, 1)  # validates the range
+        check_warmup_settings(warmup_fraction, optimizer)
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = build_char_gpt(
             vocab_size, width, depth, heads, context, tie_embeddings, mlp_ratio, norm, dropout
@@ -244,20 +245,19 @@ class CharGPTModule(AmuseMixin, LightningModule):
     def amuse_param_groups(self, partition: Partition) -> list[dict]:
         return partition.param_groups(weight_decay=self.weight_decay, fallback_lr=self.fallback_lr)
 
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """Check parsed ``init_args`` before anything is built (the CLI calls this)."""
+        check_warmup_settings(init_args.get("warmup_fraction"), init_args.get("optimizer"))
+
     def configure_optimizers(self) -> Optimizer:
         """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set."""
         factory = self.optimizer or default_amuse_factory(**LM_AMUSE_DEFAULTS)
         if self.warmup_fraction is not None:
             total = float(self.trainer.estimated_stepping_batches)
-            steps = warmup_steps_from_fraction(self.warmup_fraction, total)
-            rebuilt = None if steps is None else with_warmup_steps(factory, steps)
-            if rebuilt is None:
-                raise ValueError(
-                    f"warmup_fraction={self.warmup_fraction} needs a known run length "
-                    f"({total} steps) and an optimizer taking warmup_steps; set "
-                    "max_steps/max_epochs or warmup_fraction=null"
-                )
-            factory, self.resolved_warmup_steps = rebuilt, steps
+            factory, steps = apply_warmup_fraction(factory, self.warmup_fraction, total)
+            if steps is not None:
+                self.resolved_warmup_steps = steps
         original, self.optimizer = self.optimizer, factory
         try:
             return super().configure_optimizers()

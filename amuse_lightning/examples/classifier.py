@@ -6,10 +6,16 @@ norms, biases and tokens) and hands the groups to ``optimizer``: a LightningCLI
 ``OptimizerCallable`` (YAML ``class_path: amuse_lightning.optim.AMUSE`` + ``init_args``). Without
 one, AMUSE gets the vision defaults ``lr=1e-2, beta1=0.8, rho=0.3``.
 
-Warmup as a fraction of the run: with ``warmup_fraction=f`` (default 0.05) the optimizer is built
-with ``warmup_steps = max(2, round(f * trainer.estimated_stepping_batches))``, overriding the
-factory's own ``warmup_steps``; set ``warmup_fraction: null`` to keep the factory's value. Only
-optimizers whose constructor takes ``warmup_steps`` (AMUSE, SFMuon) receive it.
+Warmup: by default the optimizer's own ``warmup_steps`` runs (what ``--print_config`` shows).
+``warmup_fraction=f`` instead builds the optimizer with
+``warmup_steps = max(2, round(f * trainer.estimated_stepping_batches))`` and logs the count; it
+is an error next to an optimizer ``warmup_steps`` other than the optimizer's default (see
+:mod:`amuse_lightning.examples.warmup`). Only optimizers whose constructor takes
+``warmup_steps`` (AMUSE, SFMuon) receive it.
+
+Settings are checked before anything is built: ``check_init_args`` (called by the
+``amuse-lightning`` CLI when the config is parsed, and by ``__init__``) raises
+:class:`~amuse_lightning.lightning.errors.ConfigError` naming the argument.
 
 Loss: cross-entropy with ``label_smoothing`` on integer labels; on soft targets (a Mixup/CutMix
 batch, shape ``(batch, classes)``) timm's ``SoftTargetCrossEntropy``
@@ -19,9 +25,7 @@ labels only), ``val_acc``/``test_acc`` top-1, and for :class:`TimmClassifier` ``
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,6 +36,13 @@ from torch import nn
 from torch.optim import Optimizer
 
 from amuse_lightning.examples.models import CifarResNet
+from amuse_lightning.examples.timm_names import check_timm_model_name
+from amuse_lightning.examples.warmup import (
+    apply_warmup_fraction,
+    check_warmup_settings,
+    warmup_steps_from_fraction,
+)
+from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import (
     default_amuse_factory,
     optimizer_class_of,
@@ -53,19 +64,6 @@ VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
 """AMUSE settings for a classifier given no ``optimizer`` (docs/algorithm.md#hyperparameters)."""
 
 
-def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
-    """``max(2, round(fraction * total_steps))``, or ``None`` when the run length is unknown.
-
-    The floor is 2 because one warmup step anchors AMUSE's beta schedule at ``c_1 = 1``, which
-    sends ``beta_t`` to 1 (gradients taken at ``x`` only) from the second step on.
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1], got {fraction}")
-    if not math.isfinite(total_steps) or total_steps <= 0:
-        return None
-    return max(2, round(fraction * total_steps))
-
-
 class ImageClassifier(AmuseMixin, LightningModule):
     """Shared training/eval steps of the example classifiers (subclasses set ``self.model``).
 
@@ -75,7 +73,7 @@ class ImageClassifier(AmuseMixin, LightningModule):
         optimizer: ``param_groups -> Optimizer``; ``None`` builds AMUSE with
             :data:`VISION_AMUSE_DEFAULTS`.
         warmup_fraction: warmup length as a fraction of the total optimizer steps (see module
-            docstring); ``None`` keeps the optimizer's ``warmup_steps``.
+            docstring); ``None`` (default) keeps the optimizer's ``warmup_steps``.
         muon_patterns, fallback_patterns: parameter-name globs forcing a side of the partition.
         top_k: extra top-k accuracy logged as ``*_acc_top{k}`` (``None``/1: none).
     """
@@ -85,14 +83,13 @@ class ImageClassifier(AmuseMixin, LightningModule):
         num_classes: int,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable | None = None,
-        warmup_fraction: float | None = 0.05,
+        warmup_fraction: float | None = None,
         muon_patterns: Sequence[str] = (),
         fallback_patterns: Sequence[str] = (),
         top_k: int | None = None,
     ) -> None:
         super().__init__()
-        if warmup_fraction is not None:
-            warmup_steps_from_fraction(warmup_fraction, 1)  # validates the range
+        check_warmup_settings(warmup_fraction, optimizer)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.optimizer = optimizer
@@ -112,31 +109,25 @@ class ImageClassifier(AmuseMixin, LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------
 
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """Check parsed ``init_args`` (YAML values) before anything is built; raises
+        :class:`ConfigError` naming the argument."""
+        check_warmup_settings(init_args.get("warmup_fraction"), init_args.get("optimizer"))
+
     def configure_optimizers(self) -> Optimizer:
         """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set."""
         factory = self.optimizer or default_amuse_factory(**VISION_AMUSE_DEFAULTS)
         if self.warmup_fraction is not None:
-            factory = self._with_fraction_warmup(factory)
+            total = float(self.trainer.estimated_stepping_batches)
+            factory, steps = apply_warmup_fraction(factory, self.warmup_fraction, total)
+            if steps is not None:
+                self.resolved_warmup_steps = steps
         original, self.optimizer = self.optimizer, factory
         try:
             return super().configure_optimizers()
         finally:
             self.optimizer = original
-
-    def _with_fraction_warmup(self, factory: OptimizerCallable) -> OptimizerCallable:
-        total = float(self.trainer.estimated_stepping_batches)
-        steps = warmup_steps_from_fraction(self.warmup_fraction, total)
-        rebuilt = None if steps is None else with_warmup_steps(factory, steps)
-        if rebuilt is None:
-            warnings.warn(
-                f"warmup_fraction={self.warmup_fraction} ignored: the run length is unknown "
-                f"({total} steps) or the optimizer takes no warmup_steps; set max_epochs/max_steps "
-                "or warmup_fraction=null",
-                stacklevel=2,
-            )
-            return factory
-        self.resolved_warmup_steps = steps
-        return rebuilt
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -209,7 +200,7 @@ class ResNetClassifier(ImageClassifier):
         label_smoothing: float = 0.0,
         channels_last: bool = True,
         optimizer: OptimizerCallable | None = None,
-        warmup_fraction: float | None = 0.05,
+        warmup_fraction: float | None = None,
         muon_patterns: Sequence[str] = (),
         fallback_patterns: Sequence[str] = (),
     ) -> None:
@@ -266,7 +257,7 @@ class TimmClassifier(ImageClassifier):
         layer_decay: float | None = 0.75,
         label_smoothing: float = 0.1,
         optimizer: OptimizerCallable | None = None,
-        warmup_fraction: float | None = 0.05,
+        warmup_fraction: float | None = None,
         muon_patterns: Sequence[str] = (),
         fallback_patterns: Sequence[str] = (),
         top_k: int | None = 5,
@@ -276,12 +267,20 @@ class TimmClassifier(ImageClassifier):
             fallback_patterns, top_k,
         )  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"])
-        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1] or null, got {layer_decay}")
+        _check_layer_decay(layer_decay)
+        check_timm_model_name(model_name)
         self.layer_decay = layer_decay
         self.model = self._create_model(
             model_name, pretrained, pretrained_file, checkpoint_path, drop_path_rate, model_kwargs
         )
+
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """As :meth:`ImageClassifier.check_init_args`, plus the timm model name (unknown names
+        get the closest ones) and ``layer_decay``."""
+        super().check_init_args(init_args)
+        _check_layer_decay(init_args.get("layer_decay"))
+        check_timm_model_name(init_args.get("model_name"))
 
     def _create_model(
         self,
@@ -306,3 +305,8 @@ class TimmClassifier(ImageClassifier):
             drop_path_rate=drop_path_rate,
             **kwargs,
         )
+
+
+def _check_layer_decay(layer_decay: float | None) -> None:
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ConfigError(f"must be in (0, 1] or null, got {layer_decay}", key="layer_decay")

@@ -2,39 +2,119 @@
 
 Examples::
 
-    amuse-lightning fit --config configs/fashion_mnist_resnet.yaml
-    amuse-lightning fit --config configs/cifar10_resnet18.yaml --trainer.max_epochs 10
-    amuse-lightning test --config configs/fashion_mnist_resnet.yaml --ckpt_path <run>/last.ckpt
-    amuse-lightning fit --config configs/fashion_mnist_resnet.yaml --print_config
-    python -m amuse_lightning.lightning.cli fit --config ...
+    amuse-lightning fit --config fashion_mnist_resnet          # a config shipped with the package
+    amuse-lightning fit --config cifar10_resnet18 --trainer.max_epochs 10
+    amuse-lightning fit --config my_run.yaml                   # any path
+    amuse-lightning test --config fashion_mnist_resnet --ckpt_path <run>/last.ckpt
+    amuse-lightning fit --config fashion_mnist_resnet --print_config
+    amuse-lightning --version
+    python -m amuse_lightning fit --config ...
 
 Any ``LightningModule`` / ``LightningDataModule`` subclass can be named with ``class_path``
 (subclass mode). What this CLI adds to plain ``LightningCLI``:
 
+- ``--config NAME`` finds the YAML configs installed with the package (:mod:`.cli_config`).
+- The parsed config is checked before anything is built (:mod:`.cli_checks`): optimizer
+  arguments by the optimizer's own rules, and each model / datamodule class's
+  ``check_init_args``. A setting that cannot work, and a value jsonargparse rejects, is one line
+  ``amuse-lightning: error: <yaml key>: <what to change>`` and exit status 2, not a traceback
+  (``AMUSE_LIGHTNING_DEBUG=1`` shows the traceback). A successful run exits with status 0.
 - ``--amuse_callback`` (default true): when the model is an ``AmuseMixin`` module and the
   configured callbacks hold no :class:`~amuse_lightning.lightning.callback.AmuseCallback`, one
   ``AmuseCallback()`` is added, so validation, checkpoints and the model after ``fit`` are the
   averaged weights ``x``. Configure it under ``trainer.callbacks`` to change its settings; it is
   never added twice.
+- ``--partition_report full|compact|none``: how much of the Muon/fallback partition an
+  ``AmuseMixin`` model logs at fit start (default: the model's, ``compact``).
 - After ``fit``: a one-paragraph summary (last and best validation accuracy of ``x``, the
   checkpoint paths, time). With ``--test_after_fit true`` the final model (``x``) is then tested
   and ``test_acc=0.xxxx`` printed; ``test`` prints the same line.
 - No automatic ``--optimizer``/``--lr_scheduler`` groups: the optimizer is the model's
   ``optimizer`` argument (``--model.optimizer``), which receives the Muon/fallback param groups.
+
+More commands: :data:`EXTRA_COMMANDS` maps a name to a :class:`Command` that :func:`main` runs
+instead of LightningCLI when it is the first argument (see :func:`main`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from amuse_lightning.lightning.cli_checks import check_parsed_config
+from amuse_lightning.lightning.cli_config import (
+    AmuseArgumentParser,
+    ConfigFileOrName,
+    condense_parser_message,
+    shipped_configs,
+)
+from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import builds_schedule_free
 
-__all__ = ["AmuseLightningCLI", "fit_summary", "main", "prediction_summary"]
+__all__ = [
+    "EXTRA_COMMANDS",
+    "AmuseLightningCLI",
+    "Command",
+    "fit_summary",
+    "main",
+    "prediction_summary",
+    "run_cli",
+    "version_line",
+]
+
+PROG = "amuse-lightning"
+DEBUG_ENV = "AMUSE_LIGHTNING_DEBUG"
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command answered beside LightningCLI: ``run(argv) -> exit status``."""
+
+    help: str
+    run: Callable[[list[str]], int]
+
+
+#: Commands :func:`main` runs instead of LightningCLI when their name is the first argument;
+#: ``--help`` lists them. Add one with ``EXTRA_COMMANDS["name"] = Command("...", run)``.
+EXTRA_COMMANDS: dict[str, Command] = {}
+
+
+def version_line() -> str:
+    """``amuse-lightning 0.1.0 (torch ..., lightning ..., timm ...)``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import amuse_lightning
+
+    found = []
+    for name in ("torch", "lightning", "timm"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            continue
+    return f"{PROG} {amuse_lightning.__version__} ({', '.join(found)})"
+
+
+def description() -> str:
+    """The text ``amuse-lightning --help`` starts with."""
+    lines = [
+        "Train and evaluate LightningModules with AMUSE: Muon updates for hidden matrices, "
+        "Schedule-Free averaging, no learning-rate schedule. Validation, test, predict and "
+        "checkpoints see the averaged model x.",
+        f"Configs shipped with the package (--config NAME): {', '.join(shipped_configs())}.",
+    ]
+    if EXTRA_COMMANDS:
+        more = "; ".join(f"{name}: {cmd.help}" for name, cmd in sorted(EXTRA_COMMANDS.items()))
+        lines.append(f"More commands ({PROG} NAME --help): {more}.")
+    return "\n".join(lines)
 
 
 def _has_amuse_callback(callbacks: list[Callback]) -> bool:
@@ -116,8 +196,55 @@ class AmuseLightningCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("parser_class", AmuseArgumentParser)
+        kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description()})
         self._fit_started: float | None = None
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """LightningCLI's parser, with ``--config`` also taking the name of a shipped config."""
+        import lightning.pytorch as pl
+
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = self.parser_class(**kwargs)
+        parser.add_argument(
+            "-c",
+            "--config",
+            action=ConfigFileOrName,
+            help="A YAML/JSON config: a path, or the name of a config shipped with the package "
+            f"({', '.join(shipped_configs())}).",
+        )
+        return parser
+
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        self.parser.add_argument("--version", action="version", version=version_line())
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check the config before anything is built (see :mod:`.cli_checks`)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        check_parsed_config(self.config[subcommand] if subcommand else self.config)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer; a ``ValueError`` or Lightning's
+        ``MisconfigurationException`` from a constructor is a :class:`ConfigError`."""
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (ValueError, MisconfigurationException) as err:
+            reason = condense_parser_message(str(err))
+            raise ConfigError(f"the config cannot be built: {reason}") from err
+
+    def after_instantiate_classes(self) -> None:
+        from amuse_lightning.lightning.mixin import AmuseMixin
+
+        report = self._setting("partition_report")
+        if report is not None and isinstance(self.model, AmuseMixin):
+            self.model.partition_report = report
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -131,6 +258,14 @@ class AmuseLightningCLI(LightningCLI):
             type=bool,
             default=False,
             help="After fit, test the final (averaged) model and print test_acc=0.xxxx.",
+        )
+        parser.add_argument(
+            "--partition_report",
+            type=Literal["full", "compact", "none"] | None,
+            default=None,
+            help="How much of the Muon/fallback partition an AmuseMixin model logs at fit "
+            "start: one row per tensor, per kind of tensor, or nothing (default: the model's "
+            "partition_report, 'compact').",
         )
 
     def _setting(self, key: str) -> Any:
@@ -180,15 +315,37 @@ class AmuseLightningCLI(LightningCLI):
             print(f"test_acc={float(acc):.4f}", flush=True)
 
 
-def main(args: Any = None) -> AmuseLightningCLI:
-    """Console-script entry point (``amuse-lightning``); ``args`` as for ``LightningCLI``."""
-    return AmuseLightningCLI(
-        LightningModule,
-        LightningDataModule,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+def run_cli(args: Any = None, **kwargs: Any) -> AmuseLightningCLI:
+    """Run the CLI and return it (for Python callers and tests); errors propagate.
+
+    ``args`` as for ``LightningCLI`` (``None``: ``sys.argv``); ``kwargs`` go to
+    :class:`AmuseLightningCLI` (e.g. ``run=False``).
+    """
+    kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    return AmuseLightningCLI(LightningModule, LightningDataModule, args=args, **kwargs)
+
+
+def main(args: list[str] | None = None) -> int:
+    """The ``amuse-lightning`` command: the exit status (0 after a successful run).
+
+    The first argument picks the command: a name in :data:`EXTRA_COMMANDS` runs that command
+    with the remaining arguments; anything else goes to LightningCLI (``fit``, ``validate``,
+    ``test``, ``predict``, ``--help``, ``--version``). A :class:`ConfigError` (a setting the
+    user can change) is printed as one line and gives status 2; parse errors exit with 2 from
+    the parser; other exceptions propagate with their traceback.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            return EXTRA_COMMANDS[argv[0]].run(argv[1:])
+        run_cli(None if args is None else argv)
+    except ConfigError as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,13 +9,18 @@ A *factory* maps the Muon/fallback param groups to one optimizer: a class, a
   callback, the mixin and the CLI.
 - :func:`optimizer_class_of`: which class a factory builds, when that can be told.
 - :func:`with_warmup_steps`: the factory rebuilt with another ``warmup_steps``.
+- :func:`factory_keywords`, :func:`changed_argument`: which arguments a factory sets, and which
+  of them differ from the optimizer's own defaults (what the user changed).
+- :func:`factory_from_config`: a ``{"class_path", "init_args"}`` spec (a parsed YAML optimizer)
+  as a factory, so that a configuration can be checked before anything is built.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch.optim import Optimizer
@@ -26,7 +31,10 @@ __all__ = [
     "AmuseFactory",
     "OptimizerFactory",
     "builds_schedule_free",
+    "changed_argument",
     "default_amuse_factory",
+    "factory_from_config",
+    "factory_keywords",
     "is_schedule_free",
     "optimizer_class_of",
     "with_warmup_steps",
@@ -109,3 +117,54 @@ def with_warmup_steps(factory: OptimizerFactory, warmup_steps: int) -> Optimizer
     if cls is None or "warmup_steps" not in inspect.signature(cls).parameters:
         return None
     return functools.partial(factory, warmup_steps=warmup_steps)
+
+
+def factory_keywords(factory: Any) -> dict[str, Any]:
+    """The keyword arguments ``factory`` passes to its optimizer, as far as they can be told
+    (an :class:`AmuseFactory`'s, a ``partial``'s, nested partials merged; ``{}`` otherwise)."""
+    if isinstance(factory, AmuseFactory):
+        return dict(factory.kwargs)
+    if not isinstance(factory, functools.partial):
+        return {}
+    inner: dict[str, Any] = {}
+    for candidate in (factory.func, *factory.args):
+        if isinstance(candidate, (functools.partial, AmuseFactory)):
+            inner = factory_keywords(candidate)
+    return {**inner, **factory.keywords}
+
+
+def changed_argument(factory: Any, name: str) -> Any | None:
+    """The value ``factory`` passes for argument ``name`` when it differs from the optimizer's
+    default (the user changed it), else ``None``.
+
+    A parsed YAML optimizer carries every argument, defaults included, so "given" can only be
+    told as "different from the default".
+    """
+    cls = optimizer_class_of(factory)
+    kwargs = factory_keywords(factory)
+    if cls is None or name not in kwargs:
+        return None
+    parameter = inspect.signature(cls).parameters.get(name)
+    if parameter is None or kwargs[name] == parameter.default:
+        return None
+    return kwargs[name]
+
+
+def import_class_path(path: str) -> Any:
+    """The object named by a dotted ``class_path`` (``amuse_lightning.AMUSE``)."""
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ImportError(f"class_path {path!r} needs a module: write package.module.Class")
+    return getattr(importlib.import_module(module), name)
+
+
+def factory_from_config(spec: Any) -> OptimizerFactory | None:
+    """A factory from a parsed optimizer spec ``{"class_path": ..., "init_args": {...}}``;
+    ``None`` for anything else (``None``, a spec whose class cannot be imported)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
+        return None
+    try:
+        cls = import_class_path(spec["class_path"])
+    except (ImportError, AttributeError):
+        return None
+    return functools.partial(cls, **dict(spec.get("init_args") or {}))

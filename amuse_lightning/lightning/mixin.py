@@ -55,6 +55,7 @@ class AmuseMixin:
     muon_patterns: Sequence[str] = ()
     fallback_patterns: Sequence[str] = ()
     layer_decay: float | None = None
+    partition_report: str = "compact"
 
     def amuse_partition(self) -> Partition:
         """The partition of this module, recomputed when its parameters or settings change."""
@@ -88,7 +89,9 @@ class AmuseMixin:
         self.__dict__.pop("_amuse_partition_cache", None)
         partition = self.amuse_partition()
         groups = self.amuse_param_groups(partition)
-        rank_zero_info(partition.report())
+        report = partition.report(self.partition_report)
+        if report:
+            rank_zero_info(report)
         setattr(self, PARTITION_ATTR, partition.by_name())
         factory = self.optimizer if self.optimizer is not None else default_amuse_factory()
         optimizer = factory(groups)

@@ -28,10 +28,11 @@ layer-wise lr multipliers. Nothing here imports Lightning.
 
 from .groups import uses_muon
 from .layer_decay import layer_decay_scales
-from .result import ParamAssignment, Partition
+from .result import REPORT_STYLES, ParamAssignment, Partition
 from .rules import TOKEN_NAME_PARTS, partition_parameters
 
 __all__ = [
+    "REPORT_STYLES",
     "TOKEN_NAME_PARTS",
     "ParamAssignment",
     "Partition",

@@ -9,6 +9,20 @@ from torch import nn
 
 from .report import fmt_shape, table
 
+#: What :meth:`Partition.report` can print: every tensor, one row per kind, or nothing.
+REPORT_STYLES: tuple[str, ...] = ("full", "compact", "none")
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a reason, without its details: ``"hidden matrix (Linear 8->4)"`` ->
+    ``"hidden matrix"``, ``"stem: first conv (conv1)"`` -> ``"stem: first conv"``."""
+    return reason.split(";")[0].split(" (")[0].strip()
+
+
+def _first_names(names: list[str], count: int = 2) -> str:
+    shown = ", ".join(names[:count])
+    return shown + (f", ... (+{len(names) - count})" if len(names) > count else "")
+
 
 @dataclass(frozen=True)
 class ParamAssignment:
@@ -123,15 +137,41 @@ class Partition:
                 "build it from the same module (e.g. layer_decay_scales(module, decay))."
             )
 
-    def report(self) -> str:
-        """A readable table: totals per side, then one row per tensor (name, shape, side, why)."""
+    def report(self, style: str = "full") -> str:
+        """A readable report; ``style`` picks how much of it.
+
+        ``"full"``: totals per side, then one row per tensor (name, shape, side, why).
+        ``"compact"``: totals per side, then one row per (side, kind of reason) with the count,
+        the elements and the first names, so a ViT-B fits in a dozen lines.
+        ``"none"``: the empty string.
+        """
+        if style not in REPORT_STYLES:
+            raise ValueError(f"style must be one of {REPORT_STYLES}, got {style!r}")
+        if style == "none":
+            return ""
         lines = [self._summary_line()]
+        if style == "compact":
+            return "\n".join(lines + self._compact_rows())
         rows = [(a.name, fmt_shape(a.shape), a.side, a.reason) for a in self.assignments]
         lines += table(("name", "shape", "side", "reason"), rows)
         if self.skipped:
             lines.append("skipped:")
             lines += table(("name", "reason"), self.skipped)
         return "\n".join(lines)
+
+    def _compact_rows(self) -> list[str]:
+        kinds: dict[tuple[str, str], list[ParamAssignment]] = {}
+        for a in self.assignments:
+            kinds.setdefault((a.side, reason_kind(a.reason)), []).append(a)
+        rows = [
+            (side, str(len(items)), f"{sum(a.param.numel() for a in items):,}", kind,
+             _first_names([a.name for a in items]))
+            for (side, kind), items in sorted(kinds.items(), key=lambda kv: kv[0][0] != "muon")
+        ]  # fmt: skip
+        if self.skipped:
+            names = _first_names([name for name, _ in self.skipped])
+            rows.append(("skipped", str(len(self.skipped)), "", "frozen or tied", names))
+        return table(("side", "tensors", "elements", "kind", "e.g."), rows)
 
     def _summary_line(self) -> str:
         def count(items: list[ParamAssignment]) -> str:

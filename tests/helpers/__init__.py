@@ -6,6 +6,7 @@
   its data, and the cached single-process references their results are checked against;
 * :mod:`tests.helpers.trainers` - a quiet Lightning ``Trainer`` factory;
 * :mod:`tests.helpers.fashion` - a fake Fashion-MNIST in the idx format;
+* :mod:`tests.helpers.partition_models` - the small models the partition tests share;
 * :mod:`tests.helpers.spawn` - start gloo worker processes and collect what each rank saved.
 
 (``tests/callback_testkit.py`` holds the recording module and oracles of the callback tests.)

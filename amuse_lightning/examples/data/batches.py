@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from amuse_lightning.lightning.errors import ConfigError
+
 from .sampler import mixed_seed
 
 __all__ = ["BatchAugment", "IndexedDataset", "TensorImageDataset", "split_train_val"]
@@ -122,7 +124,7 @@ def split_train_val(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A seeded random split of ``range(num_samples)`` into train and validation indices."""
     if not 0 <= val_size < num_samples:
-        raise ValueError(
+        raise ConfigError(
             f"val_size must be in [0, {num_samples}) for a training set of {num_samples}, "
             f"got {val_size}"
         )

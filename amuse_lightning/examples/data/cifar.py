@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from amuse_lightning.lightning.errors import ConfigError, DataNotFoundError, did_you_mean
 
 from .in_memory import InMemoryImageDataModule
 
@@ -43,8 +46,7 @@ class CIFARDataModule(InMemoryImageDataModule):
         eval_batch_size: int | None = None,
         shuffle_seed: int | None = None,
     ) -> None:
-        if dataset not in CIFAR_STATS:
-            raise ValueError(f"dataset must be one of {sorted(CIFAR_STATS)}, got {dataset!r}")
+        _check_dataset(dataset)
         super().__init__(
             batch_size, val_size, split_seed, num_workers, augment, crop_padding, eval_batch_size,
             shuffle_seed,
@@ -53,6 +55,20 @@ class CIFARDataModule(InMemoryImageDataModule):
         self.dataset = dataset
         self.download = download
         self.mean, self.std, self.num_classes, self.folder = CIFAR_STATS[dataset]
+
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """Parse-time check (the CLI calls it): the dataset name, and without ``download`` the
+        extracted archive under ``root``."""
+        dataset = init_args.get("dataset", "cifar10")
+        _check_dataset(dataset)
+        expected = Path(init_args.get("root", "data")) / CIFAR_STATS[dataset][3]
+        if not init_args.get("download", True) and not expected.is_dir():
+            raise DataNotFoundError(
+                f"{expected} is missing and download is false; extract the python-version "
+                "archive there, point root at its parent, or set download: true",
+                key="root",
+            )
 
     def prepare_data(self) -> None:
         self._datasets()
@@ -67,7 +83,7 @@ class CIFARDataModule(InMemoryImageDataModule):
             test = cls(self.root, train=False, download=self.download)
         except Exception as err:
             hint = "" if self.download else "; set data.init_args.download=true to fetch it"
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{self.dataset} not found in {expected} and not downloadable ({err}); "
                 "extract the python-version archive from "
                 f"https://www.cs.toronto.edu/~kriz/cifar.html so that {expected} exists, "
@@ -83,3 +99,9 @@ class CIFARDataModule(InMemoryImageDataModule):
             return images.contiguous(), torch.as_tensor(ds.targets)
 
         return (*to_tensors(train), *to_tensors(test))
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in CIFAR_STATS:
+        hint = did_you_mean(dataset, CIFAR_STATS)
+        raise ConfigError(f"must be one of {sorted(CIFAR_STATS)}, got {dataset!r}{hint}", "dataset")

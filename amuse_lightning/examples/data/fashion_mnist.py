@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from amuse_lightning.lightning.errors import DataNotFoundError
 
 from .in_memory import InMemoryImageDataModule
 
@@ -47,13 +51,15 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 class FashionMNISTDataModule(InMemoryImageDataModule):
     """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes).
 
-    Files are looked for, in order, in ``root``, ``root/FashionMNIST/raw`` and Debian's
-    ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``); the idx ``.gz``
-    files are parsed directly. If none has them, torchvision downloads the data into ``root``
-    (``data/`` when ``root`` is ``None``).
+    With ``root`` set, the four idx files are read from ``root`` or ``root/FashionMNIST/raw``
+    (``.gz`` or unpacked); if neither has them, torchvision downloads them into ``root``
+    (``download=True``), else it is an error. A ``root`` that does not exist is an error: it is
+    never replaced by another folder. With ``root=None`` the files come from Debian's
+    ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``), else torchvision
+    downloads them into ``data/``.
 
     Args:
-        root: folder with the four idx files, or where to download them.
+        root: folder with the four idx files, or where to download them (must exist).
         download: allow torchvision to download when no local copy is found.
         crop_padding: zero padding of the random crop (2 for 28x28 images).
         (the rest as :class:`InMemoryImageDataModule`)
@@ -83,12 +89,18 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
         self.root = root
         self.download = download
 
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """Parse-time check (the CLI calls it): a ``root`` that is given must exist."""
+        _check_root(init_args.get("root"))
+
     def candidate_dirs(self) -> list[Path]:
-        """Folders searched for the idx files, in order."""
-        dirs = []
-        if self.root is not None:
-            dirs += [Path(self.root), Path(self.root) / "FashionMNIST" / "raw"]
-        return [*dirs, DEBIAN_FASHION_MNIST]
+        """Folders searched for the idx files, in order: ``root`` (and its torchvision layout)
+        when it is set, else Debian's package folder."""
+        if self.root is None:
+            return [DEBIAN_FASHION_MNIST]
+        _check_root(self.root)
+        return [Path(self.root), Path(self.root) / "FashionMNIST" / "raw"]
 
     def find_local(self) -> Path | None:
         """The first candidate folder holding all four idx files (``.gz`` or unpacked)."""
@@ -115,7 +127,7 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
     def _download(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         searched = ", ".join(str(d) for d in self.candidate_dirs())
         if not self.download:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"Fashion-MNIST idx files not found in {searched}; install Debian's "
                 "dataset-fashion-mnist, put the four *-ubyte.gz files in data.init_args.root, or "
                 "set data.init_args.download=true"
@@ -127,7 +139,7 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
             train = FashionMNIST(root, train=True, download=True)
             test = FashionMNIST(root, train=False, download=True)
         except Exception as err:  # offline: say where the files are expected
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"Fashion-MNIST not found in {searched} and the download into "
                 f"{Path(root) / 'FashionMNIST' / 'raw'} failed ({err}); copy the four "
                 "*-ubyte.gz files into one of those folders"
@@ -140,3 +152,13 @@ def _idx_file(folder: Path, name: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _check_root(root: str | None) -> None:
+    if root is not None and not Path(root).is_dir():
+        raise DataNotFoundError(
+            f"{root} does not exist; pass the folder holding the four Fashion-MNIST "
+            "*-ubyte.gz files (an existing empty folder to download into), or root: null for "
+            f"Debian's {DEBIAN_FASHION_MNIST} or a download into ./data",
+            key="root",
+        )

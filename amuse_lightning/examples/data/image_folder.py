@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, default_collate
+
+from amuse_lightning.examples.timm_names import check_timm_model_name
+from amuse_lightning.lightning.errors import DataNotFoundError
 
 from .sampler import EpochShuffleSampler
 
@@ -91,6 +95,26 @@ class ImageFolderDataModule(LightningDataModule):
         self.datasets: dict[str, Any] = {}
         self.num_classes: int | None = None
 
+    @classmethod
+    def check_init_args(cls, init_args: Mapping[str, Any]) -> None:
+        """Parse-time check (the CLI calls it): ``root`` and its validation folder exist, and
+        timm knows ``model_name``."""
+        root = init_args.get("root")
+        if root is None or not Path(root).is_dir():
+            raise DataNotFoundError(
+                f"{root} does not exist; pass the dataset folder, e.g. --data.init_args.root "
+                "/path/to/imagenet (it needs train/<class>/*.JPEG and val/<class>/*.JPEG)",
+                key="root",
+            )
+        val = Path(root) / init_args.get("val_dir", "val")
+        if not val.is_dir():
+            raise DataNotFoundError(
+                f"{val} is missing: the folder needs train/<class>/*.JPEG and "
+                "val/<class>/*.JPEG (or set train_dir / val_dir)",
+                key="root",
+            )
+        check_timm_model_name(init_args.get("model_name"))
+
     def data_config(self) -> dict[str, Any]:
         """timm's resolved data config (input size, interpolation, mean, std, crop)."""
         from timm.data import resolve_data_config
@@ -117,7 +141,7 @@ class ImageFolderDataModule(LightningDataModule):
     def _folder(self, name: str) -> Path:
         path = self.root / name
         if not path.is_dir():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{path} is missing: ImageFolderDataModule expects {self.root}/{self.train_dir}/"
                 f"<class>/*.jpg and {self.root}/{self.val_dir}/<class>/*.jpg; set "
                 "data.init_args.root (or train_dir/val_dir/test_dir)"

@@ -1,0 +1,85 @@
+"""Warmup as a fraction of the run, for the example LightningModules.
+
+The rule (what a printed config means):
+
+- ``warmup_fraction: null`` (the default): the optimizer's own ``warmup_steps`` runs, exactly
+  as ``--print_config`` shows it.
+- ``warmup_fraction: f``: the optimizer is built with
+  ``warmup_steps = max(2, round(f * trainer.estimated_stepping_batches))`` in place of its
+  default ``warmup_steps``, and the step count is logged when ``fit`` starts.
+- Both set (``warmup_fraction`` and an optimizer ``warmup_steps`` other than the optimizer's
+  default) is a :class:`~amuse_lightning.lightning.errors.ConfigError`: keep one of them.
+
+An optimizer that takes no ``warmup_steps`` (e.g. ``torch.optim.SGD``) or a run of unknown length
+keeps its settings, with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from amuse_lightning.lightning.errors import ConfigError
+from amuse_lightning.lightning.factories import (
+    OptimizerFactory,
+    changed_argument,
+    factory_from_config,
+    with_warmup_steps,
+)
+
+__all__ = ["apply_warmup_fraction", "check_warmup_settings", "warmup_steps_from_fraction"]
+
+
+def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
+    """``max(2, round(fraction * total_steps))``, or ``None`` when the run length is unknown.
+
+    The floor is 2 because one warmup step anchors AMUSE's beta schedule at ``c_1 = 1``, which
+    sends ``beta_t`` to 1 (gradients taken at ``x`` only) from the second step on.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"must be in [0, 1] or null, got {fraction}", key="warmup_fraction")
+    if not math.isfinite(total_steps) or total_steps <= 0:
+        return None
+    return max(2, round(fraction * total_steps))
+
+
+def check_warmup_settings(warmup_fraction: float | None, optimizer: Any) -> None:
+    """Raise :class:`ConfigError` for a ``warmup_fraction`` outside [0, 1], or one set next to
+    an explicit optimizer ``warmup_steps``. ``optimizer`` is a factory or a parsed
+    ``{"class_path", "init_args"}`` spec."""
+    if warmup_fraction is None:
+        return
+    warmup_steps_from_fraction(warmup_fraction, 1)  # the range
+    factory = factory_from_config(optimizer) or optimizer
+    steps = changed_argument(factory, "warmup_steps")
+    if steps is not None:
+        raise ConfigError(
+            f"{warmup_fraction} and the optimizer's warmup_steps={steps} both set the warmup; "
+            f"keep one: warmup_fraction: null runs {steps} warmup steps",
+            key="warmup_fraction",
+        )
+
+
+def apply_warmup_fraction(
+    factory: OptimizerFactory, warmup_fraction: float, total_steps: float
+) -> tuple[OptimizerFactory, int | None]:
+    """``factory`` rebuilt with the warmup of ``warmup_fraction`` of ``total_steps``, and that
+    step count (logged); ``(factory, None)`` with a warning when it cannot apply."""
+    steps = warmup_steps_from_fraction(warmup_fraction, total_steps)
+    rebuilt = None if steps is None else with_warmup_steps(factory, steps)
+    if rebuilt is None:
+        warnings.warn(
+            f"warmup_fraction={warmup_fraction} ignored: the run length is unknown "
+            f"({total_steps} steps) or the optimizer takes no warmup_steps; set "
+            "max_epochs/max_steps or warmup_fraction=null",
+            stacklevel=3,
+        )
+        return factory, None
+    rank_zero_info(
+        f"warmup_steps={steps}: warmup_fraction={warmup_fraction} of {total_steps:.0f} "
+        "optimizer steps (set warmup_fraction: null to use the optimizer's warmup_steps)"
+    )
+    return rebuilt, steps
