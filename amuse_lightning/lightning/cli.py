@@ -7,6 +7,7 @@ Examples::
     amuse-lightning fit --config my_run.yaml                   # any path
     amuse-lightning test --config fashion_mnist_resnet --ckpt_path <run>/last.ckpt
     amuse-lightning fit --config fashion_mnist_resnet --print_config
+    amuse-lightning finish --config fashion_mnist_resnet --ckpt_path <run>/last.ckpt --fraction 0.15
     amuse-lightning --version
     python -m amuse_lightning fit --config ...
 
@@ -86,6 +87,17 @@ class Command:
 #: Commands :func:`main` runs instead of LightningCLI when their name is the first argument;
 #: ``--help`` lists them. Add one with ``EXTRA_COMMANDS["name"] = Command("...", run)``.
 EXTRA_COMMANDS: dict[str, Command] = {}
+
+
+def _finish(argv: list[str]) -> int:
+    from amuse_lightning.lightning.finish_cli import run_finish
+
+    return run_finish(argv)
+
+
+EXTRA_COMMANDS["finish"] = Command(
+    "finish a run from its checkpoint with a short cooldown (--ckpt_path, --fraction)", _finish
+)
 
 
 def version_line() -> str:

@@ -16,14 +16,14 @@ checkpoint and validated. The source checkpoint is only read.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Trainer
 
 from amuse_lightning.averaging.finisher import COOLDOWN_SHAPES, COOLDOWN_STARTS
+from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.finish import finish_checkpoint
 
 __all__ = ["TRAINER_OPTIONS", "finish_parser", "run_finish"]
@@ -95,14 +95,22 @@ def finish_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_finish(argv: Sequence[str], build: Callable[[list[str]], Any]) -> int:
-    """Parse ``argv`` (after ``finish``), build the run with ``build(rest)`` (a LightningCLI
-    with ``run=False``: ``.model``, ``.datamodule``, ``.config``), finish, report; returns the
-    exit status (2 with one line on stderr for a user error)."""
+def run_finish(argv: Sequence[str], build: Callable[[list[str]], Any] | None = None) -> int:
+    """Parse ``argv`` (after ``finish``), build the run with ``build(rest)`` (default: the
+    ``amuse-lightning`` LightningCLI with ``run=False``: ``.model``, ``.datamodule``,
+    ``.config``), finish, report; returns 0. A setting the user can fix raises
+    :class:`~amuse_lightning.lightning.errors.ConfigError` (one line and status 2 from the
+    command)."""
     options, rest = finish_parser().parse_known_args(list(argv))
     source = Path(options.ckpt_path)
     if not source.is_file():
-        return _error(f"--ckpt_path {source} does not exist; pass the run's checkpoint file.")
+        raise ConfigError(f"{source} does not exist; pass the run's checkpoint file.", "ckpt_path")
+    if build is None:
+        from amuse_lightning.lightning.cli import run_cli
+
+        def build(rest: list[str]) -> Any:
+            return run_cli(rest, run=False, save_config_callback=None)
+
     output = Path(options.output or source.with_name(f"{source.stem}-finished.ckpt"))
     cli = build(rest)
     trainer_options = _trainer_options(cli.config)
@@ -113,8 +121,10 @@ def run_finish(argv: Sequence[str], build: Callable[[list[str]], Any]) -> int:
             lr_factor=options.lr_factor, bn_recalibration_batches=options.bn_batches,
             trainer_options=trainer_options,
         )  # fmt: skip
-    except ValueError as error:
-        return _error(str(error))
+    except ConfigError:
+        raise
+    except ValueError as error:  # the checkpoint or a cooldown setting: what to change
+        raise ConfigError(str(error)) from error
     print(
         f"Finished {source} (step {result.source_step}) with a {result.cooldown.steps}-step "
         f"{result.cooldown.shape} cooldown from {result.cooldown.start} (total "
@@ -132,15 +142,3 @@ def _trainer_options(config: Any) -> dict[str, Any]:
     trainer = config.get("trainer", {}) if hasattr(config, "get") else {}
     values = dict(trainer.items()) if hasattr(trainer, "items") else vars(trainer)
     return {k: values[k] for k in TRAINER_OPTIONS if k in values and values[k] is not None}
-
-
-def _error(message: str) -> int:
-    print(f"amuse-lightning finish: error: {message}", file=sys.stderr, flush=True)
-    return 2
-
-
-def build_with(cli_class: type, argv: list[str]) -> Any:
-    """The run's model, data and config from ``argv`` (a LightningCLI without running)."""
-    return cli_class(
-        LightningModule, LightningDataModule, args=argv, run=False, save_config_callback=None
-    )
