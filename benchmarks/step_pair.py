@@ -193,9 +193,8 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
             "step_peak_bytes": step_peak_bytes(opt, device),
             "weight_decay": WEIGHT_DECAY[n],
         }
-        workspace = getattr(opt, "_workspace", None)
-        if workspace is not None:
-            out["workspace_bytes"] = workspace.nbytes()
+        if hasattr(opt, "workspace_bytes"):
+            out["workspace_bytes"] = opt.workspace_bytes()
         return out
 
     result, anchor = row(name), row("torch_muon")

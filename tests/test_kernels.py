@@ -89,13 +89,17 @@ def train(foreach: bool, steps: int = 6, **muon: object) -> list[torch.Tensor]:
 )  # fmt: skip
 def test_foreach_with_batched_newton_schulz_matches_the_per_parameter_path(monkeypatch, muon):
     batches = []
-    original = directions.newton_schulz
 
-    def recording(G, *args, **kwargs):
-        batches.append(G.shape[0] if G.ndim == 3 else 1)
-        return original(G, *args, **kwargs)
+    def recording(original):
+        def record(G, *args, **kwargs):
+            batches.append(G.shape[0] if G.ndim == 3 else 1)
+            return original(G, *args, **kwargs)
 
-    monkeypatch.setattr(directions, "newton_schulz", recording)
+        return record
+
+    # the list form (AdaMuon, spectral) allocates, Muon's workspace form works in place
+    for name in ("newton_schulz", "newton_schulz_"):
+        monkeypatch.setattr(directions, name, recording(getattr(directions, name)))
     batched = train(foreach=True, **muon)
     if muon.get("direction", "muon") == "muon":
         assert max(batches) == 4  # the four same-shape 48x48 Linear weights in one call
@@ -104,15 +108,24 @@ def test_foreach_with_batched_newton_schulz_matches_the_per_parameter_path(monke
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
 
 
-def test_a_per_parameter_step_allocates_no_parameter_sized_temporary() -> None:
+@pytest.mark.parametrize(
+    ("foreach", "ns_dtype"),
+    [(False, "bfloat16"), (True, "bfloat16"), (True, "float32")],
+    ids=["per-parameter", "batched", "batched-float32"],
+)
+def test_a_step_allocates_no_parameter_sized_temporary(foreach: bool, ns_dtype: str) -> None:
+    """Both paths keep their scratch in the workspace (batched: two same-shape stacks here)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = nn.Sequential(nn.Linear(128, 96), nn.Linear(96, 256), nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Linear(128, 96), nn.Linear(96, 96), nn.Linear(96, 96), nn.Linear(96, 256),
+        nn.Linear(256, 96), nn.Linear(256, 96), nn.Linear(256, 10),
+    )  # fmt: skip
     params = list(model.parameters())
     opt = AMUSE(
         [{"params": [p for p in params if p.ndim == 2], "use_muon": True},
          {"params": [p for p in params if p.ndim == 1], "use_muon": False}],
-        lr=0.01, warmup_steps=2, foreach=False,
+        lr=0.01, warmup_steps=2, foreach=foreach, ns_dtype=ns_dtype, weight_decay=0.1,
     )  # fmt: skip
     for p in params:
         p.grad = torch.randn_like(p)

@@ -163,20 +163,23 @@ def newton_schulz_(
     norm_factor: float = 1.0,
     eps: float = 1e-7,
 ) -> Tensor:
-    """:func:`newton_schulz` of one wide matrix ``X`` (``m <= n``) in caller-owned buffers.
+    """:func:`newton_schulz` of a wide matrix ``X`` (``m <= n``), or of a stack ``(B, m, n)`` of
+    them, in caller-owned buffers.
 
-    ``X`` (overwritten) holds the input, ``spare`` is a second ``(m, n)`` buffer, ``gram`` and
-    ``poly`` are ``(m, m)``; all four share ``X``'s dtype. Each iteration writes
-    ``gram = X X^T``, ``poly = b gram + c gram^2`` and ``spare = a X + poly X`` (then the two
-    iterates swap roles), so nothing is allocated but a scalar norm. Returns whichever of ``X`` and
-    ``spare`` holds the result; the same numbers as :func:`newton_schulz` on that matrix.
+    ``X`` (overwritten) holds the input, ``spare`` is a second buffer of its shape, ``gram`` and
+    ``poly`` are ``(m, m)`` (``(B, m, m)`` for a stack); all four share ``X``'s dtype. Each
+    iteration writes ``gram = X X^T``, ``poly = b gram + c gram^2`` and ``spare = a X + poly X``
+    (then the two iterates swap roles), so nothing is allocated but the norms (one number per
+    matrix). Returns whichever of ``X`` and ``spare`` holds the result; the same numbers as
+    :func:`newton_schulz` on that matrix or stack.
     """
-    norm = torch.linalg.matrix_norm(X)
+    norm = torch.linalg.matrix_norm(X, keepdim=True)
     X.div_((norm if norm_factor == 1.0 else norm * norm_factor) + eps)
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
     for a, b, c in schedule:
-        torch.mm(X, X.mT, out=gram)
-        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=poly)
-        torch.addmm(X, poly, X, beta=a, out=spare)
+        mm(X, X.mT, out=gram)
+        addmm(gram, gram, gram, beta=b, alpha=c, out=poly)
+        addmm(X, poly, X, beta=a, out=spare)
         X, spare = spare, X
     return X
 
