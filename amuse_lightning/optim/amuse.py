@@ -31,11 +31,12 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .captured import CompiledMuon, compile_mode
-from .directions import MatrixMap, buffer_names, map_matrices, ns_dtype_name
+from .directions import MatrixMap, buffer_names, map_matrices
 from .distributed import MatrixMapChoice, RankSplit, ShardedMatrixMap, check_dtensor_layout
 from .guards import gradients_finite, params_with_grad
 from .kernels import Workspace
 from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
+from .polar import ns_dtype_name
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import NONFINITE_POLICIES, normalise_groups, plain_numbers, validate_group
 

@@ -34,32 +34,22 @@ import torch
 from torch import Tensor
 
 from .kernels import Workspace
-from .polar import as_matrix, newton_schulz, newton_schulz_, ns_schedule, spectral_power
+from .polar import (
+    NS_DTYPES,
+    as_matrix,
+    newton_schulz,
+    newton_schulz_,
+    ns_schedule,
+    spectral_power,
+)
 
 MUON_SCALINGS = ("adamw", "sgd")
 SPECTRAL_INPUTS = ("momentum", "rms")
-NS_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-"""Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
 
 
 def ns_dtype(group: dict) -> torch.dtype:
     """The group's Newton-Schulz dtype (stored as a name such as ``"bfloat16"``)."""
     return NS_DTYPES[group["ns_dtype"]]
-
-
-def ns_dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
-    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
-    if name not in NS_DTYPES:
-        raise ValueError(
-            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
-        )
-    return name
 
 
 BatchFn = Callable[[Tensor], Tensor]

@@ -19,12 +19,14 @@ from torch import Tensor
 __all__ = [
     "NS_COEFFICIENTS",
     "NS_COEFFICIENT_SETS",
+    "NS_DTYPES",
     "SUPPORTED_POWERS",
     "as_matrix",
     "coupled_newton_sqrt",
     "inverse_fourth_root",
     "newton_schulz",
     "newton_schulz_",
+    "ns_dtype_name",
     "ns_schedule",
     "spectral_power",
 ]
@@ -72,6 +74,25 @@ def ns_schedule(name: str, steps: int) -> tuple[Coefficients, float]:
         table += [table[-1]] * max(0, steps - len(table))
         return tuple(table[:steps]), s
     raise ValueError(f"ns_coefficients must be one of {NS_COEFFICIENT_SETS}, got {name!r}")
+
+
+NS_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+"""Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
+
+
+def ns_dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+    if name not in NS_DTYPES:
+        raise ValueError(
+            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
+        )
+    return name
 
 
 SUPPORTED_POWERS = (0.0, 0.25, 0.5, 1.0)
