@@ -192,6 +192,11 @@ class AMUSE(MatrixMapChoice, Optimizer):
         for group in groups:
             super().add_param_group(group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
+        super().load_state_dict(state_dict)
+        self._captured = None
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         attributes = dict(nonfinite="raise", distributed=None, process_group=None, foreach=None)

@@ -117,13 +117,22 @@ class CompiledMuon:
     def stacks(self) -> int:
         return len(self._steps)
 
-    def _step(self, params: list[Tensor]) -> Callable:
-        first = params[0]
-        key = (tuple(first.shape), len(params), first.dtype, first.device)
+    def _step(self, move: GroupMove) -> Callable:
+        first = move.params[0]
+        key = (tuple(first.shape), len(move.params), first.dtype, first.device)
         if key not in self._steps:
+            if self.mode == "reduce-overhead" and first.device.type == "cuda":
+                self._mark_static(move)
             own = _own_copy(muon_stack_step)
             self._steps[key] = torch.compile(own, mode=self.mode, fullgraph=True)
         return self._steps[key]
+
+    def _mark_static(self, move: GroupMove) -> None:
+        """CUDA graphs replay fixed addresses, and cudagraph trees skip a graph that writes into
+        inputs they may not keep: the tensors the step writes (y, z, momenta) are the
+        optimizer's own and stay put, so say so. (Gradients are copied in at every replay.)"""
+        for t in (*move.params, *move.zs, *move.buffers[0]):
+            torch._dynamo.mark_static_address(t)
 
     def __call__(self, move: GroupMove, group: dict) -> None:
         rows, cols = as_matrix(move.params[0]).shape
@@ -140,7 +149,7 @@ class CompiledMuon:
         first = move.params[0]
         numbers = torch.tensor(values, dtype=first.dtype).to(first.device, non_blocking=True)
         schedule, norm_factor = ns_schedule(group["ns_coefficients"], group["ns_steps"])
-        self._step(move.params)(
+        self._step(move)(
             move.params, move.zs, move.grads, move.buffers[0], numbers,
             momentum=group["momentum"], nesterov=group["nesterov"], dtype=ns_dtype(group),
             schedule=schedule, norm_factor=norm_factor, averaging=move.averaging,
