@@ -34,11 +34,11 @@ SHAPES = [(10, 6), (4, 2, 3, 3), (10, 6), (4, 2, 3, 3)]
 CFG = dict(lr=0.05, beta1=0.7, rho=0.8, warmup_steps=3, weight_decay=0.1, momentum=0.9)
 
 
-def oracle_run(steps: int, compile: bool | str, **overrides):
+def oracle_run(steps: int, compile: bool | str, device: str = "cpu", **overrides):
     """The optimizer (batched, compiled or eager) and the oracle on the same float64 problem."""
     gen = torch.Generator().manual_seed(0)
     init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
-    params = [nn.Parameter(p.clone()) for p in init]
+    params = [nn.Parameter(p.clone().to(device)) for p in init]
     cfg = {**CFG, **overrides}
     opt = AMUSE([{"params": params, "use_muon": True}], ns_dtype="float64", foreach=True,
                 compile=compile, **cfg)  # fmt: skip
@@ -46,7 +46,7 @@ def oracle_run(steps: int, compile: bool | str, **overrides):
     for _ in range(steps):
         grads = [torch.randn(s, generator=gen, dtype=torch.float64) for s in SHAPES]
         for p, g in zip(params, grads, strict=True):
-            p.grad = g.clone()
+            p.grad = g.to(device)
         opt.step()
         ref.step(grads)
     return opt, params, ref
@@ -54,7 +54,7 @@ def oracle_run(steps: int, compile: bool | str, **overrides):
 
 def worst(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
     return max(
-        ((a.detach() - b).abs().max() / b.abs().max()).item()
+        ((a.detach().cpu() - b.cpu()).abs().max() / b.abs().max()).item()
         for a, b in zip(actual, expected, strict=True)
     )
 
@@ -77,27 +77,34 @@ def test_compiled_float64_step_is_the_oracle_and_the_eager_path() -> None:
     assert worst(params, ref.x) < FLOAT64_RTOL
 
 
-def float32_run(ns_dtype: str, compile: bool, **muon) -> list[torch.Tensor]:
+def float32_run(
+    ns_dtype: str, compile: bool | str, device: str = "cpu", **muon
+) -> list[torch.Tensor]:
     """Four steps on float32 copies of the oracle problem's matrices, random gradients."""
     gen = torch.Generator().manual_seed(0)
-    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+    params = [nn.Parameter(torch.randn(s, generator=gen).to(device)) for s in SHAPES]
     opt = AMUSE([{"params": params, "use_muon": True, **muon}], ns_dtype=ns_dtype, foreach=True,
                 compile=compile, **CFG)  # fmt: skip
     for _ in range(4):
         for p in params:
-            p.grad = torch.randn(p.shape, generator=gen)
+            p.grad = torch.randn(p.shape, generator=gen).to(device)
         opt.step()
-    return [p.detach().clone() for p in params]
+    return [p.detach().cpu() for p in params]
+
+
+def bf16_spreads(compile: bool | str, device: str = "cpu", **muon) -> tuple[float, float]:
+    """How far eager and compiled bf16 Newton-Schulz runs land from the float64 one."""
+    exact = float32_run("float64", False, device, **muon)
+    eager = float32_run("bfloat16", False, device, **muon)
+    compiled = float32_run("bfloat16", compile, device, **muon)
+    eager_spread = max((a - b).abs().max().item() for a, b in zip(eager, exact, strict=True))
+    compiled_spread = max((a - b).abs().max().item() for a, b in zip(compiled, exact, strict=True))
+    return eager_spread, compiled_spread
 
 
 def test_compiled_bf16_step_is_as_close_to_exact_newton_schulz_as_eager() -> None:
     """Without averaging and Nesterov (the other branches of the captured step)."""
-    muon = dict(averaging=False, nesterov=False)
-    exact = float32_run("float64", compile=False, **muon)
-    eager = float32_run("bfloat16", compile=False, **muon)
-    compiled = float32_run("bfloat16", compile=True, **muon)
-    eager_spread = max((a - b).abs().max().item() for a, b in zip(eager, exact, strict=True))
-    compiled_spread = max((a - b).abs().max().item() for a, b in zip(compiled, exact, strict=True))
+    eager_spread, compiled_spread = bf16_spreads(True, averaging=False, nesterov=False)
     assert 0 < compiled_spread <= BF16_SPREAD_FACTOR * eager_spread
 
 
@@ -109,3 +116,15 @@ def test_compile_is_checked_up_front() -> None:
         AMUSE([{"params": [w], "use_muon": True}], compile=True, foreach=False)
     opt = AMUSE([{"params": [w], "use_muon": True}], compile="reduce-overhead")
     assert opt.compile == "reduce-overhead" and "compile" not in opt.state_dict()["param_groups"][0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_step_is_the_oracle_and_stays_in_the_bf16_spread(mode: str) -> None:
+    """On the GPU (Triton kernels; with ``reduce-overhead`` replayed as CUDA graphs) the same
+    bounds as on CPU, over steps that replay the compiled graphs."""
+    _, params, ref = oracle_run(6, compile=mode, device="cuda")
+    assert worst(params, ref.y) < FLOAT64_RTOL
+    eager_spread, compiled_spread = bf16_spreads(mode, "cuda")
+    print(f"{mode}: bf16 spread eager {eager_spread:.3g}, compiled {compiled_spread:.3g}")
+    assert 0 < compiled_spread <= BF16_SPREAD_FACTOR * eager_spread

@@ -137,6 +137,18 @@ def test_a_step_allocates_no_parameter_sized_temporary(foreach: bool, ns_dtype: 
     assert max(allocations, default=0) < 1024 < smallest_matrix
 
 
+# CUDA against the per-parameter path (CUDA and CPU), 4 steps of repeated_shapes_model. Float32
+# Newton-Schulz agrees to float32 rounding. In bfloat16 each implementation of the chain rounds
+# differently and lands elsewhere in the quintic's band: on an NVIDIA H200 (torch 2.11) the worst
+# element differed by 3.15e-3 (7 % of it; 1 of the 2,304 entries of a 48x48 weight was outside
+# atol 2e-3 + rtol 2e-2), and on CPU the same run is 7.3e-3 away from float64 Newton-Schulz. The
+# bf16 tolerance below allows 1.9x the measured worst at its size (5e-3 + 2e-2 * 0.045).
+CUDA_TOLERANCE = {
+    "float32": dict(rtol=2e-4, atol=2e-5),
+    "bfloat16": dict(rtol=2e-2, atol=5e-3),
+}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
 def test_cuda_batched_foreach_matches_the_per_parameter_path_and_cpu(ns_dtype: str) -> None:
@@ -151,8 +163,9 @@ def test_cuda_batched_foreach_matches_the_per_parameter_path_and_cpu(ns_dtype: s
             opt.step()
         return [p.detach().cpu() for p in model.parameters()]
 
-    tol = dict(rtol=2e-4, atol=2e-5) if ns_dtype == "float32" else dict(rtol=2e-2, atol=2e-3)
     batched = run("cuda", True)
     for other in (run("cuda", False), run("cpu", False)):
+        worst = max((a - b).abs().max().item() for a, b in zip(batched, other, strict=True))
+        print(f"{ns_dtype}: largest difference {worst:.3g}")  # -rP shows it in device_check
         for a, b in zip(batched, other, strict=True):
-            torch.testing.assert_close(a, b, **tol)
+            torch.testing.assert_close(a, b, **CUDA_TOLERANCE[ns_dtype])
