@@ -43,7 +43,11 @@ def pair_in_subprocess(
     """Run one pair in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--pair", name, "--model", model, "--rounds", str(rounds),
            "--device", device] + (["--quick"] if quick else [])  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
     try:
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, check=True, env=env
@@ -158,7 +162,10 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     if result["models"] and any(result["models"].values()):
-        plot_ratios(result, args.output.with_name(args.output.stem + "_pairwise.png"))
+        try:
+            plot_ratios(result, args.output.with_name(args.output.stem + "_pairwise.png"))
+        except ImportError as err:  # a bare GPU image may lack matplotlib: the JSON is the result
+            print(f"no plot ({err})")
     print(f"wrote {args.output} in {result['meta']['wall_seconds']:.0f} s")
 
 
