@@ -157,37 +157,56 @@ def muon_update_batch(
     so the caller gets ``grad``'s dtype and folds ``s`` into its own update. The returned views
     are valid until the workspace's next use.
     """
-    grads = list(grads)
-    torch._foreach_lerp_(momenta, grads, 1.0 - group["momentum"])
-    rows, cols = as_matrix(grads[0]).shape
-    short, long, batch = min(rows, cols), max(rows, cols), len(grads)
+    grads, batch, mu = list(grads), len(grads), group["momentum"]
+    first = grads[0]
+    rows, cols = as_matrix(first).shape
     wide = rows <= cols
-    dtype, grad_dtype, device = ns_dtype(group), grads[0].dtype, grads[0].device
-    iterates = [(batch, short, long)] * 2 + [(batch, short, short)] * 2
+    short, long = (rows, cols) if wide else (cols, rows)
+    dtype, grad_dtype, device = ns_dtype(group), first.dtype, first.device
+    lead = (batch,) if batch > 1 else ()  # one matrix: the 2-D kernels (addmm), faster on CPU
+    iterates = [(*lead, short, long)] * 2 + [(*lead, short, short)] * 2
     if dtype == grad_dtype:
         X, spare, gram, poly = workspace.take(iterates, dtype, device)
         U = X if wide else X.mT
     else:
-        (U,) = workspace.take([(batch, rows, cols)], grad_dtype, device)
+        (U,) = workspace.take([(*lead, rows, cols)], grad_dtype, device)
         X, spare, gram, poly = workspace.take(iterates, dtype, device)
-    inputs = list(U.unbind(0))
-    if group["nesterov"]:  # u = g + mu (m - g), in place on a copy of g
+    if batch == 1:  # u = g + mu (m - g), or m
+        momenta[0].lerp_(first, 1.0 - mu)
+        g, m = as_matrix(first), as_matrix(momenta[0])
+        if group["nesterov"]:
+            torch.lerp(g, m, mu, out=U)
+        else:
+            U.copy_(m)
+    else:  # the same in place on copies of g, one foreach op each
+        torch._foreach_lerp_(momenta, grads, 1.0 - mu)
+        inputs = list(U.unbind(0))
         torch._foreach_copy_(inputs, [as_matrix(g) for g in grads])
-        torch._foreach_lerp_(inputs, [as_matrix(m) for m in momenta], group["momentum"])
-    else:
-        torch._foreach_copy_(inputs, [as_matrix(m) for m in momenta])
+        if group["nesterov"]:
+            torch._foreach_lerp_(inputs, [as_matrix(m) for m in momenta], mu)
+        else:
+            torch._foreach_copy_(inputs, [as_matrix(m) for m in momenta])
     if dtype != grad_dtype:
         X.copy_(U if wide else U.mT)
     schedule, norm_factor = ns_schedule(group["ns_coefficients"], group["ns_steps"])
-    if batch == 1:  # a single matrix: the 2-D kernels (addmm) beat a batch of one on CPU
-        out = newton_schulz_(X[0], spare[0], gram[0], poly[0], schedule, norm_factor)[None]
-    else:
-        out = newton_schulz_(X, spare, gram, poly, schedule, norm_factor)
+    out = newton_schulz_(X, spare, gram, poly, schedule, norm_factor)
     out = out if wide else out.mT
-    if dtype != grad_dtype:
+    if dtype != grad_dtype and _cast_back(batch, device, wide, first.ndim):
         out = U.copy_(out)
-    updates = [_shaped(o, g.shape) for o, g in zip(out.unbind(0), grads, strict=True)]
+    results = [out] if batch == 1 else out.unbind(0)
+    updates = [_shaped(o, g.shape) for o, g in zip(results, grads, strict=True)]
     return updates, muon_scale(rows, cols, group["aux_update_type"])
+
+
+def _cast_back(batch: int, device: torch.device, wide: bool, ndim: int) -> bool:
+    """Whether a Newton-Schulz result in ``ns_dtype`` is cast back to the gradient's dtype.
+
+    The casts are exact either way. On CPU a mixed-dtype update would allocate a cast per op, and
+    a stack's foreach update would fall back to one kernel per tensor, so both cast back once. A
+    single matrix on an accelerator is read where it lies (its kernels cast on the fly), except a
+    tall conv kernel, whose transposed result has no view in the kernel's shape.
+    """
+    return batch > 1 or device.type == "cpu" or (not wide and ndim > 2)
 
 
 def _shaped(matrix: Tensor, shape: torch.Size) -> Tensor:

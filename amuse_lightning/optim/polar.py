@@ -11,6 +11,7 @@ product per iteration (no Python loop over matrices, no host synchronisation), o
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,6 +59,7 @@ bf16 cannot push a singular value past the interval the polynomials were optimis
 Coefficients = tuple[tuple[float, float, float], ...]
 
 
+@functools.lru_cache(maxsize=64)
 def ns_schedule(name: str, steps: int) -> tuple[Coefficients, float]:
     """The ``(a, b, c)`` of each of ``steps`` iterations and the input's norm divisor factor.
 
