@@ -102,6 +102,8 @@ def resnet18_shapes() -> Shapes:
 def model_shapes(model: str, quick: bool) -> Shapes:
     if model == "vit_s16":
         return vit_shapes(192, 1) if quick else vit_shapes(384, 12)
+    if model == "host_overhead":  # ViT-S/16's 48 matrices at width 4: the per-op host cost
+        return vit_shapes(4, 12)
     shapes = resnet18_shapes()
     return shapes[:6] if quick else shapes
 

@@ -35,6 +35,9 @@ from step_pair import OPTIMIZERS, WEIGHT_DECAY, run_pair
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("vit_s16", "resnet18")
+HOST_OVERHEAD = "host_overhead"
+"""The ViT-S/16 matrix pattern at width 4 (not run by default): every op is tiny, so a step costs
+what the host spends per op, the cost that sets a launch-bound GPU step (compare CPU times)."""
 
 
 def pair_in_subprocess(
@@ -137,7 +140,9 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--optimizers", nargs="+", default=None, choices=OPTIMIZERS,
                         help="default: all (--quick: amuse and amuse_foreach)")  # fmt: skip
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=(*MODELS, HOST_OVERHEAD)
+    )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per pair")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per pair")
     parser.add_argument("--output", type=Path, default=None, help="default results/step_time.json")
