@@ -108,6 +108,10 @@ for line in (dest / "device_check_sections.txt").read_text().splitlines():
     if log.exists():
         lines = log.read_text(errors="replace").strip().splitlines()
         section["log_tail"] = lines[-12:]
+        # what the GPU tests print: the measured spreads behind their tolerances
+        printed = [x for x in lines if "largest difference" in x or "bf16 spread" in x]
+        if printed:
+            section["measured"] = printed
     path = dest / results.get(name, "-")
     if path.is_file():
         data = json.loads(path.read_text())

@@ -1,8 +1,9 @@
 """What ``benchmarks/device_check.sh`` runs must work on a bare GPU image: torch, Lightning, timm,
-torchmetrics, pytest and hypothesis, but none of the dev extras (schedulefree, pytest-xdist,
-matplotlib) and not jsonargparse. A ``sitecustomize`` hides those packages (no module spec, no
-distribution metadata, as if never installed) from a fresh interpreter, which then collects the
-GPU tests and imports the benchmarks the script starts.
+torchmetrics and pytest, but none of the dev extras (schedulefree, hypothesis, pytest-xdist,
+matplotlib) and not jsonargparse (the image measured had hypothesis; the GPU tests do not need
+it). A ``sitecustomize`` hides those packages (no module spec, no distribution metadata, as if
+never installed) from a fresh interpreter, which then collects the GPU tests and imports the
+benchmarks the script starts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HIDDEN = ("schedulefree", "jsonargparse", "xdist", "pytest_xdist", "matplotlib")
+HIDDEN = ("schedulefree", "jsonargparse", "hypothesis", "xdist", "pytest_xdist", "matplotlib")
 GPU_TESTS = ("tests/test_kernels.py", "tests/test_callback_gpu.py", "tests/test_captured.py")
 
 SHIM = f"""
@@ -50,7 +51,7 @@ sys.meta_path[:] = [_Hide(f) if hasattr(f, "find_spec") else f for f in sys.meta
 CHECK_BENCHMARKS = """
 import importlib.metadata, importlib.util, sys
 sys.path.insert(0, "benchmarks")
-for name in ("schedulefree", "jsonargparse", "xdist", "matplotlib"):
+for name in ("schedulefree", "jsonargparse", "hypothesis", "xdist", "matplotlib"):
     assert importlib.util.find_spec(name) is None, name
 try:
     importlib.metadata.version("jsonargparse")
