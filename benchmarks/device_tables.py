@@ -85,7 +85,7 @@ def path_tables(results: Path, table: Table, provenance: Provenance) -> str:
     gpu_meta = next((d["meta"] for d in gpu_data if d and d.get("meta")), {})
     rows = []
     known = ("vit_s16", "resnet18")
-    for model in [*known, *sorted(set(cpu) | set(gpu) - set(known))]:
+    for model in [*known, *sorted((set(cpu) | set(gpu)) - set(known))]:
         for name, label in PATHS.items():
             c, g = cpu.get(model, {}).get(name), gpu.get(model, {}).get(name)
             cpu_cells = [_ratio(c), _peak(c)]

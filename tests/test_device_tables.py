@@ -45,3 +45,12 @@ def test_gpu_cells_are_unmeasured_until_a_gpu_run_is_committed(tmp_path: Path) -
     assert "GPU: NVIDIA H200, torch 2.11.0+cu130" in text
     assert "| gpt | amuse | 12.00 | 2.00 | 0.60 |" in text
     assert "| gpt | muon_adamw | unmeasured | unmeasured | unmeasured |" in text
+
+
+def test_each_model_and_path_is_one_row(tmp_path: Path) -> None:
+    models = {m: {"amuse": pair(1.0, 1.0, 0.0)} for m in ("resnet18", "host_overhead", "vit_s16")}
+    write(tmp_path / "step_time_paths_cpu.json", {"meta": {}, "models": models})
+    write(tmp_path / "step_time_cuda.json", {"meta": {}, "models": {"vit_s16": models["vit_s16"]}})
+    lines = [line for line in render(tmp_path, table, provenance).splitlines()
+             if line.startswith("| ") and "`amuse`:" in line]  # fmt: skip
+    assert [line.split(" | ")[0] for line in lines] == ["| vit_s16", "| resnet18", "| host_overhead"]
