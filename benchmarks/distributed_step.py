@@ -104,10 +104,10 @@ def time_amuse(rank: int, args: argparse.Namespace) -> dict:
         if step >= args.warmup:
             ns_s = ns.seconds + ns_inplace.seconds
             rows.append({"step_s": total, "ns_s": ns_s, "gather_s": gather.seconds})
-    split = opt._rank_split  # None with one process: every matrix is computed here
+    splits = opt.rank_splits()  # none with one process: every matrix is computed here
     matrices = len(opt.param_groups[0]["params"])
-    if split is not None:
-        matrices = split.local_matrices // (args.warmup + args.steps)
+    if splits:
+        matrices = splits[0].local_matrices // (args.warmup + args.steps)
     return {"rank": rank, "steps": rows, "matrices_orthogonalised_per_step": matrices}
 
 

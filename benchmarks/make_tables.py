@@ -5,8 +5,10 @@
     python benchmarks/make_tables.py --readme README.md   # rewrite the README's tables block
 
 Reads ``anytime_{vision,lm,vit}.json`` (``benchmarks/run_anytime.py``; rendered by
-``benchmarks/anytime/tables.py``), ``step_time.json`` and ``distributed*.json``; a missing file is
-skipped with a one-line note, so the script works at every stage of the project.
+``benchmarks/anytime/tables.py``), ``step_time.json``, the CPU/GPU path and GPU training-step
+results (``benchmarks/device_tables.py``: a missing GPU figure reads "unmeasured") and
+``distributed*.json``; a missing file is skipped with a one-line note, so the script works at
+every stage of the project.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anytime.tables import render as render_anytime
+from device_tables import render as render_devices
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ANYTIME_TASKS = {
@@ -256,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     ]  # fmt: skip
     parts += [
         section("Optimizer step time", args.results / "step_time.json", step_time_tables),
+        render_devices(args.results, table, provenance),
         section(
             "Newton-Schulz coefficients",
             args.results / "ns_coefficients.json",

@@ -27,6 +27,8 @@ WEIGHT_DECAY = {
     "amuse_foreach": 0.0,
     "amuse_per_parameter": 0.0,
     "amuse_polar_express": 0.0,
+    "amuse_compiled": 0.0,
+    "amuse_cudagraphs": 0.0,
     "amuse_per_param_loop": 0.0,
     "timm_muon": 0.0,
     "sf_adamw": 0.0,
@@ -71,6 +73,8 @@ OPTIMIZERS: dict[str, Callable] = {
     "amuse_foreach": _amuse(foreach=True),
     "amuse_per_parameter": _amuse(foreach=False),
     "amuse_polar_express": _amuse(ns_coefficients="polar_express"),
+    "amuse_compiled": _amuse(compile=True),  # torch.compile of each same-shape stack's step
+    "amuse_cudagraphs": _amuse(compile="reduce-overhead"),  # the same, replayed as CUDA graphs
     "amuse_per_param_loop": _loop,
     "timm_muon": _timm,
     "sf_adamw": _sf_adamw,
@@ -98,6 +102,8 @@ def resnet18_shapes() -> Shapes:
 def model_shapes(model: str, quick: bool) -> Shapes:
     if model == "vit_s16":
         return vit_shapes(192, 1) if quick else vit_shapes(384, 12)
+    if model == "host_overhead":  # ViT-S/16's 48 matrices at width 4: the per-op host cost
+        return vit_shapes(4, 12)
     shapes = resnet18_shapes()
     return shapes[:6] if quick else shapes
 
@@ -168,8 +174,14 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
     opts = {name: OPTIMIZERS[name](make_params(shapes, device)),
             "torch_muon": torch_muon(make_params(shapes, device))}  # fmt: skip
     order = [name, "torch_muon"]
-    for opt in opts.values():
-        for _ in range(2):  # warm-up: state allocation, lazy init, workspace growth
+    first_step_s = {}
+    for n, opt in opts.items():
+        sync(device)
+        start = time.perf_counter()
+        opt.step()  # state allocation, lazy init, workspace growth, compilation
+        sync(device)
+        first_step_s[n] = time.perf_counter() - start
+        for _ in range(2):  # CUDA graphs are recorded on a later call than the compilation
             opt.step()
     sync(device)
     times: dict[str, list[float]] = {n: [] for n in order}
@@ -192,10 +204,10 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
             "state_bytes": state_bytes(opt),
             "step_peak_bytes": step_peak_bytes(opt, device),
             "weight_decay": WEIGHT_DECAY[n],
+            "first_step_s": first_step_s[n],
         }
-        workspace = getattr(opt, "_workspace", None)
-        if workspace is not None:
-            out["workspace_bytes"] = workspace.nbytes()
+        if hasattr(opt, "workspace_bytes"):
+            out["workspace_bytes"] = opt.workspace_bytes()
         return out
 
     result, anchor = row(name), row("torch_muon")
@@ -207,4 +219,8 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
     result["matrices"] = len(shapes)
     result["elements"] = sum(torch.Size(s).numel() for s in shapes)
     result["torch_threads"] = torch.get_num_threads()
+    if name.startswith("amuse_c"):  # why torch.compile did not use CUDA graphs, if it did not
+        from torch._dynamo.utils import counters
+
+        result["cudagraph_skips"] = int(counters["inductor"]["cudagraph_skips"])
     return result

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-import schedulefree
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
@@ -224,6 +223,8 @@ def check_evaluation_sees_x(model: Recorder, kind: str, exact: bool = True) -> i
 
 def make_optimizer(module: nn.Module, kind: str, lr: float) -> torch.optim.Optimizer:
     if kind == "schedulefree":
+        import schedulefree  # a dev extra: imported only by the tests that compare with it
+
         return schedulefree.AdamWScheduleFree(module.parameters(), lr=lr, warmup_steps=2)
     groups = partition_parameters(module).param_groups()  # the library's Muon/fallback rule
     return AMUSE(groups, lr=lr, warmup_steps=2, rho=0.5, ns_dtype=torch.float32)

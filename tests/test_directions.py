@@ -7,10 +7,14 @@ import math
 import pytest
 import torch
 
+from amuse_lightning import AMUSE
 from amuse_lightning.optim.directions import (
+    DIRECTIONS,
+    FALLBACKS,
     adam_update,
     buffer_names,
     compute_direction,
+    direction_of,
     map_matrices,
     muon_scale,
     muon_update,
@@ -137,9 +141,7 @@ def test_spectral_power_matches_svd(power: float, spectral_input: str) -> None:
 
 def test_spectral_power_zero_is_unscaled_muon() -> None:
     g = well_conditioned(6, 6, 3)
-    (spectral,) = compute(
-        [g], [{}], {**GROUP, "direction": "spectral", "spectral_power": 0.0}, 1
-    )
+    (spectral,) = compute([g], [{}], {**GROUP, "direction": "spectral", "spectral_power": 0.0}, 1)
     (muon,) = compute([g], [{}], {**GROUP}, 1)
     torch.testing.assert_close(spectral * muon_scale(6, 6, "adamw"), muon)
 
@@ -188,3 +190,37 @@ def test_single_tensor_adam_equals_the_list_form_and_reuses_its_workspace() -> N
     before = workspace.nbytes()
     adam_update(g, v_single, group, 4, workspace)
     assert workspace.nbytes() == before == g.numel() * g.element_size()
+
+
+TABLE = [(True, name) for name in DIRECTIONS] + [(False, name) for name in FALLBACKS]
+
+
+@pytest.mark.parametrize(("use_muon", "name"), TABLE, ids=[name for _, name in TABLE])
+def test_the_direction_table_names_the_state_and_its_forms_agree(use_muon: bool, name: str) -> None:
+    """One entry per direction: the optimizer creates exactly its buffers, and its workspace form
+    (the per-parameter and batched paths) computes the list form's update."""
+    key = "direction" if use_muon else "update_type"
+    group = {**GROUP, "use_muon": use_muon, key: name, "spectral_input": "rms"}
+    spec = direction_of(group)
+    assert spec is (DIRECTIONS if use_muon else FALLBACKS)[name]
+    assert buffer_names(group) == spec.buffers(group)
+    params = [torch.nn.Parameter(torch.randn(6, 10, dtype=torch.float64)) for _ in range(3)]
+    opt = AMUSE([{"params": params, **group}], warmup_steps=2)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert all(set(opt.state[p]) == {"z", "beta", *spec.buffers(group)} for p in params)
+    if spec.in_workspace is None:
+        return
+    grads = [torch.randn(6, 10, dtype=torch.float64) for _ in range(3)]
+    states = [
+        {n: torch.rand(6, 10, dtype=torch.float64) for n in spec.buffers(group)} for _ in grads
+    ]
+    lists = [[s[n].clone() for s in states] for n in spec.buffers(group)]
+    expected = spec.over_list(grads, lists, group, 3, map_matrices)
+    own = [[s[n] for s in states] for n in spec.buffers(group)]
+    updates, scale = spec.in_workspace(grads, own, group, 3, Workspace())
+    for got, want in zip(updates, expected, strict=True):
+        torch.testing.assert_close(got * scale, want, rtol=1e-12, atol=1e-12)
+    for got, want in zip(own, lists, strict=True):  # the same state afterwards
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))

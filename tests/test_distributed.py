@@ -173,7 +173,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             results[name] = {
                 "history": history,
                 "ns_matrices": sum(counted),
-                "local_matrices": opt._rank_split.local_matrices,
+                "local_matrices": opt.rank_splits()[0].local_matrices,
             }
         results["mismatch_error"] = _mismatch_error(rank)
         results["exchange_exact"] = _exchange_is_exact()
@@ -297,10 +297,10 @@ class SplitNet(LightningModule):
     def on_train_end(self) -> None:
         if not self.out_dir:
             return
-        split = self.optimizers().optimizer._rank_split
+        splits = self.optimizers().optimizer.rank_splits()
         record = {
             "params": [p.detach().clone() for p in self.net.parameters()],
-            "local_matrices": None if split is None else split.local_matrices,
+            "local_matrices": splits[0].local_matrices if splits else None,
             "world_size": self.trainer.world_size,
         }
         torch.save(record, Path(self.out_dir) / f"lightning_rank{self.global_rank}.pt")

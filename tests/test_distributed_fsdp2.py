@@ -52,7 +52,7 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             opt = make_optimizer(model, **FSDP_CONFIGS[name])
             history = run_steps(model, opt, rank, world)
             z = opt.state[opt.param_groups[0]["params"][1]]["z"]
-            split = next(iter(opt._sharded_maps.values())).split
+            (split,) = opt.rank_splits()  # the one mesh's split
             opt.eval()
             results[name] = {
                 "y": [[p.full_tensor() for p in step] for step in history],

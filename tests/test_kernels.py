@@ -89,13 +89,17 @@ def train(foreach: bool, steps: int = 6, **muon: object) -> list[torch.Tensor]:
 )  # fmt: skip
 def test_foreach_with_batched_newton_schulz_matches_the_per_parameter_path(monkeypatch, muon):
     batches = []
-    original = directions.newton_schulz
 
-    def recording(G, *args, **kwargs):
-        batches.append(G.shape[0] if G.ndim == 3 else 1)
-        return original(G, *args, **kwargs)
+    def recording(original):
+        def record(G, *args, **kwargs):
+            batches.append(G.shape[0] if G.ndim == 3 else 1)
+            return original(G, *args, **kwargs)
 
-    monkeypatch.setattr(directions, "newton_schulz", recording)
+        return record
+
+    # the list form (AdaMuon, spectral) allocates, Muon's workspace form works in place
+    for name in ("newton_schulz", "newton_schulz_"):
+        monkeypatch.setattr(directions, name, recording(getattr(directions, name)))
     batched = train(foreach=True, **muon)
     if muon.get("direction", "muon") == "muon":
         assert max(batches) == 4  # the four same-shape 48x48 Linear weights in one call
@@ -104,15 +108,24 @@ def test_foreach_with_batched_newton_schulz_matches_the_per_parameter_path(monke
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
 
 
-def test_a_per_parameter_step_allocates_no_parameter_sized_temporary() -> None:
+@pytest.mark.parametrize(
+    ("foreach", "ns_dtype"),
+    [(False, "bfloat16"), (True, "bfloat16"), (True, "float32")],
+    ids=["per-parameter", "batched", "batched-float32"],
+)
+def test_a_step_allocates_no_parameter_sized_temporary(foreach: bool, ns_dtype: str) -> None:
+    """Both paths keep their scratch in the workspace (batched: two same-shape stacks here)."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = nn.Sequential(nn.Linear(128, 96), nn.Linear(96, 256), nn.Linear(256, 10))
+    model = nn.Sequential(
+        nn.Linear(128, 96), nn.Linear(96, 96), nn.Linear(96, 96), nn.Linear(96, 256),
+        nn.Linear(256, 96), nn.Linear(256, 96), nn.Linear(256, 10),
+    )  # fmt: skip
     params = list(model.parameters())
     opt = AMUSE(
         [{"params": [p for p in params if p.ndim == 2], "use_muon": True},
          {"params": [p for p in params if p.ndim == 1], "use_muon": False}],
-        lr=0.01, warmup_steps=2, foreach=False,
+        lr=0.01, warmup_steps=2, foreach=foreach, ns_dtype=ns_dtype, weight_decay=0.1,
     )  # fmt: skip
     for p in params:
         p.grad = torch.randn_like(p)
@@ -122,6 +135,18 @@ def test_a_per_parameter_step_allocates_no_parameter_sized_temporary() -> None:
     allocations = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
     smallest_matrix = min(p.numel() * p.element_size() for p in params if p.ndim == 2)
     assert max(allocations, default=0) < 1024 < smallest_matrix
+
+
+# CUDA against the per-parameter path (CUDA and CPU), 4 steps of repeated_shapes_model. Float32
+# Newton-Schulz agrees to float32 rounding. In bfloat16 each implementation of the chain rounds
+# differently and lands elsewhere in the quintic's band: on an NVIDIA H200 (torch 2.11) the worst
+# element differed by 3.15e-3 (7 % of it; 1 of the 2,304 entries of a 48x48 weight was outside
+# atol 2e-3 + rtol 2e-2), and on CPU the same run is 7.3e-3 away from float64 Newton-Schulz. The
+# bf16 tolerance below allows 1.9x the measured worst at its size (5e-3 + 2e-2 * 0.045).
+CUDA_TOLERANCE = {
+    "float32": dict(rtol=2e-4, atol=2e-5),
+    "bfloat16": dict(rtol=2e-2, atol=5e-3),
+}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -138,8 +163,9 @@ def test_cuda_batched_foreach_matches_the_per_parameter_path_and_cpu(ns_dtype: s
             opt.step()
         return [p.detach().cpu() for p in model.parameters()]
 
-    tol = dict(rtol=2e-4, atol=2e-5) if ns_dtype == "float32" else dict(rtol=2e-2, atol=2e-3)
     batched = run("cuda", True)
     for other in (run("cuda", False), run("cpu", False)):
+        worst = max((a - b).abs().max().item() for a, b in zip(batched, other, strict=True))
+        print(f"{ns_dtype}: largest difference {worst:.3g}")  # -rP shows it in device_check
         for a, b in zip(batched, other, strict=True):
-            torch.testing.assert_close(a, b, **tol)
+            torch.testing.assert_close(a, b, **CUDA_TOLERANCE[ns_dtype])

@@ -22,7 +22,6 @@ to one with the public reference code (there the decay moves ``x`` slightly when
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,26 +30,13 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .directions import (
-    MatrixMap,
-    adam_update,
-    buffer_names,
-    compute_direction,
-    map_matrices,
-    muon_update,
-    ns_dtype_name,
-)
+from .captured import CompiledMuon, compile_mode
+from .directions import MatrixMap, buffer_names, map_matrices
 from .distributed import MatrixMapChoice, RankSplit, ShardedMatrixMap, check_dtensor_layout
 from .guards import gradients_finite, params_with_grad
-from .kernels import (
-    Workspace,
-    decay_at_y_,
-    decay_at_y_foreach_,
-    plain_update_,
-    plain_update_foreach_,
-    schedule_free_update_,
-    schedule_free_update_foreach_,
-)
+from .kernels import Workspace
+from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
+from .polar import ns_dtype_name
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import NONFINITE_POLICIES, normalise_groups, plain_numbers, validate_group
 
@@ -101,10 +87,16 @@ class AMUSE(MatrixMapChoice, Optimizer):
             FSDP2 (DTensor) parameters: Newton-Schulz runs on whole matrices gathered over
             the parameters' own 1-D mesh (split over its ranks unless ``distributed=False``);
             everything elementwise runs on the local shards, and the state is sharded alike.
-        foreach: ``True`` runs each step's elementwise work as foreach ops over the whole group
-            and stacks same-shape matrices for Newton-Schulz (fast on accelerators); ``False``
-            works one parameter at a time (fast on CPU); ``None`` (default) picks by device.
-            Both give the same numbers.
+        foreach: ``True`` takes the batched path: same-shape matrices stacked into one
+            Newton-Schulz and the elementwise work as foreach ops, in buffers kept between steps
+            (fast on accelerators); ``False`` works one parameter at a time (fast on CPU);
+            ``None`` (default) picks by device. Both give the same numbers (to rounding).
+        compile: ``False`` (default) runs eagerly. ``True`` or a ``torch.compile`` mode name
+            (``"default"``, ``"reduce-overhead"`` for CUDA graphs, ``"max-autotune"``, ...)
+            captures each same-shape Muon stack's whole step (momentum, Newton-Schulz, the
+            ``y``/``z`` move) with ``torch.compile``, once per stack shape, on the batched path
+            (chosen whenever ``foreach`` is not ``False``). Same numbers as eager to rounding;
+            the first step pays the compilation. Not saved in the state_dict.
 
     Modes follow Schedule-Free: ``eval()`` turns parameters into ``x`` in place, ``train()``
     back into ``y``; the mode is ``group["train_mode"]`` and is saved by ``state_dict()``.
@@ -140,11 +132,18 @@ class AMUSE(MatrixMapChoice, Optimizer):
         distributed: bool | None = None,
         process_group: dist.ProcessGroup | None = None,
         foreach: bool | None = None,
+        compile: bool | str = False,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         if distributed not in (None, True, False):
             raise ValueError(f"distributed must be None (auto), True or False, got {distributed!r}")
+        compile_mode(compile)  # raises for anything else than a bool or a mode name
+        if compile is not False and foreach is False:
+            raise ValueError(
+                "compile captures the batched path, but foreach=False selects the per-parameter "
+                "path; leave foreach at None (or True) to compile"
+            )
         defaults = dict(
             lr=lr, beta1=beta1, rho=rho, warmup_steps=warmup_steps, r=r,
             weight_lr_power=weight_lr_power, momentum=momentum, nesterov=nesterov,
@@ -160,6 +159,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
         self.distributed = distributed
         self.process_group = process_group
         self.foreach = foreach
+        self.compile = compile
+        self._captured: CompiledMuon | None = None
         self._rank_split: RankSplit | None = None
         self._sharded_maps: dict[int, ShardedMatrixMap] = {}
         self._workspace = Workspace()
@@ -191,10 +192,16 @@ class AMUSE(MatrixMapChoice, Optimizer):
         for group in groups:
             super().add_param_group(group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
+        super().load_state_dict(state_dict)
+        self._captured = None
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         attributes = dict(nonfinite="raise", distributed=None, process_group=None, foreach=None)
-        attributes.update(_rank_split=None, _sharded_maps={}, _workspace=Workspace())
+        attributes.update(compile=False, _captured=None, _rank_split=None, _sharded_maps={})
+        attributes.update(_workspace=Workspace())
         for name, value in attributes.items():
             self.__dict__.setdefault(name, value)
         for group in self.param_groups:  # keys added after 0.1.0 take their defaults
@@ -288,12 +295,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
             weight_lr_power=group["weight_lr_power"],
         )
         if params:
-            zs, betas, buffers = self._init_group(group, params)
-            matrix_map = self._matrix_map(params)
-            if self._per_parameter(params, matrix_map):
-                self._update_per_parameter(group, params, grads, zs, betas, buffers, schedule)
-            else:
-                self._update_foreach(group, params, grads, zs, betas, buffers, schedule, matrix_map)
+            self._move(group, params, grads, schedule, self._matrix_map(params))
             if group["averaging"]:
                 for p in params:
                     self.state[p]["beta"] = schedule.beta_t
@@ -306,79 +308,61 @@ class AMUSE(MatrixMapChoice, Optimizer):
             beta_t=schedule.beta_t,
         )
 
-    def _per_parameter(self, params: list[Tensor], matrix_map: MatrixMap) -> bool:
-        """Per parameter on CPU by default (``foreach`` decides); a rank split needs the group."""
-        if matrix_map is not map_matrices:
-            return False
-        if self.foreach is not None:
-            return not self.foreach
-        return params[0].device.type == "cpu"
-
-    @staticmethod
-    def _betas(group: dict, betas: list[float], beta_t: float) -> list[float]:
-        """The beta that built each ``y``, or the new ``beta_t`` as the public code uses."""
-        return [beta_t] * len(betas) if group["reference_compat"] else betas
-
-    def _update_per_parameter(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], zs: list[Tensor],
-        betas: list[float], buffers: list[list[Tensor]], schedule: ScheduleStep,
-    ) -> None:  # fmt: skip
-        """One parameter at a time through the single-tensor kernels (no temporaries for Muon and
-        the AdamW fallback: their updates live in ``self._workspace``)."""
-        t, lr_t, beta_t = schedule.state.step, schedule.lr_t, schedule.beta_t
-        decay = 1.0 - lr_t * group["weight_decay"]
-        decay_y = lr_t * group["weight_decay_at_y"]
-        averaging = group["averaging"]
-        recover = self._betas(group, betas, beta_t) if averaging else betas
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            own = [tensors[i] for tensors in buffers]
-            if averaging and decay_y != 0.0:
-                decay_at_y_(p, zs[i], decay=decay_y, beta=recover[i])
-            update, scale = self._single_update(group, g, own, t)
-            if averaging:
-                schedule_free_update_(
-                    p, zs[i], update, beta=recover[i], beta_t=beta_t, c_t=schedule.c_t,
-                    lr=lr_t * scale, decay=decay,
-                )  # fmt: skip
-            else:
-                plain_update_(p, update, lr=lr_t * scale, decay=decay)
-
-    def _single_update(
-        self, group: dict, grad: Tensor, buffers: list[Tensor], t: int
-    ) -> tuple[Tensor, float]:
-        """The direction of one parameter and a scale still to fold into the move."""
-        if group["use_muon"] and group["direction"] == "muon":
-            return muon_update(grad, buffers[0], group, self._workspace)
-        if not group["use_muon"] and group["update_type"] == "adamw":
-            return adam_update(grad, buffers[0], group, t, self._workspace), 1.0
-        lists = [[b] for b in buffers]
-        return compute_direction([grad], lists, group, t)[0], 1.0
-
-    def _update_foreach(
-        self, group: dict, params: list[Tensor], grads: list[Tensor], zs: list[Tensor],
-        betas: list[float], buffers: list[list[Tensor]], schedule: ScheduleStep,
+    def _move(
+        self, group: dict, params: list[Tensor], grads: list[Tensor], schedule: ScheduleStep,
         matrix_map: MatrixMap,
     ) -> None:  # fmt: skip
-        """The whole group through foreach kernels; same-shape matrices are orthogonalised as
-        one batch (``foreach=True`` does this on CPU too)."""
+        """Build the group's :class:`~amuse_lightning.optim.paths.GroupMove` and run its path."""
+        zs, betas, buffers = self._init_group(group, params)
         lr_t, beta_t = schedule.lr_t, schedule.beta_t
-        decay = 1.0 - lr_t * group["weight_decay"]
-        decay_y = lr_t * group["weight_decay_at_y"]
-        if matrix_map is map_matrices:
-            matrix_map = functools.partial(map_matrices, batch_same_shapes=True)
-        if not group["averaging"]:
-            updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
-            plain_update_foreach_(params, updates, lr=lr_t, decay=decay)
-            return
-        betas = self._betas(group, betas, beta_t)
-        if decay_y != 0.0:
-            decay_at_y_foreach_(params, zs, decay=decay_y, betas=betas)
-        updates = compute_direction(grads, buffers, group, schedule.state.step, matrix_map)
-        schedule_free_update_foreach_(
-            params, zs, updates, betas=betas, beta_t=beta_t,
-            c_t=schedule.c_t, lr=lr_t,
-            decay=decay,
+        if group["averaging"] and group["reference_compat"]:
+            betas = [beta_t] * len(betas)  # the public code recovers x with the new beta_t
+        move = GroupMove(
+            params, grads, zs, betas, buffers, schedule.state.step, lr_t, beta_t, schedule.c_t,
+            decay=1.0 - lr_t * group["weight_decay"], decay_y=lr_t * group["weight_decay_at_y"],
+            averaging=group["averaging"],
         )  # fmt: skip
+        if matrix_map is not map_matrices:  # a split across ranks needs the whole group
+            move_over_lists(move, group, matrix_map)
+        elif self._batched(params):
+            move_batched(move, group, self._workspace, self._compiled_muon())
+        else:
+            move_per_parameter(move, group, self._workspace)
+
+    def _batched(self, params: list[Tensor]) -> bool:
+        """Batched on accelerators and whenever compiled, per parameter on CPU (``foreach``)."""
+        if self.foreach is not None:
+            return self.foreach
+        return self.compile is not False or params[0].device.type != "cpu"
+
+    def _compiled_muon(self) -> CompiledMuon | None:
+        if self.compile is False:
+            return None
+        if self._captured is None:
+            self._captured = CompiledMuon(compile_mode(self.compile))
+        return self._captured
+
+    # ------------------------------------------------------------- read-only views
+    def workspace_bytes(self) -> int:
+        """Bytes of the scratch buffers kept between steps (not part of the state_dict).
+
+        The per-parameter path keeps what one matrix's Newton-Schulz needs (about torch Muon's
+        own per-step temporaries); the batched path what its largest same-shape stack needs
+        (the stacked inputs in the gradients' dtype, two iterates in ``ns_dtype`` and the Gram
+        matrices) and, for the AdamW fallback, two copies of its largest batch. A compiled step
+        keeps its own buffers inside torch.compile's caches; they are not counted here.
+        """
+        return self._workspace.nbytes()
+
+    def rank_splits(self) -> tuple[RankSplit, ...]:
+        """The splits of the Newton-Schulz work across ranks this optimizer has made so far.
+
+        The split over ``process_group`` (DDP) and one per FSDP2 device mesh that is split;
+        empty on one process or with ``distributed=False``. Each reports ``local_matrices``, how
+        many matrices this rank orthogonalised; read them, do not call them.
+        """
+        splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
+        return tuple(split for split in splits if split is not None)
 
 
 class SFMuon(AMUSE):

@@ -14,49 +14,42 @@ tensor lists (``AMUSE._init_group`` creates them) and returns one update per par
 * Fallback AdamW (no first moment): ``v = beta2 v + (1 - beta2) g^2``,
   ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``; fallback SGD: ``U = g``.
 
-Every second moment goes through :func:`second_moment_`. The list functions use foreach ops and
-``matrix_map`` (same-shape batching, or a split across ranks); ``muon_update`` and
-``adam_update`` are the single-tensor forms of the per-parameter path, which write into a
-:class:`~amuse_lightning.optim.kernels.Workspace` instead of allocating.
+Every second moment goes through :func:`second_moment_`. Each direction has a list form (foreach
+ops and ``matrix_map``: same-shape batching, or a split across ranks; its outputs are new
+tensors) and, for Muon and the fallbacks, a workspace form that writes into a
+:class:`~amuse_lightning.optim.kernels.Workspace` kept between steps instead of allocating
+(``muon_update_batch`` over same-shape tensors stacked, ``adam_update_batch``); a batch of one is
+the per-parameter path. The table :data:`DIRECTIONS` (Muon side) and :data:`FALLBACKS` names each
+direction's state buffers and both forms; :func:`direction_of` picks a group's entry, and the
+optimizer, :func:`buffer_names` and :func:`compute_direction` all read it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .kernels import Workspace
-from .polar import as_matrix, newton_schulz, newton_schulz_, ns_schedule, spectral_power
+from .polar import (
+    NS_DTYPES,
+    as_matrix,
+    newton_schulz,
+    newton_schulz_,
+    ns_schedule,
+    spectral_power,
+)
 
-MUON_DIRECTIONS = ("muon", "adamuon", "spectral")
-FALLBACK_UPDATES = ("adamw", "sgd")
 MUON_SCALINGS = ("adamw", "sgd")
 SPECTRAL_INPUTS = ("momentum", "rms")
-NS_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-"""Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
 
 
 def ns_dtype(group: dict) -> torch.dtype:
     """The group's Newton-Schulz dtype (stored as a name such as ``"bfloat16"``)."""
     return NS_DTYPES[group["ns_dtype"]]
-
-
-def ns_dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
-    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
-    if name not in NS_DTYPES:
-        raise ValueError(
-            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
-        )
-    return name
 
 
 BatchFn = Callable[[Tensor], Tensor]
@@ -108,17 +101,6 @@ def muon_scale(rows: int, cols: int, aux_update_type: str) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
-def buffer_names(group: dict) -> tuple[str, ...]:
-    """The state buffers (besides ``z`` and ``beta``) the group's direction keeps, in order."""
-    if group["use_muon"]:
-        if group["direction"] == "adamuon":
-            return ("momentum_buffer", "exp_avg_sq")
-        if group["direction"] == "spectral" and group["spectral_input"] == "rms":
-            return ("exp_avg", "exp_avg_sq")
-        return ("momentum_buffer",)
-    return ("exp_avg_sq",) if group["update_type"] == "adamw" else ()
-
-
 def second_moment_(second: list[Tensor], values: Sequence[Tensor], beta2: float) -> None:
     """The one second-moment update of every direction: ``v <- beta2 v + (1 - beta2) x*x``."""
     torch._foreach_mul_(second, beta2)
@@ -156,42 +138,83 @@ def muon_direction(
 def muon_update(
     grad: Tensor, momentum: Tensor, group: dict, workspace: Workspace
 ) -> tuple[Tensor, float]:
-    """Muon for one matrix without allocating: ``(NS(u), s)``, ``NS(u)`` in ``grad``'s dtype.
+    """Muon for one matrix without allocating: ``(NS(u), s)``; :func:`muon_update_batch` of one."""
+    (update,), scale = muon_update_batch([grad], [momentum], group, workspace)
+    return update, scale
 
-    Everything lives in the workspace: the Nesterov input ``u`` in a buffer of ``grad``'s dtype,
-    cast once into the Newton-Schulz iterate (:func:`~amuse_lightning.optim.polar.newton_schulz_`),
-    whose result is cast back once into the first buffer. Mixed-dtype elementwise ops would each
-    allocate a parameter-sized cast, so the caller gets ``grad``'s dtype and folds ``s`` into its
-    own update. The returned view, in ``grad``'s shape, is valid until the workspace's next use.
+
+def muon_update_batch(
+    grads: Sequence[Tensor], momenta: list[Tensor], group: dict, workspace: Workspace
+) -> tuple[list[Tensor], float]:
+    """Muon for ``B`` same-shape tensors without allocating: ``([NS(u_1), ...], s)`` in ``grad``'s
+    dtype and shape, ``s`` the scale every one of them still needs.
+
+    Everything lives in the workspace: the Nesterov inputs ``u_k`` are written into one stack
+    ``(B, rows, cols)`` of ``grad``'s dtype, cast once into the Newton-Schulz iterate (wide
+    orientation) and orthogonalised as one batch (:func:`~amuse_lightning.optim.polar.
+    newton_schulz_`; a batch of one takes the 2-D kernels), and the result is cast back once
+    into the first stack. Mixed-dtype elementwise ops would each allocate a parameter-sized cast,
+    so the caller gets ``grad``'s dtype and folds ``s`` into its own update. The returned views
+    are valid until the workspace's next use.
     """
-    momentum.lerp_(grad, 1.0 - group["momentum"])
-    g, m = as_matrix(grad), as_matrix(momentum)
-    rows, cols = g.shape
-    short, long = min(rows, cols), max(rows, cols)
-    dtype = ns_dtype(group)
-    iterates = [(short, long), (short, long), (short, short), (short, short)]
-    if dtype == grad.dtype:
-        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
-        u = X if rows <= cols else X.mT
+    grads, batch, mu = list(grads), len(grads), group["momentum"]
+    first = grads[0]
+    rows, cols = as_matrix(first).shape
+    wide = rows <= cols
+    short, long = (rows, cols) if wide else (cols, rows)
+    dtype, grad_dtype, device = ns_dtype(group), first.dtype, first.device
+    lead = (batch,) if batch > 1 else ()  # one matrix: the 2-D kernels (addmm), faster on CPU
+    iterates = [(*lead, short, long)] * 2 + [(*lead, short, short)] * 2
+    if dtype == grad_dtype:
+        X, spare, gram, poly = workspace.take(iterates, dtype, device)
+        U = X if wide else X.mT
     else:
-        (u,) = workspace.take([(rows, cols)], grad.dtype, grad.device)
-        X, spare, gram, poly = workspace.take(iterates, dtype, grad.device)
-    if group["nesterov"]:
-        torch.lerp(g, m, group["momentum"], out=u)
-    else:
-        u.copy_(m)
-    if dtype != grad.dtype:
-        X.copy_(u if rows <= cols else u.mT)
+        (U,) = workspace.take([(*lead, rows, cols)], grad_dtype, device)
+        X, spare, gram, poly = workspace.take(iterates, dtype, device)
+    if batch == 1:  # u = g + mu (m - g), or m
+        momenta[0].lerp_(first, 1.0 - mu)
+        g, m = as_matrix(first), as_matrix(momenta[0])
+        if group["nesterov"]:
+            torch.lerp(g, m, mu, out=U)
+        else:
+            U.copy_(m)
+    else:  # the same in place on copies of g, one foreach op each
+        torch._foreach_lerp_(momenta, grads, 1.0 - mu)
+        inputs = list(U.unbind(0))
+        torch._foreach_copy_(inputs, [as_matrix(g) for g in grads])
+        if group["nesterov"]:
+            torch._foreach_lerp_(inputs, [as_matrix(m) for m in momenta], mu)
+        else:
+            torch._foreach_copy_(inputs, [as_matrix(m) for m in momenta])
+    if dtype != grad_dtype:
+        X.copy_(U if wide else U.mT)
     schedule, norm_factor = ns_schedule(group["ns_coefficients"], group["ns_steps"])
     out = newton_schulz_(X, spare, gram, poly, schedule, norm_factor)
-    out = out if rows <= cols else out.mT
-    if dtype != grad.dtype:
-        out = u.copy_(out)
+    out = out if wide else out.mT
+    if dtype != grad_dtype and _cast_back(batch, device, wide, first.ndim):
+        out = U.copy_(out)
+    results = [out] if batch == 1 else out.unbind(0)
+    updates = [_shaped(o, g.shape) for o, g in zip(results, grads, strict=True)]
+    return updates, muon_scale(rows, cols, group["aux_update_type"])
+
+
+def _cast_back(batch: int, device: torch.device, wide: bool, ndim: int) -> bool:
+    """Whether a Newton-Schulz result in ``ns_dtype`` is cast back to the gradient's dtype.
+
+    The casts are exact either way. On CPU a mixed-dtype update would allocate a cast per op, and
+    a stack's foreach update would fall back to one kernel per tensor, so both cast back once. A
+    single matrix on an accelerator is read where it lies (its kernels cast on the fly), except a
+    tall conv kernel, whose transposed result has no view in the kernel's shape.
+    """
+    return batch > 1 or device.type == "cpu" or (not wide and ndim > 2)
+
+
+def _shaped(matrix: Tensor, shape: torch.Size) -> Tensor:
+    """``matrix`` in a parameter's shape: a view, except for a transposed conv-kernel result."""
     try:
-        out = out.view(grad.shape)
+        return matrix.view(shape)
     except RuntimeError:  # a tall conv kernel with an NS-dtype result: no 4-D view of out.mT
-        out = out.reshape(grad.shape)
-    return out, muon_scale(rows, cols, group["aux_update_type"])
+        return matrix.reshape(shape)
 
 
 def adamuon_direction(
@@ -271,11 +294,114 @@ def adam_update(
     grad: Tensor, second: Tensor, group: dict, step: int, workspace: Workspace
 ) -> Tensor:
     """:func:`adam_fallback` of one tensor, computed in the workspace (valid until its next use)."""
-    second_moment_([second], [grad], group["beta2"])
-    (denom,) = workspace.take([tuple(second.shape)], second.dtype, second.device)
-    torch.div(second, 1.0 - group["beta2"] ** step, out=denom)
-    denom.sqrt_().add_(group["eps"])
-    return torch.div(grad, denom, out=denom)
+    return adam_update_batch([grad], [second], group, step, workspace)[0]
+
+
+def adam_update_batch(
+    grads: Sequence[Tensor], second: list[Tensor], group: dict, step: int, workspace: Workspace
+) -> list[Tensor]:
+    """:func:`adam_fallback` over tensors of one dtype and device, in the workspace (views valid
+    until its next use): the denominators, then the quotients ``g / denom`` (in place of the
+    denominator for a single tensor, in a second set of views for a batch)."""
+    grads, n = list(grads), len(grads)
+    second_moment_(second, grads, group["beta2"])
+    shapes = [tuple(v.shape) for v in second]
+    views = workspace.take(shapes * (1 if n == 1 else 2), second[0].dtype, second[0].device)
+    denom = views[:n]
+    torch._foreach_copy_(denom, second)
+    torch._foreach_div_(denom, 1.0 - group["beta2"] ** step)
+    torch._foreach_sqrt_(denom)
+    torch._foreach_add_(denom, group["eps"])
+    if n == 1:
+        return [torch.div(grads[0], denom[0], out=denom[0])]
+    out = views[n:]
+    torch._foreach_copy_(out, grads)
+    torch._foreach_div_(out, denom)
+    return out
+
+
+ListForm = Callable[[Sequence[Tensor], Sequence[list[Tensor]], dict, int, MatrixMap], list[Tensor]]
+WorkspaceForm = Callable[
+    [Sequence[Tensor], Sequence[list[Tensor]], dict, int, Workspace], tuple[list[Tensor], float]
+]
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One way to move ``z``: the state it keeps and the forms that compute ``U``.
+
+    Attributes:
+        buffers: the state buffers (besides ``z`` and ``beta``) of a group, in order.
+        over_list: ``(grads, buffers, group, step, matrix_map) -> updates``, new tensors, any
+            shapes; the matrix work goes through ``matrix_map``.
+        in_workspace: ``(grads, buffers, group, step, workspace) -> (updates, scale)`` without
+            allocating (``updates`` are workspace views, ``scale`` still to be folded into the
+            move), or ``None`` (then the list form serves every path).
+        same_shape: whether ``in_workspace`` needs tensors of one shape (a batch is one stack).
+    """
+
+    buffers: Callable[[dict], tuple[str, ...]]
+    over_list: ListForm
+    in_workspace: WorkspaceForm | None = None
+    same_shape: bool = False
+
+
+def _spectral_buffers(group: dict) -> tuple[str, ...]:
+    rms = group["spectral_input"] == "rms"
+    return ("exp_avg", "exp_avg_sq") if rms else ("momentum_buffer",)
+
+
+DIRECTIONS: dict[str, Direction] = {
+    "muon": Direction(
+        buffers=lambda group: ("momentum_buffer",),
+        over_list=lambda g, b, group, step, mm: muon_direction(g, b[0], group, mm),
+        in_workspace=lambda g, b, group, step, ws: muon_update_batch(g, b[0], group, ws),
+        same_shape=True,
+    ),
+    "adamuon": Direction(
+        buffers=lambda group: ("momentum_buffer", "exp_avg_sq"),
+        over_list=lambda g, b, group, step, mm: adamuon_direction(g, b[0], b[1], group, mm),
+    ),
+    "spectral": Direction(
+        buffers=_spectral_buffers,
+        over_list=lambda g, b, group, step, mm: spectral_direction(
+            g, b[0], b[1] if len(b) > 1 else None, group, step, mm
+        ),
+    ),
+}
+"""The Muon-side directions (``group["direction"]`` of a ``use_muon`` group)."""
+
+FALLBACKS: dict[str, Direction] = {
+    "adamw": Direction(
+        buffers=lambda group: ("exp_avg_sq",),
+        over_list=lambda g, b, group, step, mm: adam_fallback(g, b[0], group, step),
+        in_workspace=lambda g, b, group, step, ws: (
+            adam_update_batch(g, b[0], group, step, ws),
+            1.0,
+        ),
+    ),
+    "sgd": Direction(  # U = g (read only, never modified)
+        buffers=lambda group: (),
+        over_list=lambda g, b, group, step, mm: list(g),
+        in_workspace=lambda g, b, group, step, ws: (list(g), 1.0),
+    ),
+}
+"""The fallback updates (``group["update_type"]`` of a group without Muon)."""
+
+MUON_DIRECTIONS = tuple(DIRECTIONS)
+FALLBACK_UPDATES = tuple(FALLBACKS)
+
+
+def direction_of(group: dict) -> Direction:
+    """The table entry of a group: its ``direction`` with Muon, else its ``update_type``."""
+    if group["use_muon"]:
+        return DIRECTIONS[group["direction"]]
+    return FALLBACKS[group["update_type"]]
+
+
+def buffer_names(group: dict) -> tuple[str, ...]:
+    """The state buffers (besides ``z`` and ``beta``) the group's direction keeps, in order."""
+    return direction_of(group).buffers(group)
 
 
 def compute_direction(
@@ -285,19 +411,9 @@ def compute_direction(
     step: int,
     matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:
-    """Dispatch on the group: Muon-side ``direction`` or fallback ``update_type``.
+    """The group's direction over lists (its table entry's list form).
 
     ``buffers`` are the state lists named by :func:`buffer_names`, in that order. ``matrix_map``
     runs the per-matrix work; pass a ``distributed.RankSplit`` to split it across ranks.
     """
-    if group["use_muon"]:
-        direction = group["direction"]
-        if direction == "muon":
-            return muon_direction(grads, buffers[0], group, matrix_map)
-        if direction == "adamuon":
-            return adamuon_direction(grads, buffers[0], buffers[1], group, matrix_map)
-        second = buffers[1] if len(buffers) > 1 else None
-        return spectral_direction(grads, buffers[0], second, group, step, matrix_map)
-    if group["update_type"] == "adamw":
-        return adam_fallback(grads, buffers[0], group, step)
-    return list(grads)  # "sgd": U = g (read only, never modified)
+    return direction_of(group).over_list(grads, buffers, group, step, matrix_map)

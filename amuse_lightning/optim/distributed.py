@@ -359,4 +359,3 @@ class MatrixMapChoice:
                 split = RankSplit(mesh.get_group())
             self._sharded_maps[key] = ShardedMatrixMap(split)
         return self._sharded_maps[key]
-

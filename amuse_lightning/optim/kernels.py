@@ -44,29 +44,39 @@ __all__ = [
 
 
 class Workspace:
-    """Reusable scratch for one parameter at a time, so ``step()`` allocates no temporaries.
+    """Reusable scratch for one parameter (or one stack) at a time, so ``step()`` allocates no
+    temporaries.
 
     One flat buffer per (dtype, device), grown to the largest request seen and carved into views;
     a request's views are valid until the next request. The largest request is what one matrix's
     Newton-Schulz would have allocated anyway, so the memory is that of torch's Muon's temporaries,
-    kept between steps instead of allocated and freed in every one. Not part of the state_dict.
+    kept between steps instead of allocated and freed in every one. The views of a request are
+    kept too (the same request comes back every step), until the buffer grows. Not part of the
+    state_dict.
     """
 
     def __init__(self) -> None:
         self._flat: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._views: dict[tuple, list[Tensor]] = {}
 
     def take(self, shapes: Sequence[tuple[int, ...]], dtype: torch.dtype, device: torch.device):
         """Contiguous views of the given shapes, disjoint, in one buffer of ``dtype``."""
+        request = (tuple(shapes), dtype, device)
+        views = self._views.get(request)
+        if views is not None:
+            return views
         sizes = [_numel(s) for s in shapes]
         need = sum(sizes)
         key = (dtype, torch.device(device))
         flat = self._flat.get(key)
         if flat is None or flat.numel() < need:
             flat = self._flat[key] = torch.empty(need, dtype=dtype, device=device)
+            self._views.clear()  # views of the old buffer would keep it alive
         views, start = [], 0
         for shape, size in zip(shapes, sizes, strict=True):
             views.append(flat[start : start + size].view(shape))
             start += size
+        self._views[request] = views
         return views
 
     def nbytes(self) -> int:

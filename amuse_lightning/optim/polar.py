@@ -11,6 +11,7 @@ product per iteration (no Python loop over matrices, no host synchronisation), o
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -19,12 +20,14 @@ from torch import Tensor
 __all__ = [
     "NS_COEFFICIENTS",
     "NS_COEFFICIENT_SETS",
+    "NS_DTYPES",
     "SUPPORTED_POWERS",
     "as_matrix",
     "coupled_newton_sqrt",
     "inverse_fourth_root",
     "newton_schulz",
     "newton_schulz_",
+    "ns_dtype_name",
     "ns_schedule",
     "spectral_power",
 ]
@@ -56,6 +59,7 @@ bf16 cannot push a singular value past the interval the polynomials were optimis
 Coefficients = tuple[tuple[float, float, float], ...]
 
 
+@functools.lru_cache(maxsize=64)
 def ns_schedule(name: str, steps: int) -> tuple[Coefficients, float]:
     """The ``(a, b, c)`` of each of ``steps`` iterations and the input's norm divisor factor.
 
@@ -72,6 +76,25 @@ def ns_schedule(name: str, steps: int) -> tuple[Coefficients, float]:
         table += [table[-1]] * max(0, steps - len(table))
         return tuple(table[:steps]), s
     raise ValueError(f"ns_coefficients must be one of {NS_COEFFICIENT_SETS}, got {name!r}")
+
+
+NS_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+"""Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
+
+
+def ns_dtype_name(dtype: torch.dtype | str) -> str:
+    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
+    if name not in NS_DTYPES:
+        raise ValueError(
+            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
+        )
+    return name
 
 
 SUPPORTED_POWERS = (0.0, 0.25, 0.5, 1.0)
@@ -163,20 +186,23 @@ def newton_schulz_(
     norm_factor: float = 1.0,
     eps: float = 1e-7,
 ) -> Tensor:
-    """:func:`newton_schulz` of one wide matrix ``X`` (``m <= n``) in caller-owned buffers.
+    """:func:`newton_schulz` of a wide matrix ``X`` (``m <= n``), or of a stack ``(B, m, n)`` of
+    them, in caller-owned buffers.
 
-    ``X`` (overwritten) holds the input, ``spare`` is a second ``(m, n)`` buffer, ``gram`` and
-    ``poly`` are ``(m, m)``; all four share ``X``'s dtype. Each iteration writes
-    ``gram = X X^T``, ``poly = b gram + c gram^2`` and ``spare = a X + poly X`` (then the two
-    iterates swap roles), so nothing is allocated but a scalar norm. Returns whichever of ``X`` and
-    ``spare`` holds the result; the same numbers as :func:`newton_schulz` on that matrix.
+    ``X`` (overwritten) holds the input, ``spare`` is a second buffer of its shape, ``gram`` and
+    ``poly`` are ``(m, m)`` (``(B, m, m)`` for a stack); all four share ``X``'s dtype. Each
+    iteration writes ``gram = X X^T``, ``poly = b gram + c gram^2`` and ``spare = a X + poly X``
+    (then the two iterates swap roles), so nothing is allocated but the norms (one number per
+    matrix). Returns whichever of ``X`` and ``spare`` holds the result; the same numbers as
+    :func:`newton_schulz` on that matrix or stack.
     """
-    norm = torch.linalg.matrix_norm(X)
+    norm = torch.linalg.matrix_norm(X, keepdim=True)
     X.div_((norm if norm_factor == 1.0 else norm * norm_factor) + eps)
+    mm, addmm = (torch.mm, torch.addmm) if X.ndim == 2 else (torch.bmm, torch.baddbmm)
     for a, b, c in schedule:
-        torch.mm(X, X.mT, out=gram)
-        torch.addmm(gram, gram, gram, beta=b, alpha=c, out=poly)
-        torch.addmm(X, poly, X, beta=a, out=spare)
+        mm(X, X.mT, out=gram)
+        addmm(gram, gram, gram, beta=b, alpha=c, out=poly)
+        addmm(X, poly, X, beta=a, out=spare)
         X, spare = spare, X
     return X
 

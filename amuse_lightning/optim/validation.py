@@ -15,9 +15,8 @@ from .directions import (
     MUON_DIRECTIONS,
     MUON_SCALINGS,
     SPECTRAL_INPUTS,
-    ns_dtype_name,
 )
-from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS
+from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS, ns_dtype_name
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
 

@@ -7,7 +7,10 @@
 * :mod:`tests.helpers.trainers` - a quiet Lightning ``Trainer`` factory;
 * :mod:`tests.helpers.fashion` - a fake Fashion-MNIST in the idx format;
 * :mod:`tests.helpers.partition_models` - the small models the partition tests share;
-* :mod:`tests.helpers.spawn` - start gloo worker processes and collect what each rank saved.
+* :mod:`tests.helpers.spawn` - start gloo worker processes and collect what each rank saved;
+* :mod:`tests.helpers.tiny` - the tiny conv net, groups, batches and loop of the optimizer API
+  tests;
+* :mod:`tests.helpers.matrices` - matrices with known spectra, exact powers, Newton-Schulz bands.
 
 (``tests/callback_testkit.py`` holds the recording module and oracles of the callback tests.)
 """

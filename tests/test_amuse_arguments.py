@@ -1,0 +1,183 @@
+"""AMUSE's arguments and param groups: what is accepted (flat lists, timm keys, numpy scalars,
+dtype names), what is refused and how the error reads, and the non-finite gradient policies."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from amuse_lightning import AMUSE
+from tests.helpers.tiny import batch, groups_of, params_of, tiny_model, train_steps
+
+
+def test_flat_params_split_with_a_warning() -> None:
+    model = tiny_model()
+    with pytest.warns(UserWarning, match="partition_parameters"):
+        opt = AMUSE(model.parameters())
+    flags = [(g["use_muon"], {p.ndim for p in g["params"]}) for g in opt.param_groups]
+    assert (True, {2, 4}) in flags and (False, {1}) in flags
+
+
+def test_timm_use_fallback_and_lr_scale_are_honoured() -> None:
+    model = tiny_model()
+    params = list(model.parameters())
+    matrices = [p for p in params if p.ndim >= 2]
+    vectors = [p for p in params if p.ndim < 2]
+    opt = AMUSE(
+        [
+            {"params": matrices, "use_fallback": False, "lr_scale": 0.5},
+            {"params": vectors, "use_fallback": True},
+        ],
+        lr=0.1,
+        warmup_steps=1,
+        rho=0.0,
+    )
+    assert [g["use_muon"] for g in opt.param_groups] == [True, False]
+    train_steps(model, opt, 0, 1)
+    assert opt.param_groups[0]["lr_t"] == pytest.approx(0.05)
+    assert opt.param_groups[1]["lr_t"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lr=-1.0), "lr must be >= 0"),
+        (dict(beta1=0.0), r"beta1 must be in \(0, 1\]"),
+        (dict(beta1=1.5), r"beta1 must be in \(0, 1\]"),
+        (dict(rho=-0.1), "rho must be >= 0"),
+        (dict(warmup_steps=0), "warmup_steps must be an integer >= 1"),
+        (dict(warmup_steps=2.5), "warmup_steps must be an integer >= 1"),
+        (dict(update_type="lion"), "update_type must be one of"),
+        (dict(aux_update_type="rms"), "aux_update_type must be one of"),
+        (dict(direction="shampoo"), "direction must be one of"),
+        (dict(direction="spectral", spectral_power=0.75), "spectral_power must be one of"),
+        (dict(spectral_input="sign"), "spectral_input must be one of"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (dict(nonfinite="ignore"), "nonfinite must be one of"),
+        (dict(lr=float("nan")), "lr must be a finite number"),
+        (dict(averaging=False, weight_decay_at_y=0.1), "weight_decay_at_y .* needs averaging"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AMUSE(groups_of(tiny_model()), **kwargs)
+
+
+def test_bad_group_leaves_optimizer_unchanged() -> None:
+    model = tiny_model()
+    opt = AMUSE(groups_of(model)[:1])
+    bias = [p for p in model.parameters() if p.ndim == 1]
+    with pytest.raises(ValueError, match="Muon needs a matrix"):
+        opt.add_param_group({"params": bias, "use_muon": True})
+    assert len(opt.param_groups) == 1
+    # a flat group splits into a Muon part and a fallback part: when the fallback part is bad,
+    # the Muon part must not have been added either
+    opt = AMUSE(groups_of(model)[1:])  # the 1-D tensors
+    weight = next(p for p in model.parameters() if p.ndim == 2)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="already in another group"):
+        opt.add_param_group({"params": [weight, bias[0]]})
+    assert len(opt.param_groups) == 1
+
+
+def test_sparse_gradients_are_refused_and_complex_parameters_at_construction() -> None:
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = AMUSE([{"params": emb.parameters(), "use_muon": False}])
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    z = nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))
+    for use_muon in (True, False):
+        with pytest.raises(ValueError, match=r"params\[0\] of param group 0 is complex.*as_real"):
+            AMUSE([{"params": [z], "use_muon": use_muon}])
+    opt = AMUSE([{"params": [nn.Parameter(torch.randn(3))], "use_muon": False}])
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [z], "use_muon": False})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("policy", ["raise", "skip"])
+def test_nonfinite_gradients_leave_state_untouched(policy: str) -> None:
+    model = tiny_model()
+    groups = groups_of(model)
+    groups[0]["names"] = [f"w{i}" for i in range(len(groups[0]["params"]))]
+    opt = AMUSE(groups, lr=0.05, nonfinite=policy)
+    train_steps(model, opt, 0, 2)
+    before_params = params_of(model)
+    before_state = copy.deepcopy(opt.state_dict())
+    x, y = batch(5)
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    groups[0]["params"][1].grad[0, 0] = float("nan")
+    if policy == "raise":
+        with pytest.raises(FloatingPointError, match="'w1'"):
+            opt.step()
+    else:
+        with pytest.warns(UserWarning, match="skipping AMUSE step"):
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before_params, params_of(model), strict=True))
+    after_state = opt.state_dict()
+    assert after_state["param_groups"] == before_state["param_groups"]
+    for key, values in before_state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, after_state["state"][key][name])
+
+
+def test_huge_finite_gradients_are_not_mistaken_for_nonfinite() -> None:
+    w = nn.Parameter(torch.zeros(4, 4))
+    opt = AMUSE([{"params": [w], "use_muon": True}], nonfinite="raise")
+    w.grad = torch.full((4, 4), 1e30)  # its 2-norm overflows float32
+    opt.step()
+    assert torch.isfinite(w).all() and opt.param_groups[0]["step"] == 1
+
+
+def test_ns_dtype_is_stored_by_name_and_accepts_names() -> None:
+    model = tiny_model()
+    opt = AMUSE(groups_of(model), ns_dtype="float32")
+    assert {g["ns_dtype"] for g in opt.param_groups} == {"float32"}
+    opt.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))], "use_muon": True,
+                         "ns_dtype": torch.float64})  # fmt: skip
+    assert opt.param_groups[-1]["ns_dtype"] == "float64"
+    with pytest.raises(ValueError, match="ns_dtype must be one of"):
+        AMUSE(groups_of(model), ns_dtype=torch.int8)
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    results = []
+    for number in (float, np.float32, np.float64):
+        model = tiny_model()
+        to_int = int if number is float else np.int64
+        opt = AMUSE(groups_of(model), lr=number(0.05), warmup_steps=to_int(3),
+                    beta1=number(0.8), weight_decay=number(0.0))  # fmt: skip
+        opt.add_param_group({"params": [nn.Parameter(torch.randn(2))], "use_muon": False,
+                             "lr": np.float32(0.1), "warmup_steps": np.int64(2)})  # fmt: skip
+        train_steps(model, opt, 0, 3)
+        results.append(params_of(model))
+        assert all(type(g["warmup_steps"]) is int for g in opt.param_groups)
+        assert all(type(g["lr"]) is float for g in opt.param_groups)
+    for a, b in zip(results[0], results[2], strict=True):  # np.float64(0.05) == 0.05
+        assert torch.equal(a, b)
+    for a, b in zip(results[0], results[1], strict=True):  # float32(0.05) is 0.05 to 1e-9
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_group_without_params_is_named() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"param group 1 has no 'params' entry.*\['lr'\]"):
+        AMUSE([{"params": list(model.parameters())[:1], "use_muon": True}, {"lr": 0.1}])
+    opt = AMUSE(groups_of(model))
+    with pytest.raises(ValueError, match="no 'params' entry"):
+        opt.add_param_group({"use_muon": False})
+
+
+def test_warmup_one_with_rising_beta_warns() -> None:
+    with pytest.warns(UserWarning, match="warmup_steps=1"):
+        AMUSE(groups_of(tiny_model()), warmup_steps=1, rho=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AMUSE(groups_of(tiny_model()), warmup_steps=1, rho=0.0)
