@@ -18,10 +18,9 @@ Protocol (the same tuning budget for every method; validation split only, never 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +46,11 @@ class StudyConfig:
     threads: int = 1
 
 
+BatchNormSource = tuple[Callable[[], Iterator[Any]], int]
+"""``(batches, count)``: a function returning training batches, and how many of them re-estimate
+the BatchNorm statistics of an averaged model (``None`` for tasks without BatchNorm)."""
+
+
 class Task(Protocol):
     """What a study needs from a task; ``score`` is higher-is-better (accuracy, or -loss)."""
 
@@ -59,7 +63,7 @@ class Task(Protocol):
     def train_batches(self, seed: int) -> Iterator[Any]: ...
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager: ...
+    def bn_batches(self, seed: int) -> BatchNormSource | None: ...
 
 
 @dataclass(frozen=True)
@@ -174,13 +178,11 @@ def train_run(spec: RunSpec, task: Task) -> dict:
 
 
 def evaluate_both(task: Task, model: nn.Module, handle: Any, seed: int) -> dict:
-    """Validation and test metrics of the model to ship: x for averaged methods, else the
-    iterate; training state (y, BatchNorm statistics, random streams) is left as it was."""
-    y = handle.to_x()
-    context = task.at_x(model, seed) if handle.averaged else contextlib.nullcontext()
-    with context:
+    """Validation and test metrics of the model to ship: x for averaged methods (BatchNorm
+    re-estimated at x where the task has it), else the iterate; training state (y, BatchNorm
+    statistics, random streams) is left as it was."""
+    with handle.evaluation_weights(task.bn_batches(seed)):
         result = {"val": task.evaluate(model, "val"), "test": task.evaluate(model, "test")}
-    handle.to_y(y)
     model.train()
     return result
 

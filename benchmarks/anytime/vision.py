@@ -9,7 +9,6 @@ does. Score: accuracy.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,8 +20,7 @@ from amuse_lightning import partition_parameters
 from amuse_lightning.examples.data import BatchAugment, FashionMNISTDataModule
 from amuse_lightning.examples.models import CifarResNet
 
-from .bn import recalibrated
-from .protocol import StudyConfig
+from .protocol import BatchNormSource, StudyConfig
 
 
 @dataclass(frozen=True)
@@ -150,13 +148,14 @@ class VisionTask:
         acc = correct / len(images)
         return {"score": acc, "accuracy": acc, "loss": total_loss / len(images)}
 
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager:
-        """BatchNorm re-estimated at x from ``bn_batches`` augmented training batches of a
-        stream of their own (seeded per run), as the callback does before each evaluation."""
+    def bn_batches(self, seed: int) -> BatchNormSource:
+        """``bn_batches`` augmented training batches of a stream of their own (seeded per run)
+        for BatchNorm at an averaged model, as the callback does before each evaluation (the
+        caller draws them inside ``preserved_random_state``)."""
 
         def batches() -> Iterator[torch.Tensor]:
             torch.manual_seed(10_000 + seed)
             for images, _ in self.train_batches(seed):
                 yield images
 
-        return recalibrated(model, batches, self.cfg.bn_batches)
+        return batches, self.cfg.bn_batches

@@ -12,7 +12,6 @@ others for validation, the first ``test_size`` test images of classes 5-9. Score
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -145,8 +144,8 @@ class ViTTask:
         acc = (logits.argmax(1) == labels).float().mean().item()
         return {"score": acc, "accuracy": acc, "loss": loss}
 
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # LayerNorm only: nothing to recalibrate
+    def bn_batches(self, seed: int) -> None:
+        return None  # LayerNorm only: nothing to re-estimate
 
 
 def epochs(data: tuple[torch.Tensor, torch.Tensor], batch: int, aug: BatchAugment) -> Iterator:
