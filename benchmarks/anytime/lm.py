@@ -10,6 +10,7 @@ test files. Tied token embedding and output head, embeddings and norms go to the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,8 +19,9 @@ from torch import nn
 
 from amuse_lightning import partition_parameters
 
+from .probes import FinisherConfig
 from .protocol import StudyConfig
-from .vision import SCREEN
+from .vision import QUICK_FINISHING, SCREEN
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class LMTask:
             seeds=(0, 1) if quick else (0, 1, 2),
             variants=SCREEN[:2] if quick else SCREEN,
             workers=1 if quick else 2,
+        )
+        # round 2: the lr round 1 chose for x (LayerNorm only: no averages tracked)
+        self.finishing = (
+            dataclasses.replace(QUICK_FINISHING, amuse_lrs=(1e-2,), ema_widths=())
+            if quick
+            else FinisherConfig(amuse_lrs=(1e-2,))
         )
 
     def setup(self) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .methods import BUDGET_METHODS, build_optimizer, is_budget_method
+from .probes import Probes
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,20 @@ def eval_points(spec: RunSpec, study: StudyConfig) -> list[int]:
 def train_run(spec: RunSpec, task: Task) -> dict:
     """Train one run; evaluate at its end (budget methods) or at every budget (anytime).
 
-    Returns ``{"spec", "evals": [{"step", "val": {...}, "test": {...}}], "wall_s", "diverged"}``.
+    Returns ``{"spec", "evals": [{"step", "val": {...}, "test": {...}}], "wall_s", "diverged"}``;
+    an AMUSE run whose settings ask for probes (:mod:`.probes`: ``finishers``, ``averages``) also
+    has ``"finished"`` and ``"averages"`` in each evaluation.
     """
     study = task.study
     start = time.perf_counter()
     settings = dict(spec.settings)
     fraction = settings.pop("warmup_fraction", study.warmup_fraction)
+    warmup_steps = settings.pop("warmup_steps", None)  # absolute; wins over the fraction
     wd_at_y = settings.pop("wd_at_y", False)
     fallback_ratio = settings.pop("fallback_lr_ratio", 1.0)
+    probe_keys = {k: settings.pop(k) for k in ("finishers", "averages") if k in settings}
     horizon = spec.steps if is_budget_method(spec.method) else max(study.budgets)
-    warmup = max(2, round(fraction * horizon))
+    warmup = warmup_steps or max(2, round(fraction * horizon))
     torch.manual_seed(spec.seed)  # model init and the data stream of this seed
     model = task.build_model(spec.seed)
     groups = task.param_groups(model, 0.0 if wd_at_y else study.weight_decay)
@@ -152,8 +157,9 @@ def train_run(spec: RunSpec, task: Task) -> dict:
         total_steps=spec.steps,
         settings=settings,
     )
+    probes = Probes(task, model, handle, probe_keys, spec.seed)
     points = set(eval_points(spec, study))
-    batches = task.train_batches(spec.seed)
+    batches = probes.wrap(task.train_batches(spec.seed))
     evals: list[dict] = []
     diverged = False
     model.train()
@@ -166,8 +172,10 @@ def train_run(spec: RunSpec, task: Task) -> dict:
         handle.zero_grad()
         loss.backward()
         handle.step()
+        probes.after_step()
         if step in points:
             evals.append({"step": step, **evaluate_both(task, model, handle, spec.seed)})
+            evals[-1].update(probes.at(step))
     return {
         "spec": spec.to_dict(),
         "evals": evals,

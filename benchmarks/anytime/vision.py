@@ -20,6 +20,7 @@ from amuse_lightning import partition_parameters
 from amuse_lightning.examples.data import BatchAugment, FashionMNISTDataModule
 from amuse_lightning.examples.models import CifarResNet
 
+from .probes import FinisherConfig
 from .protocol import BatchNormSource, StudyConfig
 
 
@@ -86,12 +87,23 @@ QUICK = VisionConfig(
 )
 
 
+QUICK_FINISHING = FinisherConfig(
+    amuse_lrs=(3e-2,), shapes=("1-sqrt",), fractions=(0.2,), lr_factors=(1.0,), ema_widths=(0.1,)
+)
+
+
 class VisionTask:
     name = "vision"
 
     def __init__(self, quick: bool = False) -> None:
         self.cfg = QUICK if quick else VisionConfig()
         self.study = study_config(self.cfg, quick)
+        # round 2: the lr round 1 chose for x; power-EMAs of y and z tracked in every run
+        self.finishing = (
+            QUICK_FINISHING
+            if quick
+            else FinisherConfig(amuse_lrs=(3e-2,), ema_widths=(0.05, 0.1, 0.2))
+        )
         mean, std = FashionMNISTDataModule.mean, FashionMNISTDataModule.std
         self.train_aug = BatchAugment(
             mean, std, train=True, crop_padding=self.cfg.crop_padding, hflip=0.5

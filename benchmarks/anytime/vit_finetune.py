@@ -12,6 +12,7 @@ others for validation, the first ``test_size`` test images of classes 5-9. Score
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,8 +27,9 @@ from amuse_lightning.examples import TimmClassifier
 from amuse_lightning.examples.data import BatchAugment, FashionMNISTDataModule
 from amuse_lightning.partition import layer_decay_scales
 
+from .probes import FinisherConfig
 from .protocol import StudyConfig
-from .vision import SCREEN
+from .vision import QUICK_FINISHING, SCREEN
 
 CACHE = Path(__file__).resolve().parents[2] / "checkpoints" / "anytime"
 
@@ -85,6 +87,12 @@ class ViTTask:
             seeds=(0, 1) if quick else (0, 1, 2),
             variants=SCREEN[:2] if quick else SCREEN,
             workers=1 if quick else 2,
+        )
+        # round 2: the lr round 1 chose for x; power-EMAs of y and z tracked in every run
+        self.finishing = (
+            dataclasses.replace(QUICK_FINISHING, amuse_lrs=(3e-3,))
+            if quick
+            else FinisherConfig(amuse_lrs=(1e-2,), ema_widths=(0.05, 0.1, 0.2))
         )
         mean, std = FashionMNISTDataModule.mean, FashionMNISTDataModule.std
         self.train_aug = BatchAugment(

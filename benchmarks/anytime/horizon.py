@@ -1,0 +1,67 @@
+"""The horizon study: the byte-level GPT of :mod:`.lm` at a width small enough for a CPU, taken
+from 200 to 12,800 steps (budgets doubling; 64x round 1's longest LM budget), to see how the gap
+of ``x`` and of the finished model to budget-tuned Muon + cosine changes with run length.
+
+Differences from :mod:`.lm`: width 64 (2 layers, 4 heads, context 64, batch 8; ~17 ms per step on
+one core here), the corpus's default 6 MB (5.6 MB of training bytes: 12,800 steps of 8 x 64
+bytes read 6.6 MB, so the longest run sees each byte about 1.2 times; the 2 MB of round 1 would
+have been repeated 3x and leaves 7 kB of validation text), 512 evaluation windows (32 kB) per
+split. AMUSE warms up for a fixed 10 steps (5 % of the shortest budget, as round 1's LM had): a
+warmup tied to the longest budget would hold ``x`` inside warmup at the short budgets and so bend
+the gap-vs-horizon curve; the screen tries 5 % of the longest budget (640 steps) at the chosen
+lr. The finisher is the variant round 2 chose on the round-1 LM task (``fixed_variant``), not
+re-chosen here. Muon + cosine runs on the other seeds stop at 6,400 steps (cost).
+"""
+
+from __future__ import annotations
+
+from .lm import LMConfig, LMTask
+from .probes import FinisherConfig
+from .protocol import StudyConfig
+
+HORIZON = LMConfig(
+    width=64,
+    depth=2,
+    heads=4,
+    context=64,
+    batch_size=8,
+    max_bytes=6_000_000,
+    eval_windows=512,
+    budgets=(200, 400, 800, 1600, 3200, 6400, 12800),
+)
+QUICK = LMConfig(
+    width=32,
+    depth=1,
+    heads=2,
+    context=32,
+    batch_size=8,
+    max_bytes=1_000_000,
+    eval_windows=16,
+    budgets=(8, 16, 32),
+)
+# the finisher chosen on the round-1 LM task (anytime_lm_finisher.json, meta.selection.variant)
+LM_VARIANT = "y/1-sqrt/f=0.2/lr_x1"
+
+
+class HorizonTask(LMTask):
+    name = "horizon"
+
+    def __init__(self, quick: bool = False) -> None:
+        self.cfg = QUICK if quick else HORIZON
+        grid = (3e-3, 1e-2) if quick else (3e-3, 1e-2, 3e-2)
+        self.study = StudyConfig(
+            budgets=self.cfg.budgets,
+            lr_grid={"muon_cosine": grid, "amuse": grid},
+            weight_decay=0.05,
+            seeds=(0, 1) if quick else (0, 1, 2),
+            workers=1,
+        )
+        short = max(2, round(0.05 * min(self.cfg.budgets)))
+        longest = round(0.05 * max(self.cfg.budgets))
+        self.finishing = FinisherConfig(
+            amuse_lrs=grid,
+            amuse_settings=(("warmup_steps", short),),
+            amuse_screen=((f"warmup {longest} steps", {"warmup_steps": longest}),),
+            fixed_variant=LM_VARIANT,
+            final_max_budget=16 if quick else 6400,
+        )
