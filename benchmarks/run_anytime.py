@@ -4,7 +4,7 @@
     python benchmarks/run_anytime.py lm ...
     python benchmarks/run_anytime.py vit ...
     python benchmarks/run_anytime.py vision --study finisher   # round 2 (also lm, vit)
-    python benchmarks/run_anytime.py horizon                   # round 2, 200-12,800 steps
+    python benchmarks/run_anytime.py horizon                   # round 2, 200-6,400 steps
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
 ``meta``, ``runs``, ``records``; rewritten after every finished run) and ``.png`` next to it;
@@ -54,7 +54,7 @@ TASKS = {
         "anytime.horizon",
         "HorizonTask",
         "loss",
-        "byte-level GPT (width 64) from 200 to 12,800 steps",
+        "byte-level GPT (width 64), 200 to 6,400 steps",
     ),
 }
 STUDIES = ("anytime", "finisher")

@@ -2,7 +2,8 @@
 "Analyzing and improving the training dynamics of diffusion models", post-hoc EMA section).
 
 A power EMA with exponent ``gamma`` averages the iterates ``theta_1 .. theta_t`` with weights
-proportional to ``s^gamma``; it is updated after step ``t`` by::
+proportional to ``s^gamma`` (exactly: ``theta_s`` weighs ``(s^(gamma+1) - (s-1)^(gamma+1)) /
+t^(gamma+1)``, the integral of ``u^gamma`` over ``(s - 1, s]``); it is updated after step ``t`` by::
 
     ema_t = beta_t ema_{t-1} + (1 - beta_t) theta_t,     beta_t = (1 - 1/t)^(gamma + 1)
 

@@ -96,7 +96,7 @@ class FinisherStudy(Study):
     def run(self) -> None:
         st, f = self.study, self.finishing
         seed, budgets = st.sweep_seed, st.budgets
-        finishers = "grid" if f.fixed_variant is None else f.fixed_variant
+        finishers = f.grid_name()
         fractions = tuple(v.fraction for v in f.grid())
         amuse_sweep = [self.amuse_spec("sweep", lr, seed, {}, finishers) for lr in f.amuse_lrs]
         cosine_sweep = self.cosine_specs(seed, [*budgets, *self.equal_steps(fractions)])

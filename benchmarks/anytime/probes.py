@@ -1,9 +1,10 @@
 """What an AMUSE run scores besides ``x`` at each budget, without changing the run: finished
 models (:mod:`.finishing`) and power-EMAs of ``y`` / ``z`` (:mod:`.averages`).
 
-A run asks for them through two keys of its ``settings``: ``finishers`` (``"grid"``: the task's
-variant grid, or ``"|"``-separated variant ids) and ``averages`` (``"ema"``: the task's EMA
-widths). The task's ``finishing`` attribute (:class:`FinisherConfig`) defines both.
+A run asks for them through two keys of its ``settings``: ``finishers`` (the task's variant grid
+by :meth:`FinisherConfig.grid_name`, or ``"|"``-separated variant ids) and ``averages``
+(``"ema"``: the task's EMA widths). The task's ``finishing`` attribute (:class:`FinisherConfig`)
+defines both.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class FinisherConfig:
     starts: tuple[str, ...] = ("x", "y")
     shapes: tuple[str, ...] = ("linear", "1-sqrt")
     fractions: tuple[float, ...] = (0.1, 0.2)
-    lr_factors: tuple[float, ...] = (0.3, 1.0, 3.0)
+    lr_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # 0.1: the LM chose 0.3 of (0.3, 1, 3)
     amuse_settings: tuple[tuple[str, Any], ...] = ()
     amuse_screen: tuple[tuple[str, dict[str, Any]], ...] = ()
     fixed_variant: str | None = None
@@ -45,8 +46,21 @@ class FinisherConfig:
             return [Variant.parse(self.fixed_variant)]
         return variant_grid(self.starts, self.shapes, self.fractions, self.lr_factors)
 
+    def grid_name(self) -> str:
+        """The grid as a run's ``finishers`` setting: spelled out, so that a run made with
+        another grid is never taken for one of this grid (``--resume``)."""
+        if self.fixed_variant is not None:
+            return self.fixed_variant
+        parts = (self.starts, self.shapes, self.fractions, self.lr_factors)
+        return "grid(" + ";".join(",".join(f"{v:g}" if isinstance(v, float) else v for v in part)
+                                  for part in parts) + ")"  # fmt: skip
+
     def variants(self, name: str) -> list[Variant]:
-        return self.grid() if name == "grid" else [Variant.parse(v) for v in name.split("|")]
+        if name.startswith("grid"):
+            if name not in ("grid", self.grid_name()):
+                raise ValueError(f"finishers={name!r} is not this task's grid {self.grid_name()}")
+            return self.grid()
+        return [Variant.parse(v) for v in name.split("|")]
 
 
 class Probes:
