@@ -41,7 +41,7 @@ QUICK = LMConfig(
     budgets=(8, 16, 32),
 )
 # the finisher chosen on the round-1 LM task (anytime_lm_finisher.json, meta.selection.variant)
-LM_VARIANT = "y/1-sqrt/f=0.2/lr_x1"
+LM_VARIANT = "y/linear/f=0.2/lr_x0.3"
 
 
 class HorizonTask(LMTask):
@@ -64,5 +64,5 @@ class HorizonTask(LMTask):
             amuse_settings=(("warmup_steps", short),),
             amuse_screen=((f"warmup {longest} steps", {"warmup_steps": longest}),),
             fixed_variant=LM_VARIANT,
-            final_max_budget=16 if quick else 3200,
+            final_max_budget=16 if quick else 1600,
         )
