@@ -276,9 +276,8 @@ def test_finisher_run_follows_the_protocol(finisher_run: tuple[str, Path]) -> No
     cap = cfg["finishing"]["final_max_budget"] or max(budgets)
     for method in methods_seen:
         cells = {(r["seed"], r["budget_steps"]) for r in records if r["method"] == method}
-        full = {(s, b) for s in seeds for b in budgets}
-        if method.startswith("muon_cosine"):  # other seeds stop at final_max_budget
-            full = {(s, b) for s, b in full if s == cfg["sweep_seed"] or b <= cap}
+        full = {(s, b) for s in seeds for b in budgets}  # other seeds stop at final_max_budget
+        full = {(s, b) for s, b in full if s == cfg["sweep_seed"] or b <= cap}
         assert cells == full, method
     for r in records:  # equal compute: the cosine and the finished model share total steps
         if r["method"] in ("amuse_finished", "muon_cosine_equal"):

@@ -5,7 +5,8 @@ Protocol (validation split only for every choice; test reported):
 
 1. Muon + cosine, tuned per budget: one run per (budget, lr) on the sweep seed at every budget
    ``t`` and at every equal-compute budget ``t + round(f t)`` (f: each finisher fraction); the lr
-   with the best validation score at that budget wins it.
+   with the best validation score at that budget wins it. (``equal_lr_from_t``, a compute cut:
+   ``t + round(f t)`` is run once, at the lr that won ``t``.)
 2. AMUSE: one run per lr in ``finishing.amuse_lrs`` (one lr: the lr round 1 chose for x) on the
    sweep seed, evaluated at ``x`` at every budget; with several lrs, or ``amuse_screen``
    variants, the best mean validation score of ``x`` over the budgets wins (the anytime
@@ -18,7 +19,7 @@ Protocol (validation split only for every choice; test reported):
    steps. With ``fixed_variant`` only that variant is run and nothing is chosen.
 4. Final: the chosen AMUSE setting (with the chosen finisher, and any averages) and Muon +
    cosine at ``t`` and at ``t + round(f t)`` for the chosen fraction, on the other seeds
-   (cosine only up to ``final_max_budget`` when set). The sweep-seed runs are the first seed.
+   (only up to ``final_max_budget`` when set). The sweep-seed runs are the first seed.
 """
 
 from __future__ import annotations
@@ -64,21 +65,27 @@ class FinisherStudy(Study):
             for lr in (grid if lrs is None else (lrs[s],))
         ]
 
-    def amuse_spec(self, phase: str, lr: float, seed: int, extra: dict, finishers: str) -> RunSpec:
+    def amuse_spec(
+        self, phase: str, lr: float, seed: int, extra: dict, finishers: str, steps: int = 0
+    ) -> RunSpec:
         f = self.finishing
         settings = {**dict(f.amuse_settings), **extra, "finishers": finishers}
         if f.ema_widths:
             settings["averages"] = "ema"
-        return RunSpec(
-            phase, "amuse", lr, seed, max(self.study.budgets), tuple(sorted(settings.items()))
-        )
+        steps = steps or max(self.study.budgets)
+        return RunSpec(phase, "amuse", lr, seed, steps, tuple(sorted(settings.items())))
 
     def equal_steps(self, fractions: tuple[float, ...]) -> list[int]:
         return [equal_compute_steps(t, f) for t in self.study.budgets for f in fractions]
 
     # ------------------------------------------------------------------ choices
     def best_cosine(self, steps: int, seed: int) -> RunSpec:
-        candidates = [RunSpec("sweep", BASE, lr, seed, steps) for lr in self.study.lr_grid[BASE]]
+        """The best sweep run for ``steps`` by validation (of the lrs that were run there)."""
+        candidates = [
+            spec
+            for lr in self.study.lr_grid[BASE]
+            if (spec := RunSpec("sweep", BASE, lr, seed, steps)).run_id in self.results
+        ]
         return max(candidates, key=lambda s: score_at(self.results[s.run_id], steps))
 
     def variant_criterion(self, run: dict, variant: Variant, reference: str) -> dict:
@@ -99,7 +106,8 @@ class FinisherStudy(Study):
         finishers = f.grid_name()
         fractions = tuple(v.fraction for v in f.grid())
         amuse_sweep = [self.amuse_spec("sweep", lr, seed, {}, finishers) for lr in f.amuse_lrs]
-        cosine_sweep = self.cosine_specs(seed, [*budgets, *self.equal_steps(fractions)])
+        equal = [] if f.equal_lr_from_t else self.equal_steps(fractions)
+        cosine_sweep = self.cosine_specs(seed, [*budgets, *equal])
         runner = Runner(self.factory, st.workers, st.threads, self.cache, self.on_result)
         try:
             runner.submit(amuse_sweep + cosine_sweep)
@@ -113,6 +121,15 @@ class FinisherStudy(Study):
             runner.wait_for(screen)
             chosen = max([chosen, *screen], key=lambda s: self._x_mean(s))
             runner.wait_for(cosine_sweep)
+            if f.equal_lr_from_t:  # one run per t + round(f t), at the lr tuned for t
+                lrs = {t: self.best_cosine(t, seed).lr for t in budgets}
+                equal_runs = [
+                    RunSpec("sweep", BASE, lrs[t], seed, equal_compute_steps(t, fraction))
+                    for t in sorted(budgets, reverse=True)
+                    for fraction in sorted(set(fractions))
+                ]
+                runner.submit(equal_runs)
+                runner.wait_for(equal_runs)
             variant = self._choose_variant(chosen)
             finals = self._final_specs(chosen, variant)
             runner.submit(finals)
@@ -154,14 +171,18 @@ class FinisherStudy(Study):
         lrs = {int(s): lr for s, lr in self.selection["cosine"].items()}
         extra = {k: v for k, v in chosen.settings if k not in ("finishers", "averages")}
         specs = []
+        cap = f.final_max_budget or max(st.budgets)
+        amuse_steps = max(t for t in st.budgets if t <= cap)
         for seed in st.seeds:
             if seed == st.sweep_seed:
                 continue
-            specs.append(self.amuse_spec("final", chosen.lr, seed, extra, variant.id))
+            specs.append(self.amuse_spec("final", chosen.lr, seed, extra, variant.id, amuse_steps))
             steps = [
-                s for t in st.budgets if f.final_max_budget is None or t <= f.final_max_budget
+                s
+                for t in st.budgets
+                if t <= cap
                 for s in (t, equal_compute_steps(t, variant.fraction))
-            ]  # fmt: skip
+            ]
             specs += self.cosine_specs(seed, steps, lrs)
         return sorted(specs, key=lambda s: (s.seed, -s.steps))
 

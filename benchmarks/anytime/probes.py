@@ -27,7 +27,9 @@ class FinisherConfig:
     anytime criterion); ``amuse_settings``: AMUSE overrides of every run; ``amuse_screen``:
     variants tried at the chosen lr. ``fixed_variant``: score only this finisher (no grid, no
     choice). ``ema_widths``: power-EMA relative widths tracked in every AMUSE run (empty: none).
-    ``final_max_budget``: cosine runs on the other seeds only up to this budget.
+    ``final_max_budget``: runs on the other seeds only up to this budget (AMUSE stops there,
+    cosine runs beyond it are not made). ``equal_lr_from_t``: Muon + cosine for ``t + round(f t)``
+    steps uses the lr tuned for ``t`` instead of a sweep of its own (a compute cut).
     """
 
     amuse_lrs: tuple[float, ...]
@@ -40,6 +42,7 @@ class FinisherConfig:
     fixed_variant: str | None = None
     ema_widths: tuple[float, ...] = ()
     final_max_budget: int | None = None
+    equal_lr_from_t: bool = False
 
     def grid(self) -> list[Variant]:
         if self.fixed_variant is not None:

@@ -93,6 +93,7 @@ def plot_finisher(payload: dict, path: Path) -> None:
     """Left: the test metric against total optimizer steps (mean, min..max over seeds). Right:
     the gap to budget-tuned Muon + cosine at equal total steps against the budget t."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,6 +117,7 @@ def plot_finisher(payload: dict, path: Path) -> None:
         high = [max(by_steps[s]) for s in steps]
         left.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, lw=0)
     left.set_xscale("log", base=2)
+    left.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     left.set_xlabel("total optimizer steps")
     left.set_ylabel(f"test {key}" + (" (%)" if key == "accuracy" else " (nats per byte)"))
     left.grid(alpha=0.3)
@@ -143,6 +145,8 @@ def plot_finisher(payload: dict, path: Path) -> None:
             right.annotate(str(len(per_budget[b])), (b, mean[budgets.index(b)]), fontsize=6)
     right.axhline(0.0, color="k", lw=0.8)
     right.set_xscale("log", base=2)
+    budgets = sorted({r["budget_steps"] for r in records})
+    right.set_xticks(budgets, [f"{b:,}" for b in budgets])
     right.set_xlabel("budget t (AMUSE steps before the finisher)")
     right.set_ylabel("gap" + unit)
     right.grid(alpha=0.3)
