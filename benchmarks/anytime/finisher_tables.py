@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .finishing import Variant
 from .protocol import RunSpec
 
 Table = Callable[..., str]
@@ -408,3 +409,44 @@ def verdict_lines(datasets: dict[str, dict]) -> list[str]:
             f"{_where(rows, 'finished_vs_equal')}; goal met at {len(met)} of {len(rows)} budgets."
         )
     return lines
+
+
+def recipe_table(datasets: dict[str, dict], table: Table) -> str:
+    """Recipes: per task, the finisher chosen on validation and what it bought at the longest
+    budget with all seeds (test; mean and verdict)."""
+    rows = []
+    for name, data in datasets.items():
+        meta = data["meta"]
+        _, _, digits, _ = metric(meta)
+        unit = "points" if meta["metric"] == "accuracy" else "nats"
+        variant = Variant.parse(meta.get("selection", {}).get("variant", "x/linear/f=0/lr_x1"))
+        rows_ = [r for r in gap_rows(data) if r["finished_vs_x"]]
+        if not rows_:
+            continue
+        most = max(r["seeds"] for r in rows_)
+        row = max((r for r in rows_ if r["seeds"] == most), key=lambda r: r["t"])
+        rows.append(
+            [
+                name,
+                f"`start={variant.start!r}, shape={variant.shape!r}, "
+                f"fraction={variant.fraction:g}, lr_factor={variant.lr_factor:g}`",
+                f"{row['t']:,} (+{row['extra']:,}), {row['seeds']} seeds",
+                _with_unit(row["finished_vs_x"], digits, unit),
+                _with_unit(row["finished_vs_equal"], digits, unit),
+            ]
+        )
+    return table(
+        [
+            "task",
+            "finish(...) chosen on validation",
+            "at budget t (+ cooldown)",
+            "finished − x",
+            "finished − cosine(t + f t)",
+        ],
+        rows,
+        left=2,
+    )
+
+
+def _with_unit(d: dict, digits: int, unit: str) -> str:
+    return "—" if not d else f"{d['mean']:+.{digits}f} {unit} ({d['verdict']})"
