@@ -61,7 +61,8 @@ class HorizonTask(LMTask):
         )
         short = max(2, round(0.05 * min(self.cfg.budgets)))
         self.finishing = FinisherConfig(
-            amuse_lrs=grid,
+            # 0.1 added after AMUSE chose the top of the grid (3e-2) by the anytime criterion
+            amuse_lrs=grid if quick else (*grid, 1e-1),
             amuse_settings=(("warmup_steps", short),),
             fixed_variant=LM_VARIANT,
             final_max_budget=16 if quick else 800,
