@@ -92,7 +92,12 @@ class ViTTask:
         self.finishing = (
             dataclasses.replace(QUICK_FINISHING, amuse_lrs=(3e-3,))
             if quick
-            else FinisherConfig(amuse_lrs=(1e-2,), ema_widths=(0.05, 0.1, 0.2))
+            # lr factor 0.03 added after the ViT chose the bottom of (0.1, 0.3, 1, 3)
+            else FinisherConfig(
+                amuse_lrs=(1e-2,),
+                lr_factors=(0.03, 0.1, 0.3, 1.0, 3.0),
+                ema_widths=(0.05, 0.1, 0.2),
+            )
         )
         mean, std = FashionMNISTDataModule.mean, FashionMNISTDataModule.std
         self.train_aug = BatchAugment(
