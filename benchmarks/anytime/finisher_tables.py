@@ -402,6 +402,8 @@ def verdict_lines(datasets: dict[str, dict]) -> list[str]:
     lines = []
     for name, data in datasets.items():
         rows = gap_rows(data)
+        if not rows:
+            continue
         met = [r for r in rows if goal(r) == "met"]
         lines.append(
             f"**{name}**: x against cosine tuned for t: {_where(rows, 'x_vs_t')} "

@@ -11,9 +11,9 @@ warmup at the short budgets and so bend the gap-vs-horizon curve. The finisher i
 round 2 chose on the round-1 LM task (``fixed_variant``), not re-chosen here.
 
 Compute cuts (a shared 2-core machine at loads of 4-7 and one session's time): seeds 1 and 2 run
-only to 800 steps (3 seeds at 200-800, 1 seed at 1,600-6,400); Muon + cosine for ``t + round(f t)``
-steps runs once, at the lr the sweep chose for ``t`` (``equal_lr_from_t``); no screen of a longer
-AMUSE warmup; no 12,800-step budget.
+only to 1,600 steps (3 seeds at 200-1,600, 1 seed at 3,200-6,400); Muon + cosine for
+``t + round(f t)`` steps runs once, at the lr the sweep chose for ``t`` (``equal_lr_from_t``); no
+screen of a longer AMUSE warmup; no 12,800-step budget.
 """
 
 from __future__ import annotations
@@ -65,6 +65,6 @@ class HorizonTask(LMTask):
             amuse_lrs=grid if quick else (*grid, 1e-1),
             amuse_settings=(("warmup_steps", short),),
             fixed_variant=LM_VARIANT,
-            final_max_budget=16 if quick else 800,
+            final_max_budget=16 if quick else 1600,
             equal_lr_from_t=True,
         )
