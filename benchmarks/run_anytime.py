@@ -5,6 +5,7 @@
     python benchmarks/run_anytime.py vit ...
     python benchmarks/run_anytime.py vision --study finisher   # round 2 (also lm, vit)
     python benchmarks/run_anytime.py horizon                   # round 2, 200-6,400 steps
+    python benchmarks/run_anytime.py horizon_starts --resume   # its finisher start x / y, lr
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
 ``meta``, ``runs``, ``records``; rewritten after every finished run) and ``.png`` next to it;
@@ -56,6 +57,12 @@ TASKS = {
         "loss",
         "byte-level GPT (width 64), 200 to 6,400 steps",
     ),
+    "horizon_starts": (
+        "anytime.horizon",
+        "HorizonStartsTask",
+        "loss",
+        "byte-level GPT (width 64), 200 to 6,400 steps: finisher start and lr",
+    ),
 }
 STUDIES = ("anytime", "finisher")
 
@@ -83,14 +90,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="reuse runs already in --output")
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
-    kind = args.study or ("finisher" if args.task == "horizon" else "anytime")
-    if args.task == "horizon" and kind != "finisher":
+    long_runs = args.task.startswith("horizon")
+    kind = args.study or ("finisher" if long_runs else "anytime")
+    if long_runs and kind != "finisher":
         parser.error("the horizon task runs the finisher study only")
     factory = functools.partial(make_task, args.task, args.quick)
     task = factory()
     if args.workers is not None:
         task.study = dataclasses.replace(task.study, workers=args.workers)
-    suffix = "_finisher" if kind == "finisher" and args.task != "horizon" else ""
+    suffix = "_finisher" if kind == "finisher" and not long_runs else ""
     default = (Path("/tmp") if args.quick else ROOT / "benchmarks" / "results") / (
         f"anytime_{args.task}{suffix}" + ("_quick" if args.quick else "") + ".json"
     )

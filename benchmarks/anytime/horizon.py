@@ -18,6 +18,8 @@ screen of a longer AMUSE warmup; no 12,800-step budget.
 
 from __future__ import annotations
 
+import dataclasses
+
 from .lm import LMConfig, LMTask
 from .probes import FinisherConfig
 from .protocol import StudyConfig
@@ -67,4 +69,26 @@ class HorizonTask(LMTask):
             fixed_variant=LM_VARIANT,
             final_max_budget=16 if quick else 1600,
             equal_lr_from_t=True,
+        )
+
+
+class HorizonStartsTask(HorizonTask):
+    """The horizon task's finisher grid, after the LM's variant fell behind ``x`` itself at the
+    longest budgets (at 6,400 steps the finished model, from ``y``, scored 0.09 nats worse than
+    ``x``): start ``x`` / ``y`` x lr factor 0.1 / 0.3 (linear, f = 0.2), chosen on validation by
+    the finisher protocol at the lr the horizon study chose for ``x`` (3e-2). The cosine runs
+    are the horizon study's (``--resume`` from a copy of ``anytime_horizon.json``: same specs)."""
+
+    name = "horizon_starts"
+
+    def __init__(self, quick: bool = False) -> None:
+        super().__init__(quick)
+        self.finishing = dataclasses.replace(
+            self.finishing,
+            amuse_lrs=(1e-2,) if quick else (3e-2,),
+            starts=("x", "y"),
+            shapes=("linear",),
+            fractions=(0.2,),
+            lr_factors=(0.1, 0.3),
+            fixed_variant=None,
         )
