@@ -1,7 +1,8 @@
 """Smoke tests of the anytime studies (``benchmarks/run_anytime.py <task> --quick`` end to end:
 JSON schema, selection on validation only, plot, README tables) and the pieces whose mistakes
-would bias them silently (evaluation at x must not disturb training, BatchNorm recalibration,
-the Muon baseline must move the conv kernels, the cosine schedule, the choice rules)."""
+would bias them silently (evaluation at x must not disturb training and must see BatchNorm
+statistics of its own, the Muon baseline must move the conv kernels, the cosine schedule, the
+choice rules)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ BENCH = ROOT / "benchmarks"
 DATA = Path("/usr/share/datasets/fashion-mnist")
 sys.path.insert(0, str(BENCH))
 
-from anytime import methods, protocol  # noqa: E402
-from anytime.bn import recalibrated  # noqa: E402
+from anytime import averages, finishing, methods, probes, protocol  # noqa: E402
+from anytime.finisher_study import FinisherStudy  # noqa: E402
 from anytime.vision import VisionTask  # noqa: E402
 
 
@@ -138,25 +139,29 @@ def test_evaluation_at_x_leaves_training_untouched(method: str) -> None:
     _train(task, model, handle, 3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
+    seen, evaluate = {}, task.evaluate
+    bn = (
+        model.bn1
+        if hasattr(model, "bn1")
+        else next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    )
+
+    def spy(model: torch.nn.Module, split: str) -> dict:
+        seen[split] = bn.running_mean.clone()
+        return evaluate(model, split)
+
+    task.evaluate = spy
     at_x = protocol.evaluate_both(task, model, handle, seed=0)
+    del task.evaluate
+    # BatchNorm statistics re-estimated at x for the evaluation, the training ones back after
+    assert not torch.equal(seen["val"], bn.running_mean)
+    assert torch.equal(seen["val"], seen["test"])
     assert torch.equal(rng, torch.get_rng_state())
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     at_y = task.evaluate(model, "test")
     assert at_x["test"]["loss"] != pytest.approx(at_y["loss"], rel=1e-6)
     _train(task, model, handle, 1)  # training goes on
-
-
-def test_bn_recalibration_is_a_cumulative_average_and_restores() -> None:
-    bn = torch.nn.BatchNorm2d(3)
-    model = torch.nn.Sequential(bn)
-    bn.running_mean.fill_(5.0)
-    batches = [torch.randn(8, 3, 4, 4) + i for i in range(3)]
-    expected = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
-    with recalibrated(model, lambda: iter(batches), count=3):
-        torch.testing.assert_close(bn.running_mean, expected)
-        assert not model.training
-    assert torch.equal(bn.running_mean, torch.full((3,), 5.0)) and bn.momentum == 0.1
 
 
 def test_muon_baseline_moves_conv_kernels_through_flat_views() -> None:
@@ -235,3 +240,130 @@ def test_make_tables_handles_optional_results(tmp_path: Path) -> None:
     assert "| amuse | 0 | 2.0 | 1.6 | 1.250 | 1.200 | 2.0 | 4.00 | 1.0–1.5 |" in text
     assert "anytime_vision.json not found" in text
     assert "distributed_step.json: unexpected layout" in text
+
+
+# ----------------------------------------------------------------------------- round 2
+
+
+@pytest.fixture(scope="module", params=["vision", "vit", "lm", "horizon"])
+def finisher_run(request, tmp_path_factory) -> tuple[str, Path]:
+    task = request.param
+    if task in ("vision", "vit") and not (DATA / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST idx files not installed (Debian dataset-fashion-mnist)")
+    if task in ("lm", "horizon") and not _has_char_gpt():
+        pytest.skip("the char_gpt example is not in this tree")
+    name = "anytime_horizon" if task == "horizon" else f"anytime_{task}_finisher"
+    out = tmp_path_factory.mktemp(f"{task}_finisher") / f"{name}.json"
+    command = [sys.executable, str(BENCH / "run_anytime.py"), task, "--quick", "--output", str(out)]
+    subprocess.run([*command, "--study", "finisher"], check=True, cwd=ROOT, timeout=300)
+    return task, out
+
+
+@pytest.mark.xdist_group("multiprocess")  # starts a study subprocess
+def test_finisher_run_follows_the_protocol(finisher_run: tuple[str, Path]) -> None:
+    _, path = finisher_run
+    data = json.loads(path.read_text())
+    meta, records = data["meta"], data["records"]
+    assert meta["status"] == "complete" and meta["study"] == "finisher"
+    selection = meta["selection"]
+    variant = finishing.Variant.parse(selection["variant"])
+    cfg = meta["config"]
+    budgets, seeds = cfg["budgets"], cfg["seeds"]
+    methods_seen = {r["method"] for r in records}
+    expected = {"amuse_x", "amuse_finished", "muon_cosine", "muon_cosine_equal"}
+    emas = {f"ema_{s}_{w:g}" for s in "yz" for w in cfg["finishing"]["ema_widths"]}
+    assert methods_seen == expected | emas
+    cap = cfg["finishing"]["final_max_budget"] or max(budgets)
+    for method in methods_seen:
+        cells = {(r["seed"], r["budget_steps"]) for r in records if r["method"] == method}
+        full = {(s, b) for s in seeds for b in budgets}  # other seeds stop at final_max_budget
+        full = {(s, b) for s, b in full if s == cfg["sweep_seed"] or b <= cap}
+        assert cells == full, method
+    for r in records:  # equal compute: the cosine and the finished model share total steps
+        if r["method"] in ("amuse_finished", "muon_cosine_equal"):
+            assert r["total_steps"] == r["budget_steps"] + variant.steps(r["budget_steps"])
+        else:
+            assert r["total_steps"] == r["budget_steps"]
+    # the sweep-seed AMUSE run scored every variant of the grid at every budget
+    grid = set(selection["variants"])
+    sweep = next(r for r in data["runs"] if protocol.RunSpec.from_dict(r["spec"]).run_id
+                 == selection["amuse_run"])  # fmt: skip
+    assert all(set(e["finished"]) == grid for e in sweep["evals"])
+    assert path.with_suffix(".png").stat().st_size > 10_000
+    text = subprocess.run(
+        [sys.executable, str(BENCH / "make_tables.py"), "--results", str(path.parent)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "finished − cosine(t + f t)" in text and "Finisher grid (validation)" in text
+    assert "goal met at" in text
+
+
+def test_finisher_choice_uses_validation_at_equal_total_steps() -> None:
+    """The variant is chosen by validation against the cosine tuned for t + round(f t): a
+    variant that looks best against the cosine tuned for t, or on test, does not win."""
+    study = FinisherStudy.__new__(FinisherStudy)
+    study.study = protocol.StudyConfig(budgets=(10,), lr_grid={"muon_cosine": (1e-2,)},
+                                       weight_decay=0.0)  # fmt: skip
+    long, short = (
+        finishing.Variant("y", "linear", 0.2, 1.0),
+        finishing.Variant("x", "linear", 0.1, 1.0),
+    )
+    study.finishing = probes.FinisherConfig(amuse_lrs=(1e-2,), fractions=(0.1, 0.2),
+                                            starts=("x", "y"), shapes=("linear",),
+                                            lr_factors=(1.0,))  # fmt: skip
+    cos = {s: protocol.RunSpec("sweep", "muon_cosine", 1e-2, 0, s) for s in (10, 11, 12)}
+    cos_val = {10: 0.5, 11: 0.6, 12: 0.8}
+    study.results = {c.run_id: _result(c, {s: cos_val[s]}, {s: 0.0}) for s, c in cos.items()}
+    amuse = protocol.RunSpec("sweep", "amuse", 1e-2, 0, 10)
+    evals = [{"step": 10, "val": {"score": 0.4}, "test": {"score": 0.4}, "finished": {
+        long.id: {"steps": 2, "val": {"score": 0.75}, "test": {"score": 0.0}},  # -0.05 vs 12
+        short.id: {"steps": 1, "val": {"score": 0.65}, "test": {"score": 1.0}},  # +0.05 vs 11
+    }}]  # fmt: skip
+    study.results[amuse.run_id] = {"spec": amuse.to_dict(), "evals": evals, "diverged": False}
+    study.save = lambda *a, **k: None
+    assert study._choose_variant(amuse) == short
+    assert study.selection["cosine"] == {"10": 1e-2, "11": 1e-2}
+
+
+def test_probes_leave_the_run_unchanged() -> None:
+    """An AMUSE run that also scores finishers and EMAs sees the same batches and evaluates
+    the same x, bit for bit, as one that does not."""
+    task = _tiny_vision()
+    task.study = protocol.StudyConfig(budgets=(2, 4), lr_grid={}, weight_decay=0.05)
+    task.finishing = probes.FinisherConfig(amuse_lrs=(1e-2,), shapes=("1-sqrt",),
+                                           fractions=(0.5,), lr_factors=(1.0,),
+                                           ema_widths=(0.1,))  # fmt: skip
+    plain = protocol.RunSpec("sweep", "amuse", 1e-2, 0, 4)
+    probed = protocol.RunSpec("sweep", "amuse", 1e-2, 0, 4,
+                              (("averages", "ema"), ("finishers", "grid")))  # fmt: skip
+    a, b = protocol.train_run(plain, task), protocol.train_run(probed, task)
+    strip = [{"step": e["step"], "val": e["val"], "test": e["test"]} for e in b["evals"]]
+    assert [{k: e[k] for k in ("step", "val", "test")} for e in a["evals"]] == strip
+    assert set(b["evals"][-1]["finished"]) == {"x/1-sqrt/f=0.5/lr_x1", "y/1-sqrt/f=0.5/lr_x1"}
+    assert set(b["evals"][-1]["averages"]) == {"ema_y_0.1", "ema_z_0.1"}
+
+
+def test_lookahead_shows_batches_without_taking_them() -> None:
+    stream = finishing.Lookahead(iter(range(10)))
+    assert next(stream) == 0
+    assert stream.peek(3) == [1, 2, 3]
+    assert [next(stream) for _ in range(5)] == [1, 2, 3, 4, 5]
+
+
+def test_power_ema_is_the_power_weighted_average() -> None:
+    """Karras et al.'s widths, and the tracked EMA weighs theta_s by the integral of u^gamma
+    over (s - 1, s], normalised: (s^(gamma+1) - (s-1)^(gamma+1)) / t^(gamma+1)."""
+    assert averages.gamma_for(0.05) == pytest.approx(16.97, abs=0.01)
+    assert averages.gamma_for(0.1) == pytest.approx(6.94, abs=0.01)
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    emas = averages.PowerEMAs(torch.nn.ParameterList([param]), optimizer, (0.2,))
+    thetas = [torch.randn(3) for _ in range(7)]
+    for theta in thetas:
+        with torch.no_grad():
+            param.copy_(theta)
+        emas.update()
+    gamma = averages.gamma_for(0.2)
+    weights = [(s + 1) ** (gamma + 1) - s ** (gamma + 1) for s in range(7)]
+    expected = sum(w * t for w, t in zip(weights, thetas, strict=True)) / sum(weights)
+    torch.testing.assert_close(emas.emas["ema_y_0.2"][0], expected)

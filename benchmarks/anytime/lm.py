@@ -10,7 +10,7 @@ test files. Tied token embedding and output head, embeddings and norms go to the
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,8 +19,9 @@ from torch import nn
 
 from amuse_lightning import partition_parameters
 
+from .probes import FinisherConfig
 from .protocol import StudyConfig
-from .vision import SCREEN
+from .vision import QUICK_FINISHING, SCREEN
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class LMTask:
             variants=SCREEN[:2] if quick else SCREEN,
             workers=1 if quick else 2,
         )
+        # round 2: the lr round 1 chose for x (LayerNorm only: no averages tracked)
+        self.finishing = (
+            dataclasses.replace(QUICK_FINISHING, amuse_lrs=(1e-2,), ema_widths=())
+            if quick
+            else FinisherConfig(amuse_lrs=(1e-2,))
+        )
 
     def setup(self) -> None:
         from amuse_lightning.examples.text_data import eval_windows, load_text_corpus
@@ -107,5 +114,5 @@ class LMTask:
         loss = self.loss(model, (inputs, targets)).item()
         return {"score": -loss, "loss": loss}
 
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # LayerNorm only
+    def bn_batches(self, seed: int) -> None:
+        return None  # LayerNorm only: nothing to re-estimate

@@ -19,8 +19,9 @@ torch optimizers get ``lr * lr_scale`` as the group lr) and the same weight deca
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from amuse_lightning import AMUSE
+from amuse_lightning.averaging import averaged_weights
 
 BUDGET_METHODS = ("adamw_cosine", "muon_cosine")
 ANYTIME_BASELINES = ("sf_adamw",)
@@ -52,7 +54,7 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 @dataclass
 class OptimizerHandle:
-    """The optimizers of one run: step, and the switch to the model to evaluate."""
+    """The optimizers of one run: step, and the weights to evaluate."""
 
     model: nn.Module
     optimizers: list[torch.optim.Optimizer]
@@ -73,24 +75,19 @@ class OptimizerHandle:
         for scheduler in self.schedulers:
             scheduler.step()
 
-    def to_x(self) -> list[torch.Tensor]:
-        """Parameters -> x (averaged methods); returns an exact copy of y for :meth:`to_y`."""
+    def evaluation_weights(
+        self, bn: tuple[Callable[[], Iterator[Any]], int] | None = None
+    ) -> contextlib.AbstractContextManager:
+        """The model to evaluate inside ``with``: ``x`` for averaged methods, through the
+        library's :func:`~amuse_lightning.averaging.averaged_weights` (an exact copy of ``y``
+        written back on exit; with ``bn = (batches, count)`` BatchNorm statistics re-estimated at
+        ``x`` from ``count`` of ``batches()`` and the training statistics restored, every random
+        stream left as it was); the iterate itself for budget methods."""
         if not self.averaged:
-            return []
-        y = [p.detach().clone() for p in self.model.parameters()]
-        for opt in self.optimizers:
-            opt.eval()
-        return y
-
-    def to_y(self, y: list[torch.Tensor]) -> None:
-        """Back to training with the exact y saved by :meth:`to_x` (no rounding drift)."""
-        if not self.averaged:
-            return
-        for opt in self.optimizers:
-            opt.train()
-        with torch.no_grad():
-            for p, saved in zip(self.model.parameters(), y, strict=True):
-                p.copy_(saved)
+            return contextlib.nullcontext()
+        batches, count = bn if bn is not None and bn[1] > 0 else (None, None)
+        (optimizer,) = self.optimizers
+        return averaged_weights(optimizer, self.model, bn_batches=batches, max_bn_batches=count)
 
 
 def torch_groups(groups: list[dict], lr: float) -> list[dict]:

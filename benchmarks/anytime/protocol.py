@@ -18,10 +18,9 @@ Protocol (the same tuning budget for every method; validation split only, never 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from .methods import BUDGET_METHODS, build_optimizer, is_budget_method
+from .probes import Probes
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class StudyConfig:
     threads: int = 1
 
 
+BatchNormSource = tuple[Callable[[], Iterator[Any]], int]
+"""``(batches, count)``: a function returning training batches, and how many of them re-estimate
+the BatchNorm statistics of an averaged model (``None`` for tasks without BatchNorm)."""
+
+
 class Task(Protocol):
     """What a study needs from a task; ``score`` is higher-is-better (accuracy, or -loss)."""
 
@@ -59,7 +64,7 @@ class Task(Protocol):
     def train_batches(self, seed: int) -> Iterator[Any]: ...
     def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager: ...
+    def bn_batches(self, seed: int) -> BatchNormSource | None: ...
 
 
 @dataclass(frozen=True)
@@ -120,16 +125,20 @@ def eval_points(spec: RunSpec, study: StudyConfig) -> list[int]:
 def train_run(spec: RunSpec, task: Task) -> dict:
     """Train one run; evaluate at its end (budget methods) or at every budget (anytime).
 
-    Returns ``{"spec", "evals": [{"step", "val": {...}, "test": {...}}], "wall_s", "diverged"}``.
+    Returns ``{"spec", "evals": [{"step", "val": {...}, "test": {...}}], "wall_s", "diverged"}``;
+    an AMUSE run whose settings ask for probes (:mod:`.probes`: ``finishers``, ``averages``) also
+    has ``"finished"`` and ``"averages"`` in each evaluation.
     """
     study = task.study
     start = time.perf_counter()
     settings = dict(spec.settings)
     fraction = settings.pop("warmup_fraction", study.warmup_fraction)
+    warmup_steps = settings.pop("warmup_steps", None)  # absolute; wins over the fraction
     wd_at_y = settings.pop("wd_at_y", False)
     fallback_ratio = settings.pop("fallback_lr_ratio", 1.0)
+    probe_keys = {k: settings.pop(k) for k in ("finishers", "averages") if k in settings}
     horizon = spec.steps if is_budget_method(spec.method) else max(study.budgets)
-    warmup = max(2, round(fraction * horizon))
+    warmup = warmup_steps or max(2, round(fraction * horizon))
     torch.manual_seed(spec.seed)  # model init and the data stream of this seed
     model = task.build_model(spec.seed)
     groups = task.param_groups(model, 0.0 if wd_at_y else study.weight_decay)
@@ -148,8 +157,9 @@ def train_run(spec: RunSpec, task: Task) -> dict:
         total_steps=spec.steps,
         settings=settings,
     )
+    probes = Probes(task, model, handle, probe_keys, spec.seed)
     points = set(eval_points(spec, study))
-    batches = task.train_batches(spec.seed)
+    batches = probes.wrap(task.train_batches(spec.seed))
     evals: list[dict] = []
     diverged = False
     model.train()
@@ -162,8 +172,10 @@ def train_run(spec: RunSpec, task: Task) -> dict:
         handle.zero_grad()
         loss.backward()
         handle.step()
+        probes.after_step()
         if step in points:
             evals.append({"step": step, **evaluate_both(task, model, handle, spec.seed)})
+            evals[-1].update(probes.at(step))
     return {
         "spec": spec.to_dict(),
         "evals": evals,
@@ -174,13 +186,11 @@ def train_run(spec: RunSpec, task: Task) -> dict:
 
 
 def evaluate_both(task: Task, model: nn.Module, handle: Any, seed: int) -> dict:
-    """Validation and test metrics of the model to ship: x for averaged methods, else the
-    iterate; training state (y, BatchNorm statistics, random streams) is left as it was."""
-    y = handle.to_x()
-    context = task.at_x(model, seed) if handle.averaged else contextlib.nullcontext()
-    with context:
+    """Validation and test metrics of the model to ship: x for averaged methods (BatchNorm
+    re-estimated at x where the task has it), else the iterate; training state (y, BatchNorm
+    statistics, random streams) is left as it was."""
+    with handle.evaluation_weights(task.bn_batches(seed)):
         result = {"val": task.evaluate(model, "val"), "test": task.evaluate(model, "test")}
-    handle.to_y(y)
     model.train()
     return result
 

@@ -144,6 +144,11 @@ class Study:
             "runs": list(self.results.values()),
             "records": records(self.choices, self.results, self.study),
         }
+        self._write(payload)
+
+    def _write(self, payload: dict) -> None:
+        """Atomically (a temporary file renamed over the JSON): an interruption keeps the last
+        complete version for ``--resume``."""
         self.output.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.output.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(payload, indent=1))
@@ -215,7 +220,7 @@ class Study:
 
 
 def _comparable(config: dict) -> dict:
-    ignored = ("workers", "threads", "lr_grid", "variants", "seeds", "retune_best")
+    ignored = ("workers", "threads", "lr_grid", "variants", "seeds", "retune_best", "finishing")
     return {k: v for k, v in config.items() if k not in ignored}
 
 
@@ -223,6 +228,9 @@ def config_dict(task: Task) -> dict:
     """The study and task configuration as plain JSON data."""
     out = {k: _plain(v) for k, v in dataclasses.asdict(task.study).items()}
     out["task"] = {k: _plain(v) for k, v in dataclasses.asdict(task.cfg).items()}
+    finishing = getattr(task, "finishing", None)
+    if finishing is not None:
+        out["finishing"] = {k: _plain(v) for k, v in dataclasses.asdict(finishing).items()}
     return out
 
 

@@ -9,7 +9,6 @@ does. Score: accuracy.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,8 +20,8 @@ from amuse_lightning import partition_parameters
 from amuse_lightning.examples.data import BatchAugment, FashionMNISTDataModule
 from amuse_lightning.examples.models import CifarResNet
 
-from .bn import recalibrated
-from .protocol import StudyConfig
+from .probes import FinisherConfig
+from .protocol import BatchNormSource, StudyConfig
 
 
 @dataclass(frozen=True)
@@ -88,12 +87,23 @@ QUICK = VisionConfig(
 )
 
 
+QUICK_FINISHING = FinisherConfig(
+    amuse_lrs=(3e-2,), shapes=("1-sqrt",), fractions=(0.2,), lr_factors=(1.0,), ema_widths=(0.1,)
+)
+
+
 class VisionTask:
     name = "vision"
 
     def __init__(self, quick: bool = False) -> None:
         self.cfg = QUICK if quick else VisionConfig()
         self.study = study_config(self.cfg, quick)
+        # round 2: the lr round 1 chose for x; power-EMAs of y and z tracked in every run
+        self.finishing = (
+            QUICK_FINISHING
+            if quick
+            else FinisherConfig(amuse_lrs=(3e-2,), ema_widths=(0.05, 0.1, 0.2))
+        )
         mean, std = FashionMNISTDataModule.mean, FashionMNISTDataModule.std
         self.train_aug = BatchAugment(
             mean, std, train=True, crop_padding=self.cfg.crop_padding, hflip=0.5
@@ -150,13 +160,14 @@ class VisionTask:
         acc = correct / len(images)
         return {"score": acc, "accuracy": acc, "loss": total_loss / len(images)}
 
-    def at_x(self, model: nn.Module, seed: int) -> contextlib.AbstractContextManager:
-        """BatchNorm re-estimated at x from ``bn_batches`` augmented training batches of a
-        stream of their own (seeded per run), as the callback does before each evaluation."""
+    def bn_batches(self, seed: int) -> BatchNormSource:
+        """``bn_batches`` augmented training batches of a stream of their own (seeded per run)
+        for BatchNorm at an averaged model, as the callback does before each evaluation (the
+        caller draws them inside ``preserved_random_state``)."""
 
         def batches() -> Iterator[torch.Tensor]:
             torch.manual_seed(10_000 + seed)
             for images, _ in self.train_batches(seed):
                 yield images
 
-        return recalibrated(model, batches, self.cfg.bn_batches)
+        return batches, self.cfg.bn_batches

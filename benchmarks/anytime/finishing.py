@@ -1,0 +1,116 @@
+"""Finisher variants scored inline: at a budget ``t`` of an AMUSE run, each variant is run by the
+library's :func:`amuse_lightning.averaging.finish` (on copies of the model and optimizer) on the
+batches the run will see next, and the finished model is scored on validation and test.
+
+The run itself goes on unchanged: ``finish`` works on copies and restores every random stream,
+and :class:`Lookahead` hands the cooldown the next batches without taking them from the run (the
+batches are drawn once, in the run's order, and the run then consumes the same ones).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from amuse_lightning import AMUSE
+from amuse_lightning.averaging import Cooldown, finish
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One finisher: cooldown of ``fraction`` of the steps so far from ``start``, lr decayed to 0
+    along ``shape`` from ``lr_factor`` times the run's current lr (``Cooldown`` in the library)."""
+
+    start: str
+    shape: str
+    fraction: float
+    lr_factor: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.start}/{self.shape}/f={self.fraction:g}/lr_x{self.lr_factor:g}"
+
+    @staticmethod
+    def parse(text: str) -> Variant:
+        start, shape, fraction, factor = text.split("/")
+        return Variant(start, shape, float(fraction[2:]), float(factor[4:]))
+
+    def steps(self, t: int) -> int:
+        """The cooldown's length from step ``t`` (the library's rounding)."""
+        return Cooldown.steps_for(t, self.fraction)
+
+
+def variant_grid(
+    starts: tuple[str, ...],
+    shapes: tuple[str, ...],
+    fractions: tuple[float, ...],
+    lr_factors: tuple[float, ...],
+) -> list[Variant]:
+    return [Variant(*v) for v in itertools.product(starts, shapes, fractions, lr_factors)]
+
+
+def equal_compute_steps(t: int, fraction: float) -> int:
+    """Total steps of a finished model from step ``t``: ``t`` plus the cooldown."""
+    return t + Cooldown.steps_for(t, fraction)
+
+
+class Lookahead:
+    """An iterator over a run's batches that can show the next ``n`` without consuming them."""
+
+    def __init__(self, batches: Iterator[Any]) -> None:
+        self._source = batches
+        self._ahead: collections.deque = collections.deque()
+
+    def __iter__(self) -> Lookahead:
+        return self
+
+    def __next__(self) -> Any:
+        return self._ahead.popleft() if self._ahead else next(self._source)
+
+    def peek(self, n: int) -> list[Any]:
+        while len(self._ahead) < n:
+            self._ahead.append(next(self._source))
+        return list(itertools.islice(self._ahead, n))
+
+
+def finished_evals(
+    task: Any,
+    model: nn.Module,
+    optimizer: AMUSE,
+    stream: Lookahead,
+    variants: list[Variant],
+    t: int,
+    seed: int,
+) -> dict[str, dict]:
+    """``variant id -> {"steps", "val", "test"}`` for the models finished from step ``t``; a
+    cooldown that meets a non-finite gradient is recorded with ``diverged`` and score ``-inf``."""
+    ahead = stream.peek(max(v.steps(t) for v in variants))
+    out = {}
+    for v in variants:
+        bn = task.bn_batches(seed)
+        extra = {} if bn is None else {"bn_batches": bn[0](), "max_bn_batches": bn[1]}
+        k = v.steps(t)
+        try:
+            finished = finish(
+                optimizer, model, ahead[:k], task.loss, steps=k, start=v.start, shape=v.shape,
+                lr_factor=v.lr_factor, **extra,
+            )  # fmt: skip
+        except RuntimeError as err:  # AMUSE(nonfinite="raise") names the parameter
+            if "finite" not in str(err):
+                raise
+            bad = {"score": -math.inf}
+            out[v.id] = {"steps": k, "val": bad, "test": bad, "diverged": True}
+            continue
+        out[v.id] = {
+            "steps": k,
+            "val": task.evaluate(finished, "val"),
+            "test": task.evaluate(finished, "test"),
+        }
+    model.train()
+    return out
