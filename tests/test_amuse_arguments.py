@@ -181,3 +181,26 @@ def test_warmup_one_with_rising_beta_warns() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         AMUSE(groups_of(tiny_model()), warmup_steps=1, rho=0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_parameters_are_refused_in_averaging_groups(dtype: torch.dtype) -> None:
+    """z and x would be 16-bit: the averaging increments c_t (z - x) round away (issue: bf16-true
+    doubled the validation loss of x). Refused at construction, naming the fix."""
+    model = tiny_model().to(dtype)
+    with pytest.raises(ValueError, match=r"is torch\.(bfloat16|float16).*autocast"):
+        AMUSE(groups_of(model))
+    bare = AMUSE(groups_of(model), averaging=False)  # no z, no average: allowed, like Muon
+    assert bare.state_dict()["param_groups"][0]["averaging"] is False
+
+
+def test_a_module_cast_to_16_bit_after_construction_is_refused_at_the_first_step() -> None:
+    model = tiny_model()
+    opt = AMUSE(groups_of(model), warmup_steps=2)
+    model.to(torch.bfloat16)  # the optimizer holds the same tensors, now bf16
+    before = [p.detach().clone() for p in model.parameters()]
+    inputs, targets = batch(0)
+    nn.functional.cross_entropy(model(inputs.bfloat16()), targets).backward()
+    with pytest.raises(ValueError, match=r"params\[0\] of param group 0 is torch\.bfloat16"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -38,7 +38,14 @@ from .kernels import Workspace
 from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
 from .polar import ns_dtype_name
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
-from .validation import NONFINITE_POLICIES, normalise_groups, plain_numbers, validate_group
+from .validation import (
+    LOW_PRECISION,
+    NONFINITE_POLICIES,
+    check_averaging_dtype,
+    normalise_groups,
+    plain_numbers,
+    validate_group,
+)
 
 __all__ = ["AMUSE", "SFMuon"]
 
@@ -270,6 +277,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
             state = self.state[p]
             if group["averaging"]:
                 if "z" not in state:
+                    if p.dtype in LOW_PRECISION:  # cast after the group was added
+                        self._refuse_dtype(group, p)
                     state["z"] = p.detach().clone(memory_format=torch.preserve_format)
                     state["beta"] = group["beta_t"]
                 zs.append(state["z"])
@@ -279,6 +288,12 @@ class AMUSE(MatrixMapChoice, Optimizer):
                     state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 tensors.append(state[name])
         return zs, betas, buffers
+
+    def _refuse_dtype(self, group: dict, param: Tensor) -> None:
+        index = next(i for i, g in enumerate(self.param_groups) if g is group)
+        j = next(k for k, q in enumerate(group["params"]) if q is param)
+        names = group.get("names")
+        check_averaging_dtype(param, names[j] if names else f"params[{j}]", index)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Advance the group's clock (every step, like Schedule-Free) and move its parameters.

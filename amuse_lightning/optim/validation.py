@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .directions import (
@@ -156,6 +157,9 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     )
     _check(isinstance(group["use_muon"], bool), f"use_muon must be True or False{where}")
     _check_real(group, index)
+    if group.get("averaging", True):
+        for j, p in enumerate(group["params"]):
+            check_averaging_dtype(p, _param_name(group, j), index)
     if group["use_muon"]:
         _check_matrices(group, index)
 
@@ -167,6 +171,28 @@ def _choice(group: dict[str, Any], key: str, allowed: tuple[str, ...], where: st
 def _param_name(group: dict[str, Any], j: int) -> str:
     names = group.get("names")
     return names[j] if names is not None and j < len(names) else f"params[{j}]"
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_averaging_dtype(param: Tensor, name: str, index: int) -> None:
+    """Refuse a 16-bit parameter in an averaging group: its ``z`` and ``x`` would be 16-bit too.
+
+    ``x`` moves by ``c_t (z - x)`` per step; once ``c_t`` (about ``1/t``) is under the format's
+    relative resolution (bf16: 2**-8) the increments round away and ``x`` stops moving, and in
+    float16 the fallback's second moments underflow. Checked when a group is added and again when
+    a parameter's state is created (a module cast after the optimizer was built).
+    """
+    if param.dtype in LOW_PRECISION:
+        raise ValueError(
+            f"{name} of param group {index} is {param.dtype}: AMUSE keeps z and the averaged x in "
+            "the parameter's dtype, and in 16 bits the averaging increments c_t (z - x) round "
+            "away after a few hundred steps (in float16 the fallback's second moments also "
+            "underflow). Keep the parameters in float32 and compute in 16 bits with autocast "
+            "(torch.autocast(device, dtype=torch.bfloat16); Lightning: precision='bf16-mixed' or "
+            "'16-mixed')"
+        )
 
 
 def _check_real(group: dict[str, Any], index: int) -> None:
