@@ -286,3 +286,20 @@ def test_16_bit_parameters_are_refused_at_setup_naming_the_mixed_precision(
     with pytest.raises(MisconfigurationException, match=f"Use precision='{fix}'"):
         fit.fit(model)
     assert model.of_kind("train") == []
+
+
+def test_the_tuners_lr_find_also_sweeps_the_rates_it_applies(tmp_path):
+    """``Tuner(trainer).lr_find`` adds its own LearningRateFinder for the sweep: same guarantee."""
+    from lightning.pytorch.tuner import Tuner
+
+    pl.seed_everything(0)
+    model = RateRecorder(n_train=96)
+    fit = trainer(tmp_path, [AmuseCallback()], max_steps=12, max_epochs=None,
+                  num_sanity_val_steps=0)  # fmt: skip
+    result = Tuner(fit).lr_find(model, min_lr=1e-4, max_lr=1e-1, num_training=8, update_attr=False)
+    assert len(model.rates) == 8
+    for step, rates in enumerate(model.rates):
+        for _, applied in rates:
+            assert applied == pytest.approx(result.results["lr"][step], rel=1e-12)
+    groups = fit.optimizers[0].param_groups if fit.optimizers else []
+    assert all(g["warmup_steps"] == 2 for g in groups)
