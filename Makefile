@@ -52,6 +52,15 @@ bench: $(STAMP) fashion-mnist
 	$(PY) benchmarks/run_anytime.py vision
 	$(PY) benchmarks/run_anytime.py lm
 	$(PY) benchmarks/run_anytime.py vit
+	$(PY) benchmarks/run_anytime.py vision --study finisher
+	$(PY) benchmarks/run_anytime.py lm --study finisher
+	$(PY) benchmarks/run_anytime.py vit --study finisher
+	$(PY) benchmarks/run_anytime.py horizon
+	cp benchmarks/results/anytime_horizon.json benchmarks/results/anytime_horizon_starts.json
+	$(PY) benchmarks/run_anytime.py horizon_starts --resume
+	$(PY) benchmarks/step_time.py --device cpu --models vit_s16 resnet18 host_overhead \
+	    --optimizers amuse amuse_per_parameter amuse_foreach amuse_compiled \
+	    --output benchmarks/results/step_time_paths_cpu.json
 
 tables: $(STAMP)
 	$(PY) benchmarks/make_tables.py --readme README.md

@@ -5,7 +5,8 @@ phase), ``swap`` (the exact y <-> x swap), ``checkpoint`` (what a checkpoint car
 resume), ``batchnorm`` (BatchNorm statistics at x), ``save_hook``, ``sharded`` (FSDP2),
 ``checks`` (what is refused at setup), ``compat`` (the one private Lightning read),
 ``factories`` (optimizer factories, ``is_schedule_free``), ``mixin`` (configure_optimizers from
-the partition) and ``cli`` (the ``amuse-lightning`` command). Imports only go down: this layer
+the partition), ``finish`` (a finished checkpoint: ``finish_checkpoint``, ``CooldownCallback``)
+and ``cli`` (the ``amuse-lightning`` command, with ``finish_cli``). Imports only go down: this layer
 uses ``amuse_lightning.optim`` and ``amuse_lightning.partition``, never the other way round, and
 within it nothing imports ``callback`` but ``mixin`` and ``cli`` (which sit above it). The names
 below are resolved on first access, so importing one submodule loads only what it needs.
@@ -16,17 +17,26 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["AmuseCallback", "AmuseMixin", "default_amuse_factory"]
+__all__ = [
+    "AmuseCallback",
+    "AmuseMixin",
+    "CooldownCallback",
+    "default_amuse_factory",
+    "finish_checkpoint",
+]
 
 _LAZY: dict[str, str] = {
     "AmuseCallback": "amuse_lightning.lightning.callback",
     "AmuseMixin": "amuse_lightning.lightning.mixin",
+    "CooldownCallback": "amuse_lightning.lightning.finish",
+    "finish_checkpoint": "amuse_lightning.lightning.finish",
     "default_amuse_factory": "amuse_lightning.lightning.factories",
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.lightning.callback import AmuseCallback
     from amuse_lightning.lightning.factories import default_amuse_factory
+    from amuse_lightning.lightning.finish import CooldownCallback, finish_checkpoint
     from amuse_lightning.lightning.mixin import AmuseMixin
 
 
