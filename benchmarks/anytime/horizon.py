@@ -75,7 +75,8 @@ class HorizonTask(LMTask):
 class HorizonStartsTask(HorizonTask):
     """The horizon task's finisher grid, after the LM's variant fell behind ``x`` itself at the
     longest budgets (at 6,400 steps the finished model, from ``y``, scored 0.09 nats worse than
-    ``x``): start ``x`` / ``y`` x lr factor 0.1 / 0.3 (linear, f = 0.2), chosen on validation by
+    ``x``): start ``x`` / ``y`` x lr factor 0.03 / 0.1 / 0.3 (linear, f = 0.2; 0.03 added when 0.1
+    won at the bottom of 0.1 / 0.3), chosen on validation by
     the finisher protocol at the lr the horizon study chose for ``x`` (3e-2). The cosine runs
     are the horizon study's (``--resume`` from a copy of ``anytime_horizon.json``: same specs)."""
 
@@ -89,6 +90,6 @@ class HorizonStartsTask(HorizonTask):
             starts=("x", "y"),
             shapes=("linear",),
             fractions=(0.2,),
-            lr_factors=(0.1, 0.3),
+            lr_factors=(0.03, 0.1, 0.3),  # 0.03: 0.1 won at the bottom of (0.1, 0.3)
             fixed_variant=None,
         )
