@@ -108,10 +108,17 @@ def test_schedule_and_start_point_match_a_hand_written_loop(start, shape):
         torch.testing.assert_close(value.detach(), expected[name], rtol=0, atol=1e-10)
 
 
-def test_fraction_sets_the_length_from_the_steps_so_far():
+@pytest.mark.parametrize(
+    ("options", "steps", "factor"),
+    [
+        (dict(fraction=0.15, lr_factor=1.0), 3, 1.0),  # round(0.15 * 20)
+        ({}, 4, 0.1),  # the defaults: x, linear, fraction 0.2, lr_factor 0.1
+    ],
+)
+def test_fraction_sets_the_length_from_the_steps_so_far(options, steps, factor):
     model, optimizer = run(20)
-    expected = hand_written_cooldown(model, optimizer, 3, "x", "linear", factor=1.0)
-    finished = finish(optimizer, model, cooldown_batches(), loss_fn, fraction=0.15)  # 3 steps
+    expected = hand_written_cooldown(model, optimizer, steps, "x", "linear", factor=factor)
+    finished = finish(optimizer, model, cooldown_batches(), loss_fn, **options)
     for name, value in finished.named_parameters():
         torch.testing.assert_close(value.detach(), expected[name], rtol=0, atol=1e-10)
 
@@ -159,7 +166,7 @@ def test_batchnorm_statistics_are_re_estimated_at_the_finished_weights():
 
 def test_begin_cooldown_gives_a_standard_scheduler_that_reaches_zero():
     _, optimizer = run(8)
-    schedule = begin_cooldown(optimizer, Cooldown(4, start="x"))
+    schedule = begin_cooldown(optimizer, Cooldown(4, start="x", lr_factor=1.0))
     assert isinstance(schedule, torch.optim.lr_scheduler.LambdaLR)
     rates = []
     for _ in range(4):

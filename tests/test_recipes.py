@@ -66,7 +66,7 @@ def test_plain_pytorch_recipe_evaluates_x_and_leaves_the_run_unchanged(tmp_path)
     weights = [n for n in saved if n.endswith("weight")]
     assert any(not torch.equal(saved[n], evaluated.state_dict()[n]) for n in weights)  # not y
     loader = make_loader()
-    finished = finish(optimizer, evaluated, itertools.cycle(loader), loss_fn, fraction=0.15,
+    finished = finish(optimizer, evaluated, itertools.cycle(loader), loss_fn,
                       bn_batches=loader, max_bn_batches=4)  # fmt: skip
     assert accuracy(finished, loader) > 0.4
     for a, b in zip(evaluated.state_dict().values(), plain.state_dict().values(), strict=True):

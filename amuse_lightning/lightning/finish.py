@@ -24,7 +24,12 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
 
-from amuse_lightning.averaging.finisher import Cooldown, begin_cooldown
+from amuse_lightning.averaging.finisher import (
+    DEFAULT_FRACTION,
+    DEFAULT_LR_FACTOR,
+    Cooldown,
+    begin_cooldown,
+)
 from amuse_lightning.lightning.callback import AmuseCallback
 from amuse_lightning.lightning.checks import unwrap
 
@@ -107,11 +112,11 @@ def finish_checkpoint(
     *,
     datamodule: LightningDataModule | None = None,
     train_dataloaders: Any = None,
-    fraction: float = 0.15,
+    fraction: float = DEFAULT_FRACTION,
     steps: int | None = None,
     start: str = "x",
     shape: str = "linear",
-    lr_factor: float = 1.0,
+    lr_factor: float = DEFAULT_LR_FACTOR,
     bn_recalibration_batches: int = 50,
     trainer_options: Mapping[str, Any] | None = None,
     callbacks: list[Callback] | None = None,

@@ -129,5 +129,3 @@ def _last_linear_head(module: nn.Module, exclude: set[int]) -> tuple[set[int], s
     if found is None:
         return set(), ""
     return {id(p) for p in _params_of(found[1])}, f"classifier head (last nn.Linear {found[0]})"
-
-
