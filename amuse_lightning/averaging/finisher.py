@@ -58,10 +58,11 @@ COOLDOWN_SHAPES: tuple[str, ...] = ("linear", "1-sqrt")
 DEFAULT_FRACTION = 0.2
 DEFAULT_LR_FACTOR = 0.1
 """The defaults come from the finisher studies (chosen on validation at equal total steps;
-``docs/results.md``): a cooldown of 20 % beat 10 % on three of four tasks; the best lr factor
+``docs/results.md``): a cooldown of 20 % beat 10 % on two of three tasks; the best lr factor
 shrank as runs grew (0.3 up to a few hundred steps, 0.1 up to 3,200, 0.03 at 6,400) and 0.1 won
 the long-run study over all its budgets, while factors 1 and 3 lost everywhere. Linear decay was
-as good as 1-sqrt or better, and the start (``x`` or ``y``) made no difference beyond noise."""
+as good as 1-sqrt or better (a tie on one task), and the start (``x`` or ``y``) made no
+difference beyond noise."""
 
 
 @dataclass(frozen=True)
