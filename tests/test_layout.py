@@ -34,7 +34,7 @@ def starts_with(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-@pytest.mark.parametrize("layer", ["optim", "partition", "averaging"])
+@pytest.mark.parametrize("layer", ["optim", "partition", "averaging", "integrations"])
 def test_core_layers_import_no_lightning(layer: str) -> None:
     banned = ("lightning", "pytorch_lightning", "amuse_lightning.lightning")
     banned += ("amuse_lightning.examples",)

@@ -41,7 +41,8 @@ from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_deg
 from .validation import (
     LOW_PRECISION,
     NONFINITE_POLICIES,
-    check_averaging_dtype,
+    check_param_dtype,
+    dtype_refused,
     normalise_groups,
     plain_numbers,
     validate_group,
@@ -258,6 +259,10 @@ class AMUSE(MatrixMapChoice, Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = [(group, *params_with_grad(group)) for group in self.param_groups]
+        for group, params, _ in work:  # a module cast to 16 bits after the groups were added
+            for p in params:
+                if p.dtype in LOW_PRECISION and dtype_refused(group, p.dtype):
+                    self._refuse_dtype(group, p)  # raises before any group moves
         if self.nonfinite != "off" and not gradients_finite(work, self.nonfinite):
             return loss
         for group, params, grads in work:
@@ -277,8 +282,6 @@ class AMUSE(MatrixMapChoice, Optimizer):
             state = self.state[p]
             if group["averaging"]:
                 if "z" not in state:
-                    if p.dtype in LOW_PRECISION:  # cast after the group was added
-                        self._refuse_dtype(group, p)
                     state["z"] = p.detach().clone(memory_format=torch.preserve_format)
                     state["beta"] = group["beta_t"]
                 zs.append(state["z"])
@@ -293,7 +296,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         index = next(i for i, g in enumerate(self.param_groups) if g is group)
         j = next(k for k, q in enumerate(group["params"]) if q is param)
         names = group.get("names")
-        check_averaging_dtype(param, names[j] if names else f"params[{j}]", index)
+        check_param_dtype(group, param, names[j] if names else f"params[{j}]", index)
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         """Advance the group's clock (every step, like Schedule-Free) and move its parameters.

@@ -16,6 +16,7 @@ from .directions import (
     MUON_DIRECTIONS,
     MUON_SCALINGS,
     SPECTRAL_INPUTS,
+    buffer_names,
 )
 from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS, ns_dtype_name
 
@@ -157,9 +158,8 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     )
     _check(isinstance(group["use_muon"], bool), f"use_muon must be True or False{where}")
     _check_real(group, index)
-    if group.get("averaging", True):
-        for j, p in enumerate(group["params"]):
-            check_averaging_dtype(p, _param_name(group, j), index)
+    for j, p in enumerate(group["params"]):
+        check_param_dtype(group, p, _param_name(group, j), index)
     if group["use_muon"]:
         _check_matrices(group, index)
 
@@ -176,15 +176,28 @@ def _param_name(group: dict[str, Any], j: int) -> str:
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def check_averaging_dtype(param: Tensor, name: str, index: int) -> None:
-    """Refuse a 16-bit parameter in an averaging group: its ``z`` and ``x`` would be 16-bit too.
+def dtype_refused(group: dict[str, Any], dtype: torch.dtype) -> bool:
+    """Whether :func:`check_param_dtype` refuses parameters of ``dtype`` in ``group``."""
+    if dtype == torch.float16 and "exp_avg_sq" in buffer_names(group):
+        return True
+    return bool(group.get("averaging", True)) and dtype in LOW_PRECISION
 
-    ``x`` moves by ``c_t (z - x)`` per step; once ``c_t`` (about ``1/t``) is under the format's
-    relative resolution (bf16: 2**-8) the increments round away and ``x`` stops moving, and in
-    float16 the fallback's second moments underflow. Checked when a group is added and again when
-    a parameter's state is created (a module cast after the optimizer was built).
+
+def check_param_dtype(group: dict[str, Any], param: Tensor, name: str, index: int) -> None:
+    """Refuse a parameter dtype under which the group's update silently goes wrong.
+
+    * 16 bits in an averaging group: its ``z`` and ``x`` would be 16-bit too. ``x`` moves by
+      ``c_t (z - x)`` per step; once ``c_t`` (about ``1/t``) is under the format's relative
+      resolution (bf16: 2**-8) the increments round away and ``x`` stops moving.
+    * float16 in a group that divides by ``sqrt(v) + eps`` (the Adam fallback, AdaMuon, the
+      spectral ``rms`` input), averaging or not: ``eps = 1e-10`` rounds to 0 in float16 and
+      ``v = g^2`` underflows for ``|g| < 2.4e-4``, so the step is ``g / 0`` and the parameters
+      become infinite after one step. bfloat16 has float32's exponent range and is allowed there.
+
+    Checked when a group is added and again when a parameter's state is created (a module cast
+    after the optimizer was built).
     """
-    if param.dtype in LOW_PRECISION:
+    if group.get("averaging", True) and param.dtype in LOW_PRECISION:
         raise ValueError(
             f"{name} of param group {index} is {param.dtype}: AMUSE keeps z and the averaged x in "
             "the parameter's dtype, and in 16 bits the averaging increments c_t (z - x) round "
@@ -192,6 +205,16 @@ def check_averaging_dtype(param: Tensor, name: str, index: int) -> None:
             "underflow). Keep the parameters in float32 and compute in 16 bits with autocast "
             "(torch.autocast(device, dtype=torch.bfloat16); Lightning: precision='bf16-mixed' or "
             "'16-mixed')"
+        )
+    if param.dtype == torch.float16 and "exp_avg_sq" in buffer_names(group):
+        key, other = ("direction", "'muon'") if group["use_muon"] else ("update_type", "'sgd'")
+        raise ValueError(
+            f"{name} of param group {index} is torch.float16 and the group's update "
+            f"({key}={group[key]!r}) divides by sqrt(v) + eps: in float16 eps={group['eps']:g} "
+            "rounds to 0 and small squared gradients underflow, so the first step makes the "
+            "parameters infinite. Keep the parameters in float32 and compute in float16 with "
+            "autocast (Lightning: precision='16-mixed'), use bfloat16 parameters, or use "
+            f"{key}={other}"
         )
 
 
