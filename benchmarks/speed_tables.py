@@ -1,0 +1,156 @@
+"""The CPU speed tables of docs/results.md: step time against ``torch.optim.Muon``, the
+Newton-Schulz coefficient sets, the DDP split (``benchmarks/make_tables.py`` calls them)."""
+
+from __future__ import annotations
+
+from md_tables import provenance, table
+
+
+def step_time_tables(data: dict) -> str:
+    """``step_time.json``: each optimizer against ``torch.optim.Muon`` measured as a pair in its
+    own fresh process (the ratio is the one to read; absolute times of different pairs come
+    from different processes and loads), with weight decay, state and step peak memory."""
+    out = [f"{data['method']}.\n"] if "method" in data else []
+    for model, results in data["models"].items():
+        rows = []
+        for name, r in results.items():
+            anchor = r.get("anchor", r)
+            load = r.get("load_average_1m")
+            rows.append(
+                [
+                    name,
+                    _short(r.get("weight_decay")),
+                    f"{r['median_ms']:.1f}",
+                    f"{anchor['median_ms']:.1f}",
+                    _ratio(r.get("ratio_to_torch_muon")),
+                    _ratio(r.get("cpu_ratio_to_torch_muon")),
+                    f"{r['state_bytes'] / 2**20:.1f}",
+                    f"{r['step_peak_bytes'] / 2**20:.2f}",
+                    "-" if load is None else "–".join(f"{v:.1f}" for v in load),
+                ]
+            )
+        out += [
+            f"**Optimizer step, {model}** (each row: that optimizer and torch Muon alone in one "
+            "process)\n",
+            table(
+                [
+                    "optimizer",
+                    "weight decay",
+                    "median ms",
+                    "torch Muon ms (same pair)",
+                    "× torch Muon (wall)",
+                    "× torch Muon (CPU time)",
+                    "state MiB",
+                    "step peak MiB",
+                    "load (1 min)",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    out.append(provenance(data.get("meta", {})))
+    return "\n".join(out)
+
+
+def ns_coefficient_tables(data: dict) -> str:
+    """``ns_coefficients.json``: distance of the singular values from 1 after k Newton-Schulz
+    steps, quintic against Polar Express, per matrix kind and dtype."""
+    rows = [
+        [
+            r["matrix"],
+            r["ns_dtype"],
+            r["steps"],
+            f"{r['quintic']['max_abs_sv_minus_1']:.3g}",
+            f"{r['polar_express']['max_abs_sv_minus_1']:.3g}",
+            f"{r['quintic']['rel_polar_error']:.3g}",
+            f"{r['polar_express']['rel_polar_error']:.3g}",
+        ]
+        for r in data["results"]
+    ]
+    shape = "x".join(str(n) for n in data.get("shape", []))
+    return "\n".join(
+        [
+            f"Matrices {shape}; the largest distance of a singular value from 1 and the relative "
+            "distance to the exact polar factor (SVD), after the same number of steps.\n",
+            "<details><summary>Error after k steps, quintic vs Polar Express</summary>\n",
+            table(
+                [
+                    "matrix",
+                    "dtype",
+                    "steps",
+                    "quintic max abs(σ-1)",
+                    "Polar Express max abs(σ-1)",
+                    "quintic polar error",
+                    "Polar Express polar error",
+                ],
+                rows,
+            ),
+            "\n</details>\n",
+            provenance(data.get("meta", {})),
+        ]
+    )
+
+
+def distributed_tables(data: dict) -> str:
+    """``distributed_step.json``: the slowest rank's step per world size, and the ratios."""
+    if "results" not in data:
+        return generic_tables(data)
+    rows = []
+    for world, r in data["results"].items():
+        slowest = r["slowest_rank"]
+        matrices = "/".join(str(rank.get("matrices", "?")) for rank in r["per_rank"])
+        rows.append(
+            [
+                world,
+                len(r["per_rank"]),
+                matrices,
+                f"{1e3 * slowest['step_s']:.1f}",
+                f"{1e3 * slowest['ns_s']:.1f}",
+                f"{1e3 * slowest['gather_s']:.1f}",
+            ]
+        )
+    cfg = data.get("config", {})
+    out = [
+        f"**AMUSE step per rank** ({cfg.get('matrices', '?')} matrices, slowest rank, "
+        "milliseconds)\n",
+        table(
+            [
+                "setting",
+                "ranks",
+                "matrices per rank",
+                "step ms",
+                "Newton-Schulz ms",
+                "all-gather ms",
+            ],
+            rows,
+        ),
+    ]
+    ratios = data.get("ratios")
+    if ratios:
+        goal = data.get("goal_ns_ratio")
+        note = f"; goal for Newton-Schulz <= {goal}" if goal else ""
+        out += [
+            f"\n**Ratios** (2 ranks over 1{note})\n",
+            table(["ratio", "value"], [[k, f"{v:.3f}"] for k, v in ratios.items()]),
+        ]
+    meta = data.get("meta") or data.get("machine", {})
+    out.append("\n" + provenance(meta))
+    return "\n".join(out)
+
+
+def generic_tables(data: dict) -> str:
+    """Any JSON with a list of flat ``records``: one row per record, scalar fields as columns."""
+    records = data.get("records")
+    if not isinstance(records, list) or not records:
+        raise KeyError("records")
+    columns = [k for k, v in records[0].items() if isinstance(v, (int, float, str, bool))]
+    rows = [[_short(r.get(c)) for c in columns] for r in records]
+    return table(columns, rows) + "\n\n" + provenance(data.get("meta", {}))
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
