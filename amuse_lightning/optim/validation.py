@@ -194,10 +194,12 @@ def check_param_dtype(group: dict[str, Any], param: Tensor, name: str, index: in
       ``v = g^2`` underflows for ``|g| < 2.4e-4``, so the step is ``g / 0`` and the parameters
       become infinite after one step. bfloat16 has float32's exponent range and is allowed there.
 
-    Checked when a group is added and again when a parameter's state is created (a module cast
-    after the optimizer was built).
+    Checked when a group is added and again at every step, before any group moves (a module
+    cast after the optimizer was built).
     """
-    if group.get("averaging", True) and param.dtype in LOW_PRECISION:
+    if not dtype_refused(group, param.dtype):
+        return
+    if group.get("averaging", True):
         raise ValueError(
             f"{name} of param group {index} is {param.dtype}: AMUSE keeps z and the averaged x in "
             "the parameter's dtype, and in 16 bits the averaging increments c_t (z - x) round "
@@ -206,16 +208,15 @@ def check_param_dtype(group: dict[str, Any], param: Tensor, name: str, index: in
             "(torch.autocast(device, dtype=torch.bfloat16); Lightning: precision='bf16-mixed' or "
             "'16-mixed')"
         )
-    if param.dtype == torch.float16 and "exp_avg_sq" in buffer_names(group):
-        key, other = ("direction", "'muon'") if group["use_muon"] else ("update_type", "'sgd'")
-        raise ValueError(
-            f"{name} of param group {index} is torch.float16 and the group's update "
-            f"({key}={group[key]!r}) divides by sqrt(v) + eps: in float16 eps={group['eps']:g} "
-            "rounds to 0 and small squared gradients underflow, so the first step makes the "
-            "parameters infinite. Keep the parameters in float32 and compute in float16 with "
-            "autocast (Lightning: precision='16-mixed'), use bfloat16 parameters, or use "
-            f"{key}={other}"
-        )
+    key, other = ("direction", "'muon'") if group["use_muon"] else ("update_type", "'sgd'")
+    raise ValueError(
+        f"{name} of param group {index} is torch.float16 and the group's update "
+        f"({key}={group[key]!r}) divides by sqrt(v) + eps: in float16 eps={group['eps']:g} "
+        "rounds to 0 and small squared gradients underflow, so the first step makes the "
+        "parameters infinite. Keep the parameters in float32 and compute in float16 with "
+        "autocast (Lightning: precision='16-mixed'), use bfloat16 parameters, or use "
+        f"{key}={other}"
+    )
 
 
 def _check_real(group: dict[str, Any], index: int) -> None:
