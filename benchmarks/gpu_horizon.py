@@ -9,8 +9,8 @@ What it runs (one seed; no lr tuning fits in the time, so the lrs are the ones t
 {5e-3, 1e-2} chose at this size: AMUSE 1e-2, Muon + cosine 5e-3):
 
 1. One AMUSE run to the longest budget, scored at ``x`` at every budget, and the finisher
-   (``--finisher``, the variant chosen on the CPU LM task) run from the live state at every budget
-   with the library's ``finish`` on the batches the run sees next.
+   (``--finisher``, the variant the CPU horizon study chose on validation) run from the live
+   state at every budget with the library's ``finish`` on the batches the run sees next.
 2. Muon + cosine, one run per total-step count, in this order while the time limit allows:
    the finished model's total ``t + round(f t)`` and then ``t`` itself, longest budget first.
    A run that would not finish inside ``--time-limit`` (estimated from the step times measured
@@ -51,7 +51,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny model and budgets (dry run)")
     p.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
-    p.add_argument("--finisher", default="y/1-sqrt/f=0.2/lr_x1")
+    p.add_argument("--finisher", default="y/linear/f=0.2/lr_x0.1")  # horizon_starts choice
     p.add_argument("--amuse-lr", type=float, default=1e-2)
     p.add_argument("--cosine-lr", type=float, default=5e-3)
     p.add_argument("--warmup-fraction", type=float, default=0.05)

@@ -367,3 +367,24 @@ def test_power_ema_is_the_power_weighted_average() -> None:
     weights = [(s + 1) ** (gamma + 1) - s ** (gamma + 1) for s in range(7)]
     expected = sum(w * t for w, t in zip(weights, thetas, strict=True)) / sum(weights)
     torch.testing.assert_close(emas.emas["ema_y_0.2"][0], expected)
+
+
+@pytest.mark.xdist_group("multiprocess")  # starts the benchmark in a subprocess
+def test_gpu_horizon_dry_run_compares_at_equal_total_steps(tmp_path: Path) -> None:
+    """``gpu_horizon.py --tiny --device cpu`` (the dry run before a GPU session): one AMUSE run,
+    a cosine run for every budget t and every total t + round(f t), a gap row per budget."""
+    out = tmp_path / "gpu_horizon.json"
+    command = [sys.executable, str(BENCH / "gpu_horizon.py"), "--tiny", "--device", "cpu"]
+    subprocess.run([*command, "--output", str(out)], check=True, cwd=ROOT, timeout=120)
+    data = json.loads(out.read_text())
+    budgets, variant = data["meta"]["budgets"], finishing.Variant.parse(data["meta"]["finisher"])
+    amuse = [r for r in data["runs"] if r["method"] == "amuse"]
+    assert len(amuse) == 1 and amuse[0]["steps"] == max(budgets)
+    cosine = {r["steps"] for r in data["runs"] if r["method"] == "muon_cosine"}
+    assert cosine == set(budgets) | {t + variant.steps(t) for t in budgets}
+    assert data["skipped_cosine_steps"] == []
+    assert [g["t"] for g in data["gaps"]] == budgets
+    for gap in data["gaps"]:
+        assert all(
+            isinstance(gap[k], float) for k in ("x_minus_cosine_t", "finished_minus_cosine_equal")
+        )
