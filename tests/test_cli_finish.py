@@ -55,6 +55,21 @@ def test_finish_writes_a_finished_checkpoint_and_leaves_the_source(run, capsys):
     assert {int(model.state_dict()[k]) for k in bn} == {2}  # re-estimated at the end
 
 
+def test_finish_takes_the_config_that_fit_saved(run, capsys):
+    """The run's own saved config (``config.yaml``, like ``fit --print_config``) carries fit's
+    ``ckpt_path`` / ``weights_only``; ``finish --config`` builds the run from it unchanged."""
+    _, last = run
+    saved = next(last.parents[2].rglob("config.yaml"))
+    assert "ckpt_path: null" in saved.read_text()
+    capsys.readouterr()
+    status = main(["finish", "--config", str(saved), "--ckpt_path", str(last), "--fraction",
+                   "0.25", "--output", str(last.with_name("from-config.ckpt")),
+                   "--validate", "false"])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    assert "with a 2-step linear cooldown from x" in capsys.readouterr().out
+    assert torch.load(last.with_name("from-config.ckpt"), weights_only=False)["global_step"] == 10
+
+
 def test_finish_refuses_a_checkpoint_without_optimizer_state_in_one_line(run, capsys, tmp_path):
     settings, last = run
     checkpoint = torch.load(last, weights_only=False)

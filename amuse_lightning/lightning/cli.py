@@ -233,6 +233,16 @@ class AmuseLightningCLI(LightningCLI):
     ) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
         self.parser.add_argument("--version", action="version", version=version_line())
+        if not add_subcommands:  # run=False (``finish``): a config saved or printed by ``fit``
+            # carries fit's own arguments; accept them so the same file builds the run
+            self.parser.add_argument(
+                "--ckpt_path",
+                type=str | None,
+                default=None,
+                help="read by fit; not used without a subcommand",
+            )
+            self.parser.add_argument("--weights_only", type=bool | None, default=None,
+                                     help="read by fit; not used without a subcommand")  # fmt: skip
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check the config before anything is built (see :mod:`.cli_checks`)."""
