@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 from device_tables import render  # noqa: E402
-from make_tables import provenance, table  # noqa: E402
+from md_tables import provenance, table  # noqa: E402
 
 
 def pair(ms: float, ratio: float, peak_mib: float) -> dict:

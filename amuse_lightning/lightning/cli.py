@@ -235,14 +235,9 @@ class AmuseLightningCLI(LightningCLI):
         self.parser.add_argument("--version", action="version", version=version_line())
         if not add_subcommands:  # run=False (``finish``): a config saved or printed by ``fit``
             # carries fit's own arguments; accept them so the same file builds the run
-            self.parser.add_argument(
-                "--ckpt_path",
-                type=str | None,
-                default=None,
-                help="read by fit; not used without a subcommand",
-            )
-            self.parser.add_argument("--weights_only", type=bool | None, default=None,
-                                     help="read by fit; not used without a subcommand")  # fmt: skip
+            for key, kind in (("ckpt_path", str | None), ("weights_only", bool | None)):
+                help_text = "read by fit; not used without a subcommand"
+                self.parser.add_argument(f"--{key}", type=kind, default=None, help=help_text)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then check the config before anything is built (see :mod:`.cli_checks`)."""
