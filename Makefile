@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# --max-worker-restart 0: a crashed worker fails the run at once, naming its test (restarting one
+# under --dist loadgroup hangs pytest-xdist 3.8 forever); each test is bounded by pytest-timeout
+# (pyproject.toml: `timeout`, thread method, so a test stuck in native code is stopped too).
+PYTEST_FLAGS := -q -n 2 --dist loadgroup --max-worker-restart 0
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: venv test lint demo fashion-mnist bench-smoke bench tables clean
@@ -24,7 +28,7 @@ lint: $(STAMP)
 test: $(STAMP) fashion-mnist
 	$(VENV)/bin/ruff check .
 	$(MAKE) --no-print-directory bench-smoke
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 # Fashion-MNIST from Debian's package when possible; otherwise the demo downloads it through torchvision.
 fashion-mnist:
