@@ -142,7 +142,7 @@ def test_ns_dtype_is_stored_by_name_and_accepts_names() -> None:
     opt.add_param_group({"params": [nn.Parameter(torch.randn(3, 3))], "use_muon": True,
                          "ns_dtype": torch.float64})  # fmt: skip
     assert opt.param_groups[-1]["ns_dtype"] == "float64"
-    with pytest.raises(ValueError, match="ns_dtype must be one of"):
+    with pytest.raises(ValueError, match="ns_dtype must be 'auto' or one of"):
         AMUSE(groups_of(model), ns_dtype=torch.int8)
 
 

@@ -34,9 +34,10 @@ from .captured import CompiledMuon, compile_mode
 from .directions import MatrixMap, buffer_names, map_matrices
 from .distributed import MatrixMapChoice, RankSplit, ShardedMatrixMap, check_dtensor_layout
 from .guards import gradients_finite, params_with_grad
+from .hardware import fastest_ns_dtype
 from .kernels import Workspace
 from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
-from .polar import ns_dtype_name
+from .polar import AUTO_NS_DTYPE, ns_dtype_name
 from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
 from .validation import (
     LOW_PRECISION,
@@ -70,8 +71,14 @@ class AMUSE(MatrixMapChoice, Optimizer):
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
         beta2, eps: second-moment decay and epsilon of the AdamW fallback (and AdaMuon's eps).
-        ns_steps, ns_dtype: Newton-Schulz iterations and the dtype they run in (a torch dtype or
-            its name, e.g. ``"float32"``; stored by name in the param groups).
+        ns_steps, ns_dtype: Newton-Schulz iterations and the dtype they run in: ``"auto"``
+            (default) takes the fastest exact-enough one of the group's device, bfloat16 on
+            accelerators and on CPUs that multiply bf16 natively (AVX512-BF16, AMX), float32 on
+            other CPUs, where bf16 is emulated and about 20x slower
+            (:func:`~amuse_lightning.optim.hardware.fastest_ns_dtype`); or a torch dtype or its
+            name (``"float32"``), used as given. Stored by name in the param groups: ``"auto"``
+            is replaced by the name it resolved to when the group is added (at its first step
+            for parameters on the ``meta`` device), so a state_dict resumes with that dtype.
         ns_coefficients: ``"quintic"`` (Muon's fixed 3.4445 / -4.7750 / 2.0315) or
             ``"polar_express"`` (per-iteration optimal coefficients, Amsel et al. 2025); per group.
         aux_update_type: Muon update scaling, ``"adamw"`` or ``"sgd"``.
@@ -127,7 +134,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         beta2: float = 0.999,
         eps: float = 1e-10,
         ns_steps: int = 5,
-        ns_dtype: torch.dtype | str = torch.bfloat16,
+        ns_dtype: torch.dtype | str = AUTO_NS_DTYPE,
         ns_coefficients: str = "quintic",
         aux_update_type: str = "adamw",
         update_type: str = "adamw",
@@ -199,6 +206,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
                 group["ns_dtype"] = ns_dtype_name(group["ns_dtype"])
         for group in groups:
             super().add_param_group(group)
+            _resolve_ns_dtype(self.param_groups[-1])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
@@ -303,6 +311,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
 
         Parameters without a gradient keep y, z and the beta that built y, so their x stays exact.
         """
+        _resolve_ns_dtype(group)  # parameters that were on the meta device when added
         schedule = advance_schedule(
             ScheduleState(group["step"], group["weight_sum"], group["c_warmup"]),
             lr=group["lr"] * group["lr_scale"],
@@ -381,6 +390,13 @@ class AMUSE(MatrixMapChoice, Optimizer):
         """
         splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
         return tuple(split for split in splits if split is not None)
+
+
+def _resolve_ns_dtype(group: dict[str, Any]) -> None:
+    """``ns_dtype="auto"`` -> the name of the fastest dtype on the device of the group's first
+    parameter (left ``"auto"`` while that is the ``meta`` device)."""
+    if group["ns_dtype"] == AUTO_NS_DTYPE and group["params"]:
+        group["ns_dtype"] = fastest_ns_dtype(group["params"][0].device) or AUTO_NS_DTYPE
 
 
 class SFMuon(AMUSE):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "AUTO_NS_DTYPE",
     "NS_COEFFICIENTS",
     "NS_COEFFICIENT_SETS",
     "NS_DTYPES",
@@ -87,12 +88,19 @@ NS_DTYPES = {
 """Newton-Schulz dtypes by name; groups store the name (plain data for any state_dict reader)."""
 
 
+AUTO_NS_DTYPE = "auto"
+"""``ns_dtype="auto"``: the fastest exact-enough dtype of the parameters' device
+(:func:`~amuse_lightning.optim.hardware.fastest_ns_dtype`), stored by name once decided."""
+
+
 def ns_dtype_name(dtype: torch.dtype | str) -> str:
-    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; anything else -> ValueError."""
+    """``torch.bfloat16`` or ``"bfloat16"`` -> ``"bfloat16"``; ``"auto"`` stays ``"auto"``;
+    anything else -> ValueError."""
     name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
-    if name not in NS_DTYPES:
+    if name != AUTO_NS_DTYPE and name not in NS_DTYPES:
         raise ValueError(
-            f"ns_dtype must be one of {tuple(NS_DTYPES)} (or the torch dtype), got {dtype!r}"
+            f"ns_dtype must be {AUTO_NS_DTYPE!r} or one of {tuple(NS_DTYPES)} (or the torch "
+            f"dtype), got {dtype!r}"
         )
     return name
 
