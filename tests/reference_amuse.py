@@ -8,9 +8,12 @@ with the optimizer's memory-lean recovery of ``x`` from ``(y, z)``. The spectral
 One step of a group (``t`` 1-based, ``T0 = warmup_steps``)::
 
     lr_t   = lr * lr_scale * min(1, t / T0)
-    w_t    = t^r lr_t^weight_lr_power,   c_t = w_t / sum_{s<=t} w_s
+    w_t    = t^r lr_t^weight_lr_power,   q_t = w_t / sum_{s<=t} w_s
+    c_t    = 1 for t <= Tc (c_warmup_steps), else min(1, kappa w_t / sum_{Tc<s<=t} w_s)
     beta_t = beta1 (t <= T0 or rho = 0),  else 1 - S_t^rho (1 - beta1),
-             S_t = c_t (1 - c_w) / (c_w (1 - c_t)),  c_w = c_{T0}
+             S_t = q_t (1 - q_w) / (q_w (1 - q_t)),  q_w = q_{T0}
+             (beta_anneal_steps A > 0: 1 - beta_t = (1 - beta1)^(1 - u) (1 - beta_final)^u,
+              u = min(1, t / A))
     z      <- z (1 - lr_t wd) - lr_t U_t
     x      <- x + c_t (z - x)
     y      <- beta_t x + (1 - beta_t) z
@@ -36,6 +39,7 @@ DEFAULTS = dict(
     momentum=0.95, nesterov=True, weight_decay=0.0, weight_decay_at_y=0.0, beta2=0.999,
     eps=1e-10, ns_steps=5, aux_update_type="adamw", update_type="adamw", direction="muon",
     spectral_power=0.0, spectral_input="momentum", reference_compat=False, averaging=True,
+    c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0, beta_final=0.965,
 )  # fmt: skip
 """The optimizer's documented defaults; a group overrides any of them."""
 
@@ -116,7 +120,7 @@ class ReferenceAMUSE:
                 self.y.append(p.detach().clone().double())
                 self.z.append(p.detach().clone().double())
             index = list(range(first, len(self.x)))
-            sched = dict(t=0, weight_sum=0.0, c_warmup=None, beta_t=cfg["beta1"], c_t=0.0, lr_t=0.0)
+            sched = dict(t=0, weights=[], c_warmup=None, beta_t=cfg["beta1"], c_t=0.0, lr_t=0.0)
             self.groups.append({"cfg": cfg, "index": index, **sched})
         self.buffers: list[dict[str, Tensor]] = [{} for _ in self.x]
         self.beta_of_y: dict[int, float] = {}  # the beta that built each parameter's y
@@ -129,15 +133,25 @@ class ReferenceAMUSE:
         t, T0 = group["t"], cfg["warmup_steps"]
         lr_t = cfg["lr"] * cfg["lr_scale"] * min(1.0, t / T0)
         w = t ** cfg["r"] * lr_t ** cfg["weight_lr_power"]
-        group["weight_sum"] += w
-        c = w / group["weight_sum"] if group["weight_sum"] > 0 else 1.0
+        group["weights"].append(w)  # w_1 .. w_t
+        total = sum(group["weights"])
+        q = w / total if total > 0 else 1.0
         if t == T0:
-            group["c_warmup"] = c
-        if t <= T0 or cfg["rho"] == 0:
+            group["c_warmup"] = q
+        Tc = cfg["c_warmup_steps"]
+        if t <= Tc:
+            c = 1.0
+        else:
+            own = sum(group["weights"][Tc:])  # the steps after the c warm-up
+            c = min(1.0, cfg["c_scale"] * (w / own if own > 0 else 1.0))
+        if cfg["beta_anneal_steps"] > 0:
+            u = min(1.0, t / cfg["beta_anneal_steps"])
+            beta = 1 - (1 - cfg["beta1"]) ** (1 - u) * (1 - cfg["beta_final"]) ** u
+        elif t <= T0 or cfg["rho"] == 0:
             beta = cfg["beta1"]
         else:
             c_w = group["c_warmup"]
-            s = c * (1 - c_w) / (c_w * (1 - c))
+            s = q * (1 - c_w) / (c_w * (1 - q))
             beta = 1 - s ** cfg["rho"] * (1 - cfg["beta1"])
         group.update(lr_t=lr_t, c_t=c, beta_t=beta)
         return lr_t, c, beta

@@ -60,6 +60,12 @@ def test_timm_use_fallback_and_lr_scale_are_honoured() -> None:
         (dict(nonfinite="ignore"), "nonfinite must be one of"),
         (dict(lr=float("nan")), "lr must be a finite number"),
         (dict(averaging=False, weight_decay_at_y=0.1), "weight_decay_at_y .* needs averaging"),
+        (dict(c_warmup_steps=-1), r"c_warmup_steps must be an integer >= 0 \(0: off\)"),
+        (dict(c_warmup_steps=2.5), "c_warmup_steps must be an integer >= 0"),
+        (dict(c_scale=0.5), r"c_scale must be >= 1 \(1: the plain average\)"),
+        (dict(beta_anneal_steps=-3), "beta_anneal_steps must be an integer >= 0"),
+        (dict(rho=0.0, beta_anneal_steps=10, beta_final=0.0), r"beta_final must be in \(0, 1\]"),
+        (dict(beta_anneal_steps=10), "set rho=0 with it, or beta_anneal_steps=0 to keep rho=0.3"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:

@@ -38,6 +38,15 @@ VARIANTS = {
     "sfmuon-rho0": dict(rho=0.0),
     "no-nesterov": dict(nesterov=False),
     "warmup-one-step": dict(warmup_steps=2, rho=0.5),
+    # the schedule mechanisms (docs/algorithm.md#mechanisms), alone and together
+    "c-warmup": dict(c_warmup_steps=8),
+    "c-warmup-inside-lr-warmup": dict(c_warmup_steps=3, r=1.0),
+    "c-scale": dict(c_scale=3.0),
+    "beta-anneal": dict(rho=0.0, beta_anneal_steps=20, beta_final=0.95),
+    "beta-anneal-to-one": dict(rho=0.0, beta_anneal_steps=10, beta_final=1.0),
+    "all-mechanisms": dict(
+        rho=0.0, c_warmup_steps=7, c_scale=2.0, beta_anneal_steps=25, r=2.0, weight_decay=0.1
+    ),
 }
 
 # Directions of the Muon groups, and how close the fast optimizer is to the oracle. Newton-Schulz

@@ -34,11 +34,16 @@ from .captured import CompiledMuon, compile_mode
 from .directions import MatrixMap, buffer_names, map_matrices
 from .distributed import MatrixMapChoice, RankSplit, ShardedMatrixMap, check_dtensor_layout
 from .guards import gradients_finite, params_with_grad
-from .hardware import fastest_ns_dtype
 from .kernels import Workspace
 from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
 from .polar import AUTO_NS_DTYPE, ns_dtype_name
-from .schedule import ScheduleState, ScheduleStep, advance_schedule, warn_if_degenerate
+from .schedule import (
+    Mechanisms,
+    ScheduleState,
+    ScheduleStep,
+    advance_schedule,
+    warn_if_degenerate,
+)
 from .validation import (
     LOW_PRECISION,
     NONFINITE_POLICIES,
@@ -46,8 +51,15 @@ from .validation import (
     dtype_refused,
     normalise_groups,
     plain_numbers,
+    resolve_ns_dtype,
     validate_group,
 )
+
+NEW_GROUP_KEYS = dict(
+    c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0, beta_final=0.965, weight_sum_start=0.0
+)
+"""Group keys added after 0.1.0 (and 0.2's schedule mechanisms) with the values that keep an
+older state_dict's run as it was."""
 
 __all__ = ["AMUSE", "SFMuon"]
 
@@ -67,6 +79,13 @@ class AMUSE(MatrixMapChoice, Optimizer):
         rho: how fast ``beta_t`` rises to 1 after warmup; ``0`` keeps it at ``beta1`` (SFMuon).
         warmup_steps: ``T0 >= 1``, linear learning-rate warmup and the anchor of ``beta_t``.
         r, weight_lr_power: averaging weights ``w_t = t^r lr_t^weight_lr_power``.
+        c_warmup_steps: ``x`` follows ``z`` (``c_t = 1``) for this many steps and averages from
+            then on (ScheduleFree+'s c warm-up); ``0`` (default) averages from the first step.
+        c_scale: ``kappa >= 1`` scales the averaging weight, ``c_t <- min(1, kappa c_t)``: a
+            shorter window of recent ``z`` in ``x`` (Song et al.'s decoupled window); 1: off.
+        beta_anneal_steps, beta_final: instead of the ``rho`` rise (then ``rho`` must be 0),
+            ``1 - beta_t`` moves from ``1 - beta1`` to ``1 - beta_final`` in log space over
+            ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off.
         momentum, nesterov: Muon's EMA momentum and Nesterov input.
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
@@ -127,6 +146,10 @@ class AMUSE(MatrixMapChoice, Optimizer):
         warmup_steps: int = 100,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
+        c_warmup_steps: int = 0,
+        c_scale: float = 1.0,
+        beta_anneal_steps: int = 0,
+        beta_final: float = 0.965,
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
@@ -161,14 +184,16 @@ class AMUSE(MatrixMapChoice, Optimizer):
             )
         defaults = dict(
             lr=lr, beta1=beta1, rho=rho, warmup_steps=warmup_steps, r=r,
-            weight_lr_power=weight_lr_power, momentum=momentum, nesterov=nesterov,
+            weight_lr_power=weight_lr_power, c_warmup_steps=c_warmup_steps, c_scale=c_scale,
+            beta_anneal_steps=beta_anneal_steps, beta_final=beta_final, momentum=momentum,
+            nesterov=nesterov,
             weight_decay=weight_decay, weight_decay_at_y=weight_decay_at_y, beta2=beta2, eps=eps,
             ns_steps=ns_steps, ns_dtype=ns_dtype_name(ns_dtype), ns_coefficients=ns_coefficients,
             aux_update_type=aux_update_type, update_type=update_type, direction=direction,
             spectral_power=spectral_power,
             spectral_input=spectral_input, lr_scale=1.0, reference_compat=reference_compat,
             averaging=averaging, train_mode=True, step=0, weight_sum=0.0, c_warmup=None,
-            lr_t=0.0, c_t=0.0, beta_t=beta1,
+            weight_sum_start=0.0, lr_t=0.0, c_t=0.0, beta_t=beta1,
         )  # fmt: skip
         self.nonfinite = nonfinite
         self.distributed = distributed
@@ -206,7 +231,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
                 group["ns_dtype"] = ns_dtype_name(group["ns_dtype"])
         for group in groups:
             super().add_param_group(group)
-            _resolve_ns_dtype(self.param_groups[-1])
+            resolve_ns_dtype(self.param_groups[-1])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
@@ -222,6 +247,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
             self.__dict__.setdefault(name, value)
         for group in self.param_groups:  # keys added after 0.1.0 take their defaults
             group.setdefault("ns_coefficients", "quintic")
+            for key, value in NEW_GROUP_KEYS.items():
+                group.setdefault(key, value)
 
     # ----------------------------------------------------------------- modes
     @torch.no_grad()
@@ -311,16 +338,22 @@ class AMUSE(MatrixMapChoice, Optimizer):
 
         Parameters without a gradient keep y, z and the beta that built y, so their x stays exact.
         """
-        _resolve_ns_dtype(group)  # parameters that were on the meta device when added
+        resolve_ns_dtype(group)  # parameters that were on the meta device when added
         schedule = advance_schedule(
-            ScheduleState(group["step"], group["weight_sum"], group["c_warmup"]),
+            ScheduleState(
+                group["step"], group["weight_sum"], group["c_warmup"], group["weight_sum_start"]
+            ),
             lr=group["lr"] * group["lr_scale"],
             warmup_steps=group["warmup_steps"],
             beta1=group["beta1"],
             rho=group["rho"],
             r=group["r"],
             weight_lr_power=group["weight_lr_power"],
-        )
+            mechanisms=Mechanisms(
+                group["c_warmup_steps"], group["c_scale"], group["beta_anneal_steps"],
+                group["beta_final"],
+            ),
+        )  # fmt: skip
         if params:
             self._move(group, params, grads, schedule, self._matrix_map(params))
             if group["averaging"]:
@@ -330,6 +363,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
             step=schedule.state.step,
             weight_sum=schedule.state.weight_sum,
             c_warmup=schedule.state.c_warmup,
+            weight_sum_start=schedule.state.weight_sum_start,
             lr_t=schedule.lr_t,
             c_t=schedule.c_t,
             beta_t=schedule.beta_t,
@@ -390,13 +424,6 @@ class AMUSE(MatrixMapChoice, Optimizer):
         """
         splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
         return tuple(split for split in splits if split is not None)
-
-
-def _resolve_ns_dtype(group: dict[str, Any]) -> None:
-    """``ns_dtype="auto"`` -> the name of the fastest dtype on the device of the group's first
-    parameter (left ``"auto"`` while that is the ``meta`` device)."""
-    if group["ns_dtype"] == AUTO_NS_DTYPE and group["params"]:
-        group["ns_dtype"] = fastest_ns_dtype(group["params"][0].device) or AUTO_NS_DTYPE
 
 
 class SFMuon(AMUSE):

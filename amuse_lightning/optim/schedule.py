@@ -1,11 +1,24 @@
 """Pure schedule functions of AMUSE: warmup lr, averaging weight c_t, interpolation beta_t.
 
 All quantities are per parameter group; ``t`` is the group's 1-based step count and
-``T0 = warmup_steps`` (docs/algorithm.md#schedule).
+``T0 = warmup_steps`` (docs/algorithm.md#schedule). Three mechanisms from the Schedule-Free
+literature change the schedule when asked for (all off by default; docs/algorithm.md#mechanisms):
+
+* the c warm-up (ScheduleFree+, arXiv 2605.19095): ``c_t = 1`` (``x`` follows ``z``) for
+  ``t <= Tc = c_warmup_steps``; the average starts after it, ``c_t = w_t / sum_{Tc<s<=t} w_s``;
+* a decoupled averaging window (Song et al., arXiv 2507.09846): ``c_t <- min(1, kappa c_t)``,
+  ``kappa = c_scale`` (their ``(1 - beta) C``), so ``x`` weights recent ``z`` more;
+* beta annealing (ScheduleFree+): instead of the ``rho`` rise, ``1 - beta_t`` moves from
+  ``1 - beta1`` to ``1 - beta_final`` in log space over ``A = beta_anneal_steps`` steps.
+
+The ``rho`` rise of ``beta_t`` is anchored on the plain weights ``q_t = w_t / sum_{s<=t} w_s``
+(which equal ``c_t`` when neither of the first two mechanisms is on), so the averaging knobs
+change ``x`` only.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -41,13 +54,37 @@ def interpolation_beta(
     return 1.0 - (ratio**rho) * (1.0 - beta1)
 
 
+def annealed_beta(t: int, beta1: float, beta_final: float, anneal_steps: int) -> float:
+    """``1 - beta_t = (1 - beta1)^(1 - u) (1 - beta_final)^u``, ``u = min(1, t / A)``."""
+    u = min(1.0, t / anneal_steps)
+    if beta_final == 1.0:  # (1 - beta_final)^u = 0 for u > 0
+        return beta1 if u == 0.0 else 1.0
+    gap = math.exp((1.0 - u) * math.log1p(-beta1) + u * math.log1p(-beta_final))
+    return 1.0 - gap if beta1 < 1.0 else 1.0
+
+
+@dataclass(frozen=True)
+class Mechanisms:
+    """The optional schedule mechanisms of a group (module docstring); defaults are all off."""
+
+    c_warmup_steps: int = 0
+    c_scale: float = 1.0
+    beta_anneal_steps: int = 0
+    beta_final: float = 0.965
+
+
 @dataclass(frozen=True)
 class ScheduleState:
-    """What a group must remember between steps to continue its schedule exactly."""
+    """What a group must remember between steps to continue its schedule exactly.
+
+    ``weight_sum`` is ``sum_{s<=t} w_s``; ``weight_sum_start`` its value at the end of the c
+    warm-up (0 without one), so the average's own sum is their difference.
+    """
 
     step: int = 0
     weight_sum: float = 0.0
     c_warmup: float | None = None
+    weight_sum_start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,19 +106,31 @@ def advance_schedule(
     rho: float,
     r: float,
     weight_lr_power: float,
+    mechanisms: Mechanisms = Mechanisms(),
 ) -> ScheduleStep:
-    """One schedule step: ``t += 1``, ``W_t = W_{t-1} + w_t``, ``c_t = w_t / W_t``, ``beta_t``.
+    """One schedule step: ``t += 1``, ``W_t = W_{t-1} + w_t``, ``q_t = w_t / W_t``, then
+    ``c_t`` (``q_t`` unless a mechanism changes it) and ``beta_t``.
 
-    ``c_t = 1`` when all weights so far are zero (``lr = 0``): x then simply follows z.
+    A zero sum (all weights so far zero, ``lr = 0``) gives weight 1: x then simply follows z.
     """
     t = state.step + 1
     lr_t = warmup_lr(lr, t, warmup_steps)
     w_t = averaging_weight(t, lr_t, r, weight_lr_power)
     weight_sum = state.weight_sum + w_t
-    c_t = w_t / weight_sum if weight_sum > 0.0 else 1.0
-    c_warmup = c_t if t == warmup_steps else state.c_warmup
-    beta_t = interpolation_beta(t, c_t, c_warmup, beta1, rho, warmup_steps)
-    return ScheduleStep(ScheduleState(t, weight_sum, c_warmup), lr_t, c_t, beta_t)
+    q_t = w_t / weight_sum if weight_sum > 0.0 else 1.0
+    c_warmup = q_t if t == warmup_steps else state.c_warmup
+    m = mechanisms
+    start = weight_sum if t == m.c_warmup_steps else state.weight_sum_start
+    if t <= m.c_warmup_steps:
+        c_t = 1.0
+    else:
+        own_sum = weight_sum - start
+        c_t = min(1.0, m.c_scale * (w_t / own_sum if own_sum > 0.0 else 1.0))
+    if m.beta_anneal_steps > 0:
+        beta_t = annealed_beta(t, beta1, m.beta_final, m.beta_anneal_steps)
+    else:
+        beta_t = interpolation_beta(t, q_t, c_warmup, beta1, rho, warmup_steps)
+    return ScheduleStep(ScheduleState(t, weight_sum, c_warmup, start), lr_t, c_t, beta_t)
 
 
 def warn_if_degenerate(warmup_steps: int, rho: float) -> None:

@@ -18,7 +18,8 @@ from .directions import (
     SPECTRAL_INPUTS,
     buffer_names,
 )
-from .polar import NS_COEFFICIENT_SETS, SUPPORTED_POWERS, ns_dtype_name
+from .hardware import fastest_ns_dtype
+from .polar import AUTO_NS_DTYPE, NS_COEFFICIENT_SETS, SUPPORTED_POWERS, ns_dtype_name
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
 
@@ -139,6 +140,7 @@ def validate_group(group: dict[str, Any], index: int) -> None:
     _check(_number(group, "eps") >= 0.0, f"eps must be >= 0{where}")
     for key in ("weight_decay", "weight_decay_at_y", "r", "weight_lr_power"):
         _check(_number(group, key) >= 0.0, f"{key} must be >= 0, got {group[key]}{where}")
+    _check_mechanisms(group, where)
     _check(
         group.get("averaging", True) or group["weight_decay_at_y"] == 0.0,
         f"weight_decay_at_y decays y while keeping the average x fixed, so it needs averaging: "
@@ -162,6 +164,33 @@ def validate_group(group: dict[str, Any], index: int) -> None:
         check_param_dtype(group, p, _param_name(group, j), index)
     if group["use_muon"]:
         _check_matrices(group, index)
+
+
+def _check_mechanisms(group: dict[str, Any], where: str) -> None:
+    """The optional schedule mechanisms (``schedule.py``): counts, the window scale and the
+    annealing target; beta annealing replaces the ``rho`` rise, so both at once is refused."""
+    for key in ("c_warmup_steps", "beta_anneal_steps"):
+        value = group[key]
+        _check(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            f"{key} must be an integer >= 0 (0: off), got {value!r}{where}",
+        )
+    c_scale = _number(group, "c_scale")
+    _check(c_scale >= 1.0, f"c_scale must be >= 1 (1: the plain average), got {c_scale}{where}")
+    beta_final = _number(group, "beta_final")
+    _check(0.0 < beta_final <= 1.0, f"beta_final must be in (0, 1], got {beta_final}{where}")
+    _check(
+        group["beta_anneal_steps"] == 0 or group["rho"] == 0.0,
+        f"beta_anneal_steps={group['beta_anneal_steps']} anneals beta_t instead of the rho "
+        f"rise; set rho=0 with it, or beta_anneal_steps=0 to keep rho={group['rho']}{where}",
+    )
+
+
+def resolve_ns_dtype(group: dict[str, Any]) -> None:
+    """``ns_dtype="auto"`` -> the name of the fastest dtype on the device of the group's first
+    parameter (left ``"auto"`` while that is the ``meta`` device)."""
+    if group["ns_dtype"] == AUTO_NS_DTYPE and group["params"]:
+        group["ns_dtype"] = fastest_ns_dtype(group["params"][0].device) or AUTO_NS_DTYPE
 
 
 def _choice(group: dict[str, Any], key: str, allowed: tuple[str, ...], where: str) -> None:
