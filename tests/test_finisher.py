@@ -55,10 +55,12 @@ def cooldown_batches(n: int = 50) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def hand_written_cooldown(
-    model: nn.Module, optimizer: AMUSE, steps: int, start: str, shape: str, factor: float
+    model: nn.Module, optimizer: AMUSE, steps: int, start: str, shape: str, factor: float,
+    fresh: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The cooldown written out: start at x (from y, z and beta) or y, then ``steps`` plain
-    steps of the run's directions with ``lr_i = factor * lr_t * g(i / steps)``."""
+    """The cooldown written out: start at x (from y, z and beta), y or z, then ``steps`` plain
+    steps of the run's directions with ``lr_i = factor * lr_t * g(i / steps)`` (Muon's momentum
+    from zero when ``fresh``)."""  # fmt: skip
     names = {id(p): n for n, p in model.named_parameters()}
     p_now, momentum, second, groups = {}, {}, {}, {}
     for group in optimizer.param_groups:
@@ -66,8 +68,9 @@ def hand_written_cooldown(
             state, name = optimizer.state[p], names[id(p)]
             y = p.detach().clone()
             x = y + (1.0 - 1.0 / state["beta"]) * (state["z"] - y)
-            p_now[name] = x if start == "x" else y
-            momentum[name] = state.get("momentum_buffer", torch.zeros_like(y)).clone()
+            p_now[name] = {"x": x, "y": y, "z": state["z"].clone()}[start]
+            carried = state.get("momentum_buffer", torch.zeros_like(y)).clone()
+            momentum[name] = torch.zeros_like(y) if fresh else carried
             second[name] = state.get("exp_avg_sq", torch.zeros_like(y)).clone()
             groups[name] = group
     twin = model_f64(any(isinstance(m, nn.BatchNorm1d) for m in model.modules()))
@@ -98,12 +101,18 @@ def hand_written_cooldown(
     return p_now
 
 
-@pytest.mark.parametrize(("start", "shape"), [("x", "linear"), ("y", "1-sqrt")])
-def test_schedule_and_start_point_match_a_hand_written_loop(start, shape):
+@pytest.mark.parametrize(
+    ("start", "shape", "momentum"),
+    [("x", "linear", "carried"), ("y", "1-sqrt", "carried"), ("z", "linear", "carried"),
+     ("z", "linear", "fresh"), ("x", "1-sqrt", "fresh")],
+)  # fmt: skip
+def test_schedule_and_start_point_match_a_hand_written_loop(start, shape, momentum):
     model, optimizer = run(10)
-    expected = hand_written_cooldown(model, optimizer, 5, start, shape, factor=0.7)
+    expected = hand_written_cooldown(
+        model, optimizer, 5, start, shape, factor=0.7, fresh=momentum == "fresh"
+    )
     finished = finish(optimizer, model, cooldown_batches(), loss_fn, steps=5, start=start,
-                      shape=shape, lr_factor=0.7)  # fmt: skip
+                      shape=shape, lr_factor=0.7, momentum=momentum)  # fmt: skip
     for name, value in finished.named_parameters():
         torch.testing.assert_close(value.detach(), expected[name], rtol=0, atol=1e-10)
 
@@ -182,7 +191,8 @@ def test_begin_cooldown_gives_a_standard_scheduler_that_reaches_zero():
     ("kwargs", "match"),
     [
         (dict(steps=0), "steps must be an int >= 1"),
-        (dict(steps=2, start="z"), "start must be one of"),
+        (dict(steps=2, start="w"), "start must be one of"),
+        (dict(steps=2, momentum="reset"), "momentum must be one of"),
         (dict(steps=2, shape="cosine"), "shape must be one of"),
         (dict(steps=2, lr_factor=0.0), "lr_factor must be a number > 0"),
     ],

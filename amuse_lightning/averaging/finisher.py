@@ -11,12 +11,15 @@ restores every random stream), so it continues bit for bit as if nothing had hap
 One cooldown step ``i = 0 .. k-1`` on each parameter ``p`` (the run's Muon / fallback directions
 ``U`` with their momentum and second-moment buffers carried over; ``z`` and averaging dropped)::
 
-    p_0     = x_t  (start="x")  or  y_t  (start="y")
+    p_0     = x_t  (start="x"),  y_t  (start="y")  or  z_t  (start="z", the fast sequence: the
+              analogue of a constant-rate run's iterate, which a WSD cooldown starts from)
     lr_i    = lr_factor * lr_t * g(i / k),   g(u) = 1 - u  ("linear")  or  1 - sqrt(u)  ("1-sqrt")
     p_{i+1} = p_i (1 - lr_i wd) - lr_i U_i        (U_i from the gradient at p_i)
 
 ``lr_t`` is the run's learning rate at step ``t`` (warm-up included, ``lr_scale`` applied per
-group). ``weight_decay_at_y`` of the run becomes plain decoupled decay of ``p``.
+group). ``weight_decay_at_y`` of the run becomes plain decoupled decay of ``p``. The momentum
+buffers (Muon's, AdaMuon's, the spectral directions' first moments) are carried over, or reset
+to zero with ``momentum="fresh"``; second moments are always carried over.
 
 :func:`begin_cooldown` turns an AMUSE optimizer (a copy) into that cooldown and returns the
 schedule as a standard ``LambdaLR``; :func:`finish` does the whole thing on copies of a model and
@@ -41,6 +44,7 @@ from .batchnorm import reestimate_batchnorm
 from .random_state import preserved_data_state
 
 __all__ = [
+    "COOLDOWN_MOMENTA",
     "COOLDOWN_SHAPES",
     "COOLDOWN_STARTS",
     "DEFAULT_FRACTION",
@@ -51,10 +55,14 @@ __all__ = [
     "finish",
 ]
 
-Start = Literal["x", "y"]
+Start = Literal["x", "y", "z"]
 Shape = Literal["linear", "1-sqrt"]
-COOLDOWN_STARTS: tuple[str, ...] = ("x", "y")
+Momentum = Literal["carried", "fresh"]
+COOLDOWN_STARTS: tuple[str, ...] = ("x", "y", "z")
 COOLDOWN_SHAPES: tuple[str, ...] = ("linear", "1-sqrt")
+COOLDOWN_MOMENTA: tuple[str, ...] = ("carried", "fresh")
+FIRST_MOMENTS = ("momentum_buffer", "exp_avg")
+"""The state buffers ``momentum="fresh"`` resets (second moments are kept)."""
 DEFAULT_FRACTION = 0.2
 DEFAULT_LR_FACTOR = 0.1
 """The defaults come from the finisher studies (chosen on validation at equal total steps;
@@ -68,12 +76,14 @@ difference beyond noise."""
 @dataclass(frozen=True)
 class Cooldown:
     """What a finisher runs: ``steps`` steps from ``start``, the learning rate decayed to zero
-    along ``shape`` from ``lr_factor`` times the run's current rate."""
+    along ``shape`` from ``lr_factor`` times the run's current rate, with the run's momentum
+    ``"carried"`` over or started ``"fresh"``."""
 
     steps: int
     start: Start = "x"
     shape: Shape = "linear"
     lr_factor: float = DEFAULT_LR_FACTOR
+    momentum: Momentum = "carried"
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -84,6 +94,10 @@ class Cooldown:
             raise ValueError(f"cooldown shape must be one of {COOLDOWN_SHAPES}, got {self.shape!r}")
         if not (isinstance(self.lr_factor, (int, float)) and 0.0 < self.lr_factor < math.inf):
             raise ValueError(f"cooldown lr_factor must be a number > 0, got {self.lr_factor!r}")
+        if self.momentum not in COOLDOWN_MOMENTA:
+            raise ValueError(
+                f"cooldown momentum must be one of {COOLDOWN_MOMENTA}, got {self.momentum!r}"
+            )
 
     @staticmethod
     def steps_for(run_steps: int, fraction: float) -> int:
@@ -114,10 +128,11 @@ def _current_lr(group: dict[str, Any]) -> float:
 def begin_cooldown(optimizer: AMUSE, cooldown: Cooldown) -> LambdaLR:
     """Turn ``optimizer`` (in place: use a copy, see :func:`copy_run`) into the cooldown.
 
-    The parameters are set to the start point (``x`` or ``y``), ``z`` is dropped and every group
-    runs its direction without averaging from its current learning rate times
-    ``cooldown.lr_factor``. Returns the schedule: call its ``step()`` after every
-    ``optimizer.step()``; after ``cooldown.steps`` steps the rate is zero.
+    The parameters are set to the start point (``x``, ``y`` or ``z``), ``z`` is dropped and every
+    group runs its direction without averaging from its current learning rate times
+    ``cooldown.lr_factor`` (first moments reset with ``cooldown.momentum="fresh"``). Returns the
+    schedule: call its ``step()`` after every ``optimizer.step()``; after ``cooldown.steps``
+    steps the rate is zero.
     """
     if not isinstance(optimizer, AMUSE):
         raise TypeError(
@@ -128,6 +143,12 @@ def begin_cooldown(optimizer: AMUSE, cooldown: Cooldown) -> LambdaLR:
         optimizer.eval()
     else:
         optimizer.train()
+    if cooldown.start == "z":
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p)
+                if state and "z" in state:
+                    p.copy_(state["z"])
     for group in optimizer.param_groups:
         group.update(
             lr=_current_lr(group) * cooldown.lr_factor,
@@ -143,6 +164,10 @@ def begin_cooldown(optimizer: AMUSE, cooldown: Cooldown) -> LambdaLR:
             if state:
                 state.pop("z", None)
                 state.pop("beta", None)
+                if cooldown.momentum == "fresh":
+                    for name in FIRST_MOMENTS:
+                        if name in state:
+                            state[name].zero_()
     return LambdaLR(optimizer, cooldown.multiplier)
 
 
@@ -188,6 +213,7 @@ def finish(
     start: Start = "x",
     shape: Shape = "linear",
     lr_factor: float = DEFAULT_LR_FACTOR,
+    momentum: Momentum = "carried",
     bn_batches: Iterable[Any] | None = None,
     max_bn_batches: int | None = None,
     bn_forward: Callable[[nn.Module, Any], Any] | None = None,
@@ -201,7 +227,7 @@ def finish(
             the training loop's live iterator, which the cooldown would advance).
         loss_fn: ``loss_fn(model, batch)`` returns the loss to minimise.
         fraction, steps: the cooldown's length (``steps`` wins when given).
-        start, shape, lr_factor: see :class:`Cooldown`.
+        start, shape, lr_factor, momentum: see :class:`Cooldown`.
         bn_batches, max_bn_batches, bn_forward: re-estimate BatchNorm statistics of the finished
             weights with these batches (``bn_forward(model, batch)``; default ``model(batch[0])``
             for tuple batches).
@@ -211,7 +237,7 @@ def finish(
     unchanged.
     """
     length = steps if steps is not None else Cooldown.steps_for(run_steps(optimizer), fraction)
-    cooldown = Cooldown(length, start, shape, lr_factor)
+    cooldown = Cooldown(length, start, shape, lr_factor, momentum)
     with preserved_data_state(batches, bn_batches):
         twin, twin_optimizer = copy_run(module, optimizer)
         schedule = begin_cooldown(twin_optimizer, cooldown)
