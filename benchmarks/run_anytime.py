@@ -6,9 +6,11 @@
     python benchmarks/run_anytime.py vision --study finisher   # round 2 (also lm, vit)
     python benchmarks/run_anytime.py horizon                   # round 2, 200-6,400 steps
     python benchmarks/run_anytime.py horizon_starts --resume   # its finisher start x / y, lr
+    python benchmarks/run_anytime.py horizon --study peers     # round 3 (also vision, lm, vit)
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
-``meta``, ``runs``, ``records``; rewritten after every finished run) and ``.png`` next to it;
+``anytime_<task>_peers.json`` for round 3; ``meta``, ``runs``, ``records``; rewritten after
+every finished run) and ``.png`` next to it;
 ``--quick`` writes to ``/tmp`` (CI smoke, < 1 min). The protocols are in
 ``benchmarks/anytime/protocol.py`` and ``benchmarks/anytime/finisher_study.py``;
 ``benchmarks/make_tables.py`` turns the JSON into the README tables.
@@ -31,9 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from anytime import finisher_study, protocol  # noqa: E402
+from anytime import finisher_study, peers_study, protocol  # noqa: E402
 from anytime.finisher_study import FinisherStudy  # noqa: E402
+from anytime.peers_study import PeersStudy  # noqa: E402
 from anytime.report import plot, plot_finisher  # noqa: E402
+from anytime.round3 import peers_config, reusable_cosine_runs, same_scores  # noqa: E402
 from anytime.study import Study, config_dict  # noqa: E402
 from common import machine_info  # noqa: E402
 
@@ -64,7 +68,14 @@ TASKS = {
         "byte-level GPT (width 64), 200 to 6,400 steps: finisher start and lr",
     ),
 }
-STUDIES = ("anytime", "finisher")
+STUDIES = ("anytime", "finisher", "peers")
+REUSE = {
+    "vision": ["anytime_vision_finisher.json"],
+    "lm": ["anytime_lm_finisher.json"],
+    "vit": ["anytime_vit_finisher.json"],
+    "horizon": ["anytime_horizon.json", "anytime_horizon_starts.json"],
+}
+"""Round 2's Muon + cosine runs that round 3 reuses (after re-running one and comparing)."""
 
 
 def make_task(name: str, quick: bool):
@@ -81,24 +92,33 @@ def main(argv: list[str] | None = None) -> None:
         "--study",
         choices=STUDIES,
         default=None,
-        help="anytime (round 1: baselines, knob screen) or finisher (round 2: finisher, "
-        "averages, equal-compute cosine); default anytime, and finisher for horizon",
+        help="anytime (round 1: baselines, knob screen), finisher (round 2: finisher, "
+        "averages, equal-compute cosine) or peers (round 3: Muon WSD forks, constant-lr Muon, "
+        "Schedule-Free AdamW, the finisher against them, mechanism screen); default anytime, and "
+        "finisher for horizon",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run (CI), under a minute")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=None, help="processes (1 thread each)")
     parser.add_argument("--resume", action="store_true", help="reuse runs already in --output")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="peers: run every Muon + cosine reference anew instead of reusing round 2's",
+    )
     args = parser.parse_args(argv)
     long_runs = args.task.startswith("horizon")
     kind = args.study or ("finisher" if long_runs else "anytime")
-    if long_runs and kind != "finisher":
-        parser.error("the horizon task runs the finisher study only")
+    if long_runs and kind == "anytime":
+        parser.error("the horizon task runs the finisher or the peers study")
     factory = functools.partial(make_task, args.task, args.quick)
     task = factory()
     if args.workers is not None:
         task.study = dataclasses.replace(task.study, workers=args.workers)
-    suffix = "_finisher" if kind == "finisher" and not long_runs else ""
+    if kind == "peers":
+        task.peers = peers_config(task, args.quick)
+    suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers"}.get(kind, "")
     default = (Path("/tmp") if args.quick else ROOT / "benchmarks" / "results") / (
         f"anytime_{args.task}{suffix}" + ("_quick" if args.quick else "") + ".json"
     )
@@ -119,20 +139,47 @@ def main(argv: list[str] | None = None) -> None:
         schedulefree=version("schedulefree"),
         git_commit=_git_commit(),
         config=config_dict(task),
-        protocol=(protocol if kind == "anytime" else finisher_study).__doc__.split("\n\n", 1)[1],
+        protocol=PROTOCOLS[kind].__doc__.split("\n\n", 1)[1],
     )
     if hasattr(task, "prepare"):
         task.prepare()
-    study_class = Study if kind == "anytime" else FinisherStudy
-    study = study_class(task, factory, output, meta, args.resume)
+    study = {"anytime": Study, "finisher": FinisherStudy, "peers": PeersStudy}[kind](
+        task, factory, output, meta, args.resume
+    )
+    if kind == "peers" and not args.quick and not args.no_reuse:
+        reuse_cosine_runs(study, task, factory)
     study.run()
     payload = json.loads(output.read_text())
-    if not args.no_plot:
+    if not args.no_plot and kind != "peers":
         (plot if kind == "anytime" else plot_finisher)(payload, output.with_suffix(".png"))
     chosen = payload["meta"]["selected" if kind == "anytime" else "selection"]
-    if kind == "finisher":
-        chosen = {k: v for k, v in chosen.items() if k != "variants"}
+    if kind != "anytime":
+        chosen = {k: v for k, v in chosen.items() if k not in ("variants", "runs")}
     print(f"wrote {output} in {payload['meta']['wall_s']:.0f} s; selected {json.dumps(chosen)}")
+
+
+PROTOCOLS = {"anytime": protocol, "finisher": finisher_study, "peers": peers_study}
+
+
+def reuse_cosine_runs(study, task, factory) -> None:
+    """Seed ``study``'s cache with round 2's Muon + cosine runs of this task, after re-running
+    the shortest of them and finding the same scores (the same code path, bit for bit)."""
+    paths = [ROOT / "benchmarks" / "results" / name for name in REUSE.get(task.name, [])]
+    runs, sources = reusable_cosine_runs([p for p in paths if p.is_file()])
+    if not runs:
+        return
+    probe_id, probe = min(runs.items(), key=lambda kv: (kv[1]["spec"]["steps"], kv[0]))
+    fresh = factory()
+    fresh.setup()
+    torch.set_num_threads(task.study.threads)
+    again = protocol.train_run(protocol.RunSpec.from_dict(probe["spec"]), fresh)
+    if not same_scores(probe, again):
+        raise SystemExit(
+            f"--reuse: {probe_id} no longer reproduces round 2's scores; run with --no-reuse"
+        )
+    study.cache.update({k: v for k, v in runs.items() if k not in study.cache})
+    study.meta["reused"] = {"sources": sources, "checked_by_rerunning": probe_id}
+    print(f"reusing {len(runs)} Muon + cosine runs (checked: {probe_id} reproduces)", flush=True)
 
 
 def _git_commit() -> str | None:

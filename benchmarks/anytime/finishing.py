@@ -25,21 +25,26 @@ from amuse_lightning.averaging import Cooldown, finish
 @dataclass(frozen=True)
 class Variant:
     """One finisher: cooldown of ``fraction`` of the steps so far from ``start``, lr decayed to 0
-    along ``shape`` from ``lr_factor`` times the run's current lr (``Cooldown`` in the library)."""
+    along ``shape`` from ``lr_factor`` times the run's current lr, momentum carried over or
+    ``"fresh"`` (``Cooldown`` in the library). Its id is ``start/shape/f=../lr_x..`` with
+    ``/fresh`` appended for fresh momentum."""
 
     start: str
     shape: str
     fraction: float
     lr_factor: float
+    momentum: str = "carried"
 
     @property
     def id(self) -> str:
-        return f"{self.start}/{self.shape}/f={self.fraction:g}/lr_x{self.lr_factor:g}"
+        text = f"{self.start}/{self.shape}/f={self.fraction:g}/lr_x{self.lr_factor:g}"
+        return text + ("/fresh" if self.momentum == "fresh" else "")
 
     @staticmethod
     def parse(text: str) -> Variant:
-        start, shape, fraction, factor = text.split("/")
-        return Variant(start, shape, float(fraction[2:]), float(factor[4:]))
+        start, shape, fraction, factor, *rest = text.split("/")
+        momentum = rest[0] if rest else "carried"
+        return Variant(start, shape, float(fraction[2:]), float(factor[4:]), momentum)
 
     def steps(self, t: int) -> int:
         """The cooldown's length from step ``t`` (the library's rounding)."""
@@ -99,7 +104,7 @@ def finished_evals(
         try:
             finished = finish(
                 optimizer, model, ahead[:k], task.loss, steps=k, start=v.start, shape=v.shape,
-                lr_factor=v.lr_factor, **extra,
+                lr_factor=v.lr_factor, momentum=v.momentum, **extra,
             )  # fmt: skip
         except RuntimeError as err:  # AMUSE(nonfinite="raise") names the parameter
             if "finite" not in str(err):

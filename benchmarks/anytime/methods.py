@@ -7,9 +7,12 @@ Budget methods (one run per budget, lr schedule over that budget):
   for the library's Muon partition (conv kernels as ``(out, in*kh*kw)`` views) plus AdamW for the
   fallback tensors, both with the same warmup + cosine.
 
-Anytime methods (one run, evaluated at ``x`` at every budget):
+Anytime methods (one run, evaluated at every budget):
 
-- ``sf_adamw``: schedulefree.AdamWScheduleFree.
+- ``muon_wsd``: the same Muon + AdamW pair at a constant lr after the same linear warm-up: its
+  live iterate is the constant-lr peer, and a fork decayed to zero at any budget
+  (:mod:`.forks`) is the warmup-stable-decay (WSD) model a practitioner would ship.
+- ``sf_adamw``: schedulefree.AdamWScheduleFree (evaluated at ``x``).
 - ``amuse`` / ``amuse_*``: :class:`amuse_lightning.AMUSE` with the library defaults plus the
   overrides in the run's ``settings``.
 
@@ -33,10 +36,16 @@ from amuse_lightning.averaging import averaged_weights
 
 BUDGET_METHODS = ("adamw_cosine", "muon_cosine")
 ANYTIME_BASELINES = ("sf_adamw",)
+PEER_METHODS = ("muon_wsd",)
 
 
 def is_budget_method(method: str) -> bool:
     return method in BUDGET_METHODS
+
+
+def warmup_constant(warmup: int) -> Callable[[int], float]:
+    """``lr(s) / lr = (s + 1) / warmup`` for ``s < warmup``, then 1 (0-based step ``s``)."""
+    return lambda step: min(1.0, (step + 1) / warmup)
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -119,7 +128,9 @@ def build_optimizer(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup_steps, total_steps))
         return OptimizerHandle(model, [opt], False, [sched])
     if method == "muon_cosine":
-        return _muon_cosine(model, groups, lr, warmup_steps, total_steps)
+        return _muon_pair(model, groups, lr, warmup_cosine(warmup_steps, total_steps))
+    if method == "muon_wsd":
+        return _muon_pair(model, groups, lr, warmup_constant(warmup_steps))
     if method == "sf_adamw":
         import schedulefree
 
@@ -134,11 +145,12 @@ def build_optimizer(
     raise ValueError(f"unknown method {method!r}")
 
 
-def _muon_cosine(
-    model: nn.Module, groups: list[dict], lr: float, warmup: int, total: int
+def _muon_pair(
+    model: nn.Module, groups: list[dict], lr: float, factor: Callable[[int], float]
 ) -> OptimizerHandle:
     """torch.optim.Muon takes 2-D tensors only: it gets ``(out, -1)`` views of the kernels
-    (sharing storage, so its in-place update moves the model); AdamW takes the fallback side."""
+    (sharing storage, so its in-place update moves the model); AdamW takes the fallback side.
+    Both follow the lr ``factor`` of the 0-based step."""
     views, muon_groups = [], []
     for g in groups:
         if not g["use_muon"]:
@@ -156,6 +168,5 @@ def _muon_cosine(
         muon_groups, lr=lr, momentum=0.95, nesterov=True, adjust_lr_fn="match_rms_adamw"
     )
     adamw = torch.optim.AdamW(torch_groups([g for g in groups if not g["use_muon"]], lr), lr=lr)
-    factor = warmup_cosine(warmup, total)
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (muon, adamw)]
     return OptimizerHandle(model, [muon, adamw], False, scheds, views)

@@ -1,10 +1,11 @@
 """What an AMUSE run scores besides ``x`` at each budget, without changing the run: finished
 models (:mod:`.finishing`) and power-EMAs of ``y`` / ``z`` (:mod:`.averages`).
 
-A run asks for them through two keys of its ``settings``: ``finishers`` (the task's variant grid
-by :meth:`FinisherConfig.grid_name`, or ``"|"``-separated variant ids) and ``averages``
-(``"ema"``: the task's EMA widths). The task's ``finishing`` attribute (:class:`FinisherConfig`)
-defines both.
+A run asks for them through keys of its ``settings``: ``finishers`` (the task's variant grid
+by :meth:`FinisherConfig.grid_name`, or ``"|"``-separated variant ids), ``averages``
+(``"ema"``: the task's EMA widths; the task's ``finishing`` attribute (:class:`FinisherConfig`)
+defines both) and, for a ``muon_wsd`` run, ``forks`` (the WSD fork's fraction ``f``,
+:mod:`.forks`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 from .averages import PowerEMAs
 from .finishing import Lookahead, Variant, finished_evals, variant_grid
+from .forks import wsd_fork_evals
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Probes:
         self, task: Any, model: nn.Module, handle: Any, settings: dict[str, Any], seed: int
     ) -> None:
         finishers, averages = settings.pop("finishers", None), settings.pop("averages", None)
+        forks = settings.pop("forks", None)
+        self.fork_fraction = None if forks is None else float(forks)
         config: FinisherConfig | None = getattr(task, "finishing", None)
         if (finishers or averages) and config is None:
             raise ValueError(f"task {task.name!r} has no finishing config for {settings}")
@@ -85,7 +89,7 @@ class Probes:
         self.stream: Lookahead | None = None
 
     def wrap(self, batches: Iterator[Any]) -> Iterator[Any]:
-        if not self.variants:
+        if not self.variants and self.fork_fraction is None:
             return batches
         self.stream = Lookahead(batches)
         return self.stream
@@ -104,4 +108,9 @@ class Probes:
             )
         if self.emas is not None:
             out["averages"] = self.emas.evaluate(self.task, self.model, self.seed)
+        if self.fork_fraction is not None:
+            assert self.stream is not None
+            out["forked"] = wsd_fork_evals(
+                self.task, self.model, self.handle, self.stream, step, self.fork_fraction
+            )
         return out

@@ -70,8 +70,10 @@ class Task(Protocol):
 @dataclass(frozen=True)
 class RunSpec:
     """One training run. ``settings``: AMUSE keyword overrides as sorted ``(key, value)`` pairs,
-    plus ``warmup_fraction``, ``wd_at_y`` (weight decay applied at y instead of at z) and
-    ``fallback_lr_ratio`` (fallback lr / Muon lr)."""
+    plus ``warmup_fraction`` / ``warmup_steps``, ``wd_at_y`` (weight decay applied at y instead of
+    at z), ``weight_decay`` (instead of the study's), ``clip`` (gradient-norm clipping before each
+    step) and ``fallback_lr_ratio`` (fallback lr / Muon lr), for every method; and the probes'
+    keys (``finishers``, ``averages``, ``forks``)."""
 
     phase: str  # "sweep", "screen", "final"
     method: str
@@ -135,15 +137,17 @@ def train_run(spec: RunSpec, task: Task) -> dict:
     fraction = settings.pop("warmup_fraction", study.warmup_fraction)
     warmup_steps = settings.pop("warmup_steps", None)  # absolute; wins over the fraction
     wd_at_y = settings.pop("wd_at_y", False)
+    weight_decay = settings.pop("weight_decay", study.weight_decay)
+    clip = settings.pop("clip", None)
     fallback_ratio = settings.pop("fallback_lr_ratio", 1.0)
-    probe_keys = {k: settings.pop(k) for k in ("finishers", "averages") if k in settings}
+    probe_keys = {k: settings.pop(k) for k in ("finishers", "averages", "forks") if k in settings}
     horizon = spec.steps if is_budget_method(spec.method) else max(study.budgets)
     warmup = warmup_steps or max(2, round(fraction * horizon))
     torch.manual_seed(spec.seed)  # model init and the data stream of this seed
     model = task.build_model(spec.seed)
-    groups = task.param_groups(model, 0.0 if wd_at_y else study.weight_decay)
+    groups = task.param_groups(model, 0.0 if wd_at_y else weight_decay)
     if wd_at_y:
-        settings["weight_decay_at_y"] = study.weight_decay
+        settings["weight_decay_at_y"] = weight_decay
     for g in groups:  # fallback lr = ratio * Muon lr, through the groups' lr_scale
         if not g["use_muon"] and fallback_ratio != 1.0:
             g["lr_scale"] = g.get("lr_scale", 1.0) * fallback_ratio
@@ -152,7 +156,7 @@ def train_run(spec: RunSpec, task: Task) -> dict:
         model,
         groups,
         lr=spec.lr,
-        weight_decay=study.weight_decay,
+        weight_decay=weight_decay,
         warmup_steps=warmup,
         total_steps=spec.steps,
         settings=settings,
@@ -171,6 +175,8 @@ def train_run(spec: RunSpec, task: Task) -> dict:
             break
         handle.zero_grad()
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         handle.step()
         probes.after_step()
         if step in points:

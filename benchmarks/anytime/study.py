@@ -220,7 +220,9 @@ class Study:
 
 
 def _comparable(config: dict) -> dict:
-    ignored = ("workers", "threads", "lr_grid", "variants", "seeds", "retune_best", "finishing")
+    ignored = (
+        "workers", "threads", "lr_grid", "variants", "seeds", "retune_best", "finishing", "peers"
+    )  # fmt: skip
     return {k: v for k, v in config.items() if k not in ignored}
 
 
@@ -228,9 +230,10 @@ def config_dict(task: Task) -> dict:
     """The study and task configuration as plain JSON data."""
     out = {k: _plain(v) for k, v in dataclasses.asdict(task.study).items()}
     out["task"] = {k: _plain(v) for k, v in dataclasses.asdict(task.cfg).items()}
-    finishing = getattr(task, "finishing", None)
-    if finishing is not None:
-        out["finishing"] = {k: _plain(v) for k, v in dataclasses.asdict(finishing).items()}
+    for name in ("finishing", "peers"):
+        part = getattr(task, name, None)
+        if part is not None:
+            out[name] = {k: _plain(v) for k, v in dataclasses.asdict(part).items()}
     return out
 
 

@@ -1,0 +1,115 @@
+"""Round 3's per-task settings (:class:`~.peers_study.PeersConfig`) and the reuse of earlier
+Muon + cosine runs.
+
+Grids: three learning rates per method (the cosine references keep their earlier grids), around
+what rounds 1-2 chose on validation. Every anytime method warms up as AMUSE does (5 % of the
+longest budget; the horizon's fixed 10 steps). Knobs (the mechanisms of the literature) are
+screened on the horizon and the vision task, at AMUSE's chosen lr, on every seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .peers_study import PeersConfig
+from .protocol import RunSpec
+
+KNOBS_COMMON = (
+    ("wd=0 (no decay of z)", (("weight_decay", 0.0),)),
+    ("wd=0.15 on z", (("weight_decay", 0.15),)),
+    ("r=1", (("r", 1.0),)),
+    ("r=2", (("r", 2.0),)),
+    ("c_scale=4", (("c_scale", 4.0),)),
+)
+
+
+def knobs(longest: int, warmup: int, official: tuple) -> tuple:
+    """The screen: the common knobs, the c warm-up (``c_warmup_steps = warmup``), beta annealing
+    over the longest budget, and the official recipe of the AMUSE authors for the task's kind
+    (``official``)."""
+    return (
+        *KNOBS_COMMON,
+        ("c warm-up", (("c_warmup_steps", warmup),)),
+        (
+            "beta annealed to 0.965",
+            (("beta_anneal_steps", longest), ("beta_final", 0.965), ("rho", 0.0)),
+        ),
+        official,
+    )
+
+
+def official_lm(longest: int) -> tuple:
+    """The authors' 124M LM launch script: warm-up 37.5 % of the run, beta1 0.6, rho 0.8,
+    gradient clipping 0.5 (weight decay 0.05 on z, as every run here has)."""
+    settings = (("warmup_steps", round(0.375 * longest)), ("beta1", 0.6), ("rho", 0.8),
+                ("clip", 0.5))  # fmt: skip
+    return ("official recipe (LM: warm-up 37.5 %, beta1 0.6, rho 0.8, clip 0.5)", settings)
+
+
+OFFICIAL_VISION = (
+    "official recipe (ImageNet: beta1 0.6, rho 0.8)",
+    (("beta1", 0.6), ("rho", 0.8)),
+)
+"""The authors' ImageNet ResNet-50 settings (warm-up 5 %, as every vision run here has)."""
+
+
+def peers_config(task: Any, quick: bool) -> PeersConfig:
+    name, longest = task.name, max(task.study.budgets)
+    if quick:
+        lrs = task.study.lr_grid["amuse"][:2]
+        return PeersConfig(
+            amuse_lrs=lrs, wsd_lrs=lrs, sf_lrs=lrs,
+            variants=("x/linear/f=0.2/lr_x0.1", "z/linear/f=0.2/lr_x1/fresh"),
+            common=(("warmup_steps", 2),) if name == "horizon" else (),
+            knobs=(("r=1", (("r", 1.0),)),) if name in ("horizon", "vision") else (),
+        )  # fmt: skip
+    if name == "horizon":
+        return PeersConfig(
+            amuse_lrs=(1e-2, 3e-2, 1e-1), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(1e-3, 3e-3, 1e-2),
+            common=(("warmup_steps", 10),),
+            knobs=knobs(longest, min(task.study.budgets), official_lm(longest)),
+            equal_lr_from_t=True,
+        )  # fmt: skip
+    if name == "vision":
+        warmup = max(2, round(task.study.warmup_fraction * longest))
+        return PeersConfig(
+            amuse_lrs=(1e-2, 3e-2, 1e-1), wsd_lrs=(1e-2, 3e-2, 1e-1), sf_lrs=(3e-3, 1e-2, 3e-2),
+            knobs=knobs(longest, 2 * warmup, OFFICIAL_VISION),
+        )  # fmt: skip
+    if name == "lm":
+        return PeersConfig(
+            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(3e-4, 1e-3, 3e-3)
+        )
+    if name == "vit":
+        return PeersConfig(
+            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(1e-3, 3e-3, 1e-2)
+        )
+    raise ValueError(f"no round-3 settings for task {name!r}")
+
+
+def reusable_cosine_runs(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Muon + cosine runs of earlier studies by ``run_id`` (the same task, code path and spec),
+    and where they came from (for ``meta.reused``)."""
+    runs: dict[str, dict] = {}
+    sources = {}
+    for path in paths:
+        payload = json.loads(path.read_text())
+        found = 0
+        for run in payload["runs"]:
+            spec = RunSpec.from_dict(run["spec"])
+            if spec.method == "muon_cosine" and not run["diverged"]:
+                key = RunSpec("sweep", spec.method, spec.lr, spec.seed, spec.steps).run_id
+                runs.setdefault(key, {**run, "reused_from": path.name})
+                found += 1
+        sources[path.name] = {"git_commit": payload["meta"].get("git_commit"), "runs": found}
+    return runs, sources
+
+
+def same_scores(a: dict, b: dict) -> bool:
+    """Whether two results of one spec scored the same at every evaluation (validation, test)."""
+    pairs = zip(a["evals"], b["evals"], strict=False)
+    return len(a["evals"]) == len(b["evals"]) and all(
+        x["step"] == y["step"] and x["val"] == y["val"] and x["test"] == y["test"] for x, y in pairs
+    )

@@ -1,0 +1,78 @@
+"""Round 3's study code (benchmarks/anytime/peers_study.py, forks.py): a WSD fork leaves the
+constant-lr run exactly as it was, and a quick study fills every row the README table needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from anytime.lm import LMTask  # noqa: E402
+from anytime.protocol import RunSpec, train_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lm_task() -> LMTask:
+    task = LMTask(quick=True)
+    task.setup()
+    return task
+
+
+def test_a_wsd_fork_leaves_the_constant_lr_run_as_it_was(lm_task: LMTask) -> None:
+    plain = train_run(RunSpec("sweep", "muon_wsd", 1e-2, 0, 12), lm_task)
+    forked = train_run(RunSpec("sweep", "muon_wsd", 1e-2, 0, 12, (("forks", "0.5"),)), lm_task)
+    assert [e["val"] for e in forked["evals"]] == [e["val"] for e in plain["evals"]]
+    assert [e["test"] for e in forked["evals"]] == [e["test"] for e in plain["evals"]]
+    for e in forked["evals"]:  # a fork of round(0.5 t) steps at every budget, scored apart
+        assert e["forked"]["steps"] == round(0.5 * e["step"])
+        assert e["forked"]["val"]["score"] != e["val"]["score"]
+
+
+def test_a_fork_decays_the_rate_linearly_to_zero(lm_task: LMTask, monkeypatch) -> None:
+    """The lrs the fork's optimizers step with: ``lr_t (1 - i / k)``, i = 0 .. k-1."""
+    import dataclasses
+
+    import torch
+
+    seen: list[float] = []
+    original = torch.optim.Muon.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Muon, "step", spy)
+    monkeypatch.setattr(lm_task, "study", dataclasses.replace(lm_task.study, budgets=(8,)))
+    train_run(RunSpec("sweep", "muon_wsd", 1e-2, 0, 8, (("forks", "0.5"),)), lm_task)
+    run, fork = seen[:8], seen[8:]
+    assert fork == pytest.approx([run[-1] * (1 - i / 4) for i in range(4)])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+def test_a_quick_peers_study_fills_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "horizon", "--study",
+           "peers", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    methods = {r["method"] for r in payload["records"]}
+    assert methods >= {
+        "amuse_x", "amuse_finished", "amuse_finished_default", "muon_constant", "muon_wsd",
+        "sf_adamw", "muon_cosine", "muon_cosine_equal", "knob:r=1", "knob:r=1:finished",
+    }  # fmt: skip
+    seeds = {r["seed"] for r in payload["records"] if r["method"] == "muon_wsd"}
+    assert seeds == set(payload["meta"]["config"]["seeds"])
+    for row in payload["records"]:
+        if row["method"] in ("muon_wsd", "amuse_finished", "muon_cosine_equal"):
+            assert row["total_steps"] == row["budget_steps"] + round(0.2 * row["budget_steps"])
+        if row["method"] in ("muon_constant", "amuse_x", "sf_adamw", "muon_cosine"):
+            assert row["total_steps"] == row["budget_steps"]
+    assert payload["meta"]["selection"]["variant"] in payload["meta"]["config"]["peers"]["variants"]
