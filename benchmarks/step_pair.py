@@ -26,6 +26,8 @@ WEIGHT_DECAY = {
     "amuse": 0.0,
     "amuse_foreach": 0.0,
     "amuse_per_parameter": 0.0,
+    "amuse_float32": 0.0,
+    "amuse_bf16": 0.0,
     "amuse_polar_express": 0.0,
     "amuse_compiled": 0.0,
     "amuse_cudagraphs": 0.0,
@@ -72,6 +74,8 @@ OPTIMIZERS: dict[str, Callable] = {
     "amuse": _amuse(),
     "amuse_foreach": _amuse(foreach=True),
     "amuse_per_parameter": _amuse(foreach=False),
+    "amuse_float32": _amuse(ns_dtype="float32"),  # the default path, Newton-Schulz in float32
+    "amuse_bf16": _amuse(ns_dtype="bfloat16"),  # ... and in bfloat16, whatever the machine
     "amuse_polar_express": _amuse(ns_coefficients="polar_express"),
     "amuse_compiled": _amuse(compile=True),  # torch.compile of each same-shape stack's step
     "amuse_cudagraphs": _amuse(compile="reduce-overhead"),  # the same, replayed as CUDA graphs
@@ -169,6 +173,15 @@ def step_peak_bytes(opt: torch.optim.Optimizer, device: str) -> int:
     return peak
 
 
+def ns_dtype_of(opt: torch.optim.Optimizer) -> str | None:
+    """The Newton-Schulz dtype an optimizer ran (AMUSE: its resolved group setting; torch's and
+    timm's Muon: bfloat16); ``None`` for optimizers without one."""
+    group = opt.param_groups[0]
+    if "ns_dtype" in group:
+        return group["ns_dtype"]
+    return "bfloat16" if "Muon" in type(opt).__name__ else None
+
+
 def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> dict:
     shapes = model_shapes(model, quick)
     opts = {name: OPTIMIZERS[name](make_params(shapes, device)),
@@ -208,6 +221,7 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
         }
         if hasattr(opt, "workspace_bytes"):
             out["workspace_bytes"] = opt.workspace_bytes()
+        out["ns_dtype"] = ns_dtype_of(opt)
         return out
 
     result, anchor = row(name), row("torch_muon")

@@ -15,6 +15,12 @@ average when its pair ran (the machine may be shared: compare ratios, not millis
     python benchmarks/step_time.py                        # all pairs (CPU: minutes per pair)
     python benchmarks/step_time.py --optimizers amuse amuse_foreach --device cuda
 
+Next to the ratio to torch Muon, each row has its ratio to this machine's limit for the step
+(:mod:`machine_limit`: the Newton-Schulz FLOPs at the best bf16 or float32 product rate measured
+in a fresh process of the same run, plus the unavoidable elementwise passes at the measured
+memory bandwidth), so a pair that is level with torch Muon but far above what the machine can do
+shows it.
+
 Writes benchmarks/results/step_time.json (``--quick``: step_time_quick.json) and a PNG of the
 ratios beside it.
 """
@@ -31,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info
-from step_pair import OPTIMIZERS, WEIGHT_DECAY, run_pair
+from machine_limit import measure
+from step_pair import OPTIMIZERS, WEIGHT_DECAY, model_shapes, run_pair
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("vit_s16", "resnet18")
@@ -43,7 +50,8 @@ what the host spends per op, the cost that sets a launch-bound GPU step (compare
 def pair_in_subprocess(
     name: str, model: str, rounds: int, device: str, quick: bool, timeout: float
 ) -> dict:
-    """Run one pair in a fresh interpreter; its last stdout line is the JSON result."""
+    """Run one pair (``name="limits"``: the machine-limit measurement) in a fresh interpreter;
+    its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--pair", name, "--model", model, "--rounds", str(rounds),
            "--device", device] + (["--quick"] if quick else [])  # fmt: skip
     root = str(Path(__file__).resolve().parents[1])
@@ -83,6 +91,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     for model in args.models:
         rows: dict = {}
+        limit = pair_in_subprocess("limits", model, rounds, args.device, args.quick, args.timeout)
+        if "error" not in limit:
+            out.setdefault("limits", {})[model] = limit
+            print(f"[{model}] {limit_line(limit)}", flush=True)
         for name in args.optimizers:
             load_before = load_average()
             result = pair_in_subprocess(name, model, rounds, args.device, args.quick, args.timeout)
@@ -93,6 +105,9 @@ def run(args: argparse.Namespace) -> dict:
                 continue
             if "torch_muon" not in rows:
                 rows["torch_muon"] = result["anchor"]
+            if "error" not in limit:
+                add_limit_ratios(result, name, limit)
+                add_limit_ratios(rows["torch_muon"], "torch_muon", limit)
             print(
                 f"[{model}] {name:22s} {result['median_ms']:9.1f} ms  "
                 f"torch Muon {result['anchor']['median_ms']:9.1f} ms  "
@@ -100,7 +115,8 @@ def run(args: argparse.Namespace) -> dict:
                 f"x{result['cpu_ratio_to_torch_muon']:.3f})  wd {result['weight_decay']}  "
                 f"state {result['state_bytes'] / 2**20:6.1f} MiB  "
                 f"peak {result['step_peak_bytes'] / 2**20:6.1f} MiB  "
-                f"load {result['load_average_1m']}",
+                + ratio_text(result)
+                + f"load {result['load_average_1m']}",
                 flush=True,
             )
         out["models"][model] = {k: v for k, v in rows.items() if "error" not in v}
@@ -108,6 +124,36 @@ def run(args: argparse.Namespace) -> dict:
         if failed:
             out.setdefault("failed", {})[model] = failed
     return out
+
+
+def add_limit_ratios(row: dict, name: str, limit: dict) -> None:
+    """``ratio_to_limit`` (against the machine's limit) and ``ratio_to_limit_of_dtype`` (the
+    limit at the rate of the dtype the step ran Newton-Schulz in) of an AMUSE or torch Muon row."""
+    family = "torch_muon" if name == "torch_muon" else "amuse" if name.startswith("amuse") else None
+    if family is None:
+        return
+    row["ratio_to_limit"] = row["median_ms"] / limit["limit_ms"][family]
+    dtype = row.get("ns_dtype")
+    if dtype in limit["limit_by_dtype_ms"][family]:
+        row["ratio_to_limit_of_dtype"] = (
+            row["median_ms"] / limit["limit_by_dtype_ms"][family][dtype]
+        )
+
+
+def limit_line(limit: dict) -> str:
+    rates = ", ".join(f"{k} {v:.0f}" for k, v in limit["matmul_gflops"].items())
+    ms = limit["limit_ms"]
+    return (
+        f"limit: {limit['ns_gflop']:.1f} GFLOP of Newton-Schulz at best {rates} GFLOP/s, "
+        f"{limit['bandwidth_gbs']:.1f} GB/s: AMUSE {ms['amuse']:.1f} ms, torch Muon "
+        f"{ms['torch_muon']:.1f} ms"
+    )
+
+
+def ratio_text(row: dict) -> str:
+    if "ratio_to_limit" not in row:
+        return ""
+    return f"x{row['ratio_to_limit']:.2f} of the limit ({row.get('ns_dtype')})  "
 
 
 def plot_ratios(result: dict, path: Path) -> None:
@@ -155,6 +201,9 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.optimizers is None:
         args.optimizers = ["amuse", "amuse_foreach"] if args.quick else list(OPTIMIZERS)
+    if args.pair == "limits":
+        print(json.dumps(measure(model_shapes(args.model, args.quick), args.device)))
+        return
     if args.pair is not None:
         print(json.dumps(run_pair(args.pair, args.model, args.rounds, args.device, args.quick)))
         return
