@@ -37,6 +37,7 @@ from common import machine_info
 
 import amuse_lightning.optim.directions as directions
 import amuse_lightning.optim.distributed as distributed
+import amuse_lightning.optim.matrices as matrix_ops
 from amuse_lightning import AMUSE
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,10 +89,10 @@ def time_amuse(rank: int, args: argparse.Namespace) -> dict:
     """``AMUSE.step()`` per step: whole step, inside Newton-Schulz, inside the all-gather."""
     # Newton-Schulz runs through newton_schulz (batched stacks, the rank split) or, one matrix at
     # a time in reused buffers, through newton_schulz_: time both
-    ns = Timer(directions.newton_schulz)
+    ns = Timer(matrix_ops.newton_schulz)
     ns_inplace = Timer(directions.newton_schulz_)
     gather = Timer(distributed._all_gather)
-    directions.newton_schulz, directions.newton_schulz_ = ns, ns_inplace
+    matrix_ops.newton_schulz, directions.newton_schulz_ = ns, ns_inplace
     distributed._all_gather = gather
     opt = AMUSE(vit_s_groups(args.blocks), lr=1e-3, ns_dtype=DTYPES[args.ns_dtype])
     rows = []
@@ -125,7 +126,7 @@ def share_anchor(rank: int, world: int, args: argparse.Namespace) -> dict:
         dist.barrier()
         start = time.perf_counter()
         for indices in plan.batches[rank]:
-            directions.newton_schulz(torch.stack([matrices[i].grad for i in indices]), 5, dtype)
+            matrix_ops.newton_schulz(torch.stack([matrices[i].grad for i in indices]), 5, dtype)
         total = time.perf_counter() - start
         if step >= args.warmup:
             rows.append({"step_s": total, "ns_s": total, "gather_s": 0.0})

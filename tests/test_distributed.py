@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-import amuse_lightning.optim.directions as directions
+import amuse_lightning.optim.matrices as matrices
 from amuse_lightning import AMUSE
 from amuse_lightning.optim.directions import map_matrices
 from amuse_lightning.optim.distributed import (
@@ -148,13 +148,13 @@ def test_rank_split_needs_an_initialised_process_group() -> None:
 def count_newton_schulz() -> list[int]:
     """Patch the Newton-Schulz used by the directions; the list collects each call's batch size."""
     counted: list[int] = []
-    original = directions.newton_schulz
+    original = matrices.newton_schulz
 
     def counting(G: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         counted.append(G.shape[0])
         return original(G, *args, **kwargs)
 
-    directions.newton_schulz = counting
+    matrices.newton_schulz = counting
     return counted
 
 

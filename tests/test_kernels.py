@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import amuse_lightning.optim.directions as directions
+import amuse_lightning.optim.matrices as matrices
 from amuse_lightning import AMUSE
 from amuse_lightning.optim.kernels import (
     schedule_free_update_,
@@ -98,8 +99,8 @@ def test_foreach_with_batched_newton_schulz_matches_the_per_parameter_path(monke
         return record
 
     # the list form (AdaMuon, spectral) allocates, Muon's workspace form works in place
-    for name in ("newton_schulz", "newton_schulz_"):
-        monkeypatch.setattr(directions, name, recording(getattr(directions, name)))
+    for module, name in ((matrices, "newton_schulz"), (directions, "newton_schulz_")):
+        monkeypatch.setattr(module, name, recording(getattr(module, name)))
     batched = train(foreach=True, **muon)
     if muon.get("direction", "muon") == "muon":
         assert max(batches) == 4  # the four same-shape 48x48 Linear weights in one call

@@ -1,20 +1,16 @@
 """What moves z: the update direction ``U_t`` of one parameter group, as pure functions
-(docs/algorithm.md#muon).
+(docs/algorithm.md#muon), and the table that names every direction.
 
 Every function takes the gradients (never modified) and the state buffers it updates as explicit
 tensor lists (``AMUSE._init_group`` creates them) and returns one update per parameter:
 
-* Muon (matrices): ``m = m + (1 - mu)(g - m)``, input ``u = g + mu (m - g)`` (Nesterov) or ``m``;
-  ``U = s NS(u)`` with ``s = 0.2 sqrt(max(rows, cols))`` (``aux_update_type="adamw"``) or
-  ``sqrt(max(1, rows / cols))`` (``"sgd"``); conv kernels are flattened to ``(out, in*kh*kw)``.
-* AdaMuon: ``O = NS(sign(u))``, ``V = mu V + (1 - mu) O*O``, ``O_hat = O / (sqrt(V) + eps)``,
-  ``U = 0.2 sqrt(rows cols) O_hat / ||O_hat||_F``.
-* Spectral power ``p``: ``U = Psi_p(O)`` of the momentum input, or of Adam's bias-corrected
-  ``m_hat / (sqrt(v_hat) + eps)`` (``spectral_input="rms"``).
-* Fallback AdamW (no first moment): ``v = beta2 v + (1 - beta2) g^2``,
-  ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``; fallback SGD: ``U = g``.
-
-Every second moment goes through :func:`second_moment_`. Each direction has a list form (foreach
+* Muon (matrices, here): ``m = m + (1 - mu)(g - m)``, input ``u = g + mu (m - g)`` (Nesterov)
+  or ``m``; ``U = s NS(u)`` with ``s = 0.2 sqrt(max(rows, cols))`` (``aux_update_type="adamw"``)
+  or ``sqrt(max(1, rows / cols))`` (``"sgd"``); conv kernels are flattened to
+  ``(out, in*kh*kw)``.
+* AdaMuon, the spectral power family and the Adam fallback: :mod:`.adaptive`; fallback SGD:
+  ``U = g``. What they share (the matrix map, momentum, second moments): :mod:`.matrices`.
+ Each direction has a list form (foreach
 ops and ``matrix_map``: same-shape batching, or a split across ranks; its outputs are new
 tensors) and, for Muon and the fallbacks, a workspace form that writes into a
 :class:`~amuse_lightning.optim.kernels.Workspace` kept between steps instead of allocating
@@ -33,61 +29,55 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .kernels import Workspace
-from .polar import (
-    NS_DTYPES,
-    as_matrix,
-    newton_schulz,
-    newton_schulz_,
-    ns_schedule,
-    spectral_power,
+from .adaptive import (
+    SPECTRAL_INPUTS,
+    adam_fallback,
+    adam_update,
+    adam_update_batch,
+    adamuon_direction,
+    spectral_direction,
 )
+from .kernels import Workspace
+from .matrices import (
+    BatchFn,
+    MatrixMap,
+    map_matrices,
+    momentum_inputs,
+    newton_schulz_of,
+    ns_dtype,
+    second_moment_,
+)
+from .polar import as_matrix, newton_schulz_, ns_schedule
+
+__all__ = [
+    "DIRECTIONS",
+    "FALLBACKS",
+    "FALLBACK_UPDATES",
+    "MUON_DIRECTIONS",
+    "MUON_SCALINGS",
+    "SPECTRAL_INPUTS",
+    "BatchFn",
+    "Direction",
+    "MatrixMap",
+    "adam_fallback",
+    "adam_update",
+    "adam_update_batch",
+    "adamuon_direction",
+    "buffer_names",
+    "compute_direction",
+    "direction_of",
+    "map_matrices",
+    "momentum_inputs",
+    "muon_direction",
+    "muon_scale",
+    "muon_update",
+    "muon_update_batch",
+    "ns_dtype",
+    "second_moment_",
+    "spectral_direction",
+]
 
 MUON_SCALINGS = ("adamw", "sgd")
-SPECTRAL_INPUTS = ("momentum", "rms")
-
-
-def ns_dtype(group: dict) -> torch.dtype:
-    """The group's Newton-Schulz dtype (stored as a name such as ``"bfloat16"``)."""
-    return NS_DTYPES[group["ns_dtype"]]
-
-
-BatchFn = Callable[[Tensor], Tensor]
-MatrixMap = Callable[..., list[Tensor]]
-"""``map_matrices`` or a drop-in that splits the work across ranks (``distributed.RankSplit``)."""
-
-
-def map_matrices(
-    tensors: Sequence[Tensor],
-    fn: BatchFn,
-    wire_dtype: torch.dtype | None = None,
-    batch_same_shapes: bool | None = None,
-) -> list[Tensor]:
-    """Apply ``fn`` to every tensor viewed as a matrix, batching same-shape matrices.
-
-    ``fn`` gets a stack of shape ``(B, rows, cols)`` and returns a stack of the same shape; the
-    results come back in the tensors' own shapes (conv kernels ``(out, in, kh, kw)`` are flattened
-    to ``(out, in*kh*kw)`` for ``fn`` and reshaped back). ``batch_same_shapes`` (default: on for
-    accelerators, off on CPU) stacks every (shape, dtype, device) bucket into one call; on CPU the
-    2-D kernels on each matrix beat the stack copy plus batched kernels (``step_time.py``).
-    ``wire_dtype`` promises that every result is exactly representable in that dtype (e.g. a bf16
-    Newton-Schulz cast up), so a distributed map may send results in it; here it is unused.
-    """
-    matrices = [as_matrix(t) for t in tensors]
-    if batch_same_shapes is None:
-        batch_same_shapes = bool(matrices) and matrices[0].device.type != "cpu"
-    if not batch_same_shapes:
-        return [fn(m.unsqueeze(0))[0].view(t.shape) for m, t in zip(matrices, tensors, strict=True)]
-    buckets: dict[tuple, list[int]] = {}
-    for i, m in enumerate(matrices):
-        buckets.setdefault((tuple(m.shape), m.dtype, m.device), []).append(i)
-    out: list[Tensor | None] = [None] * len(tensors)
-    for indices in buckets.values():
-        batch = torch.stack([matrices[i] for i in indices])
-        result = fn(batch)
-        for k, i in enumerate(indices):
-            out[i] = result[k].view(tensors[i].shape)
-    return out  # type: ignore[return-value]
 
 
 def muon_scale(rows: int, cols: int, aux_update_type: str) -> float:
@@ -101,35 +91,13 @@ def muon_scale(rows: int, cols: int, aux_update_type: str) -> float:
     return math.sqrt(max(1.0, rows / cols))
 
 
-def second_moment_(second: list[Tensor], values: Sequence[Tensor], beta2: float) -> None:
-    """The one second-moment update of every direction: ``v <- beta2 v + (1 - beta2) x*x``."""
-    torch._foreach_mul_(second, beta2)
-    torch._foreach_addcmul_(second, list(values), list(values), 1.0 - beta2)
-
-
-def momentum_inputs(
-    grads: Sequence[Tensor], momenta: list[Tensor], mu: float, nesterov: bool
-) -> list[Tensor]:
-    """EMA momentum ``m = m + (1 - mu)(g - m)``; returns ``u = g + mu (m - g)`` or ``m``."""
-    torch._foreach_lerp_(momenta, list(grads), 1.0 - mu)
-    if nesterov:
-        return list(torch._foreach_lerp(list(grads), momenta, mu))
-    return momenta
-
-
-def _ns(group: dict) -> Callable[[Tensor], Tensor]:
-    return lambda b: newton_schulz(
-        b, group["ns_steps"], ns_dtype(group), coefficients=group["ns_coefficients"]
-    )
-
-
 def muon_direction(
     grads: Sequence[Tensor], momenta: list[Tensor], group: dict,
     matrix_map: MatrixMap = map_matrices,
 ) -> list[Tensor]:  # fmt: skip
     """Muon over a list: ``U = s NS(u)`` (see the module docstring)."""
     inputs = momentum_inputs(grads, momenta, group["momentum"], group["nesterov"])
-    ortho = matrix_map(inputs, _ns(group), ns_dtype(group))
+    ortho = matrix_map(inputs, newton_schulz_of(group), ns_dtype(group))
     scales = [muon_scale(*as_matrix(u).shape, group["aux_update_type"]) for u in inputs]
     torch._foreach_mul_(ortho, scales)
     return ortho
@@ -215,109 +183,6 @@ def _shaped(matrix: Tensor, shape: torch.Size) -> Tensor:
         return matrix.view(shape)
     except RuntimeError:  # a tall conv kernel with an NS-dtype result: no 4-D view of out.mT
         return matrix.reshape(shape)
-
-
-def adamuon_direction(
-    grads: Sequence[Tensor], momenta: list[Tensor], second: list[Tensor], group: dict,
-    matrix_map: MatrixMap = map_matrices,
-) -> list[Tensor]:  # fmt: skip
-    """AdaMuon (arXiv 2507.11005); buffers: momentum and ``V`` (module docstring)."""
-    inputs = momentum_inputs(grads, momenta, group["momentum"], group["nesterov"])
-    signs = torch._foreach_sign(inputs)
-    ortho = matrix_map(signs, _ns(group), ns_dtype(group))
-    second_moment_(second, ortho, group["momentum"])
-    denom = torch._foreach_sqrt(second)
-    torch._foreach_add_(denom, group["eps"])
-    torch._foreach_div_(ortho, denom)
-    norms = torch._foreach_norm(ortho)
-    factors = [
-        0.2 * math.sqrt(o.numel()) / n.clamp_min(1e-30) for o, n in zip(ortho, norms, strict=True)
-    ]
-    torch._foreach_mul_(ortho, factors)
-    return ortho
-
-
-def spectral_direction(
-    grads: Sequence[Tensor], first: list[Tensor], second: list[Tensor] | None, group: dict,
-    step: int, matrix_map: MatrixMap = map_matrices,
-) -> list[Tensor]:  # fmt: skip
-    """Spectral power family (arXiv 2602.04669): ``U = Psi_p(O)``, no rescale.
-
-    ``first`` is the momentum (``spectral_input="momentum"``) or Adam's first moment (``"rms"``,
-    then ``second`` is its second moment).
-    """
-    if group["spectral_input"] == "momentum":
-        inputs = momentum_inputs(grads, first, group["momentum"], group["nesterov"])
-    else:
-        inputs = _rms_normalised(grads, first, second, group, step)
-    power = group["spectral_power"]
-    wire = ns_dtype(group) if power == 0 else None  # p = 0 is a plain Newton-Schulz
-    return matrix_map(
-        inputs,
-        lambda b: spectral_power(
-            b, power, group["ns_steps"], ns_dtype(group), coefficients=group["ns_coefficients"]
-        ),
-        wire,
-    )
-
-
-def _rms_normalised(
-    grads: Sequence[Tensor], first: list[Tensor], second: list[Tensor], group: dict, step: int
-) -> list[Tensor]:
-    """Adam's bias-corrected ``m_hat / (sqrt(v_hat) + eps)``."""
-    mu = group["momentum"]
-    torch._foreach_lerp_(first, list(grads), 1.0 - mu)
-    second_moment_(second, grads, group["beta2"])
-    out = _adam_normalise(first, second, group, step)
-    torch._foreach_div_(out, 1.0 - mu**step)
-    return out
-
-
-def _adam_normalise(
-    numer: Sequence[Tensor], second: list[Tensor], group: dict, step: int
-) -> list[Tensor]:
-    denom = torch._foreach_div(second, 1.0 - group["beta2"] ** step)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, group["eps"])
-    return list(torch._foreach_div(list(numer), denom))
-
-
-def adam_fallback(
-    grads: Sequence[Tensor], second: list[Tensor], group: dict, step: int
-) -> list[Tensor]:
-    """Adam without a first moment: ``U = g / (sqrt(v / (1 - beta2^t)) + eps)``."""
-    second_moment_(second, grads, group["beta2"])
-    return _adam_normalise(grads, second, group, step)
-
-
-def adam_update(
-    grad: Tensor, second: Tensor, group: dict, step: int, workspace: Workspace
-) -> Tensor:
-    """:func:`adam_fallback` of one tensor, computed in the workspace (valid until its next use)."""
-    return adam_update_batch([grad], [second], group, step, workspace)[0]
-
-
-def adam_update_batch(
-    grads: Sequence[Tensor], second: list[Tensor], group: dict, step: int, workspace: Workspace
-) -> list[Tensor]:
-    """:func:`adam_fallback` over tensors of one dtype and device, in the workspace (views valid
-    until its next use): the denominators, then the quotients ``g / denom`` (in place of the
-    denominator for a single tensor, in a second set of views for a batch)."""
-    grads, n = list(grads), len(grads)
-    second_moment_(second, grads, group["beta2"])
-    shapes = [tuple(v.shape) for v in second]
-    views = workspace.take(shapes * (1 if n == 1 else 2), second[0].dtype, second[0].device)
-    denom = views[:n]
-    torch._foreach_copy_(denom, second)
-    torch._foreach_div_(denom, 1.0 - group["beta2"] ** step)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, group["eps"])
-    if n == 1:
-        return [torch.div(grads[0], denom[0], out=denom[0])]
-    out = views[n:]
-    torch._foreach_copy_(out, grads)
-    torch._foreach_div_(out, denom)
-    return out
 
 
 ListForm = Callable[[Sequence[Tensor], Sequence[list[Tensor]], dict, int, MatrixMap], list[Tensor]]
