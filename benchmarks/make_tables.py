@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from anytime import finisher_summary, finisher_tables
+from anytime import finisher_summary, finisher_tables, peers_tables
 from anytime.tables import gap_table as anytime_gap_table
 from anytime.tables import render as render_anytime
 from device_tables import render as render_devices
@@ -46,6 +46,12 @@ FINISHER_TASKS = {
     "vit": ("anytime_vit_finisher.json", "ViT fine-tuning"),
     "horizon": ("anytime_horizon.json", "byte GPT, width 64, 200-6,400 steps, the LM's finisher"),
     "horizon_starts": ("anytime_horizon_starts.json", "byte GPT, width 64, 200-6,400 steps"),
+}
+PEERS_TASKS = {
+    "horizon": "byte GPT, width 64, 200-6,400 steps",
+    "vision": "Fashion-MNIST ResNet from scratch",
+    "lm": "byte GPT, width 128",
+    "vit": "ViT fine-tuning",
 }
 # The README's round-2 summary and recipes: a finisher chosen on each task's own validation
 # (``horizon`` only carried the LM's choice over; its tables are in docs/results.md).
@@ -97,6 +103,40 @@ def _load_all(folder: Path, names: dict[str, str]) -> tuple[dict[str, dict], lis
         else:
             notes.append(f"<!-- {file} not found: its rows are skipped -->")
     return found, notes
+
+
+def round3_summary(folder: Path, full: bool = False) -> str:
+    """Round 3: AMUSE against Muon WSD forks, constant-lr Muon and Schedule-Free AdamW per task
+    (and, with ``full``, the knob screens, the finisher variants and provenance)."""
+    data, notes = _load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
+    if not data:
+        return "\n".join(notes)
+    root = "../" if full else ""
+    parts = [
+        "### Round 3: against what an anytime user runs\n",
+        "Per task and budget `t`: AMUSE's `x` against Muon at a constant learning rate (no extra "
+        "steps), AMUSE's `x` finished by `finish()` against a warmup-stable-decay (WSD) fork of "
+        "that constant-lr run (both cost `f t = 0.2 t` extra steps), Schedule-Free AdamW, and "
+        "Muon + cosine tuned for `t` and for `t + f t` as references. Test scores, mean ± half "
+        "the seed range over 3 seeds; differences per seed with their verdict (level = the "
+        "seeds disagree). Every learning rate and the finisher were chosen on validation.\n",
+    ]
+    for task, payload in data.items():
+        parts += [f"**{task}: {PEERS_TASKS[task]}** ({peers_tables.goal_line(payload)})\n",
+                  peers_tables.main_table(payload, table), ""]  # fmt: skip
+        png = folder / f"anytime_{task}_peers.png"
+        if png.is_file():
+            parts.append(f"![{task} gaps]({root}benchmarks/results/{png.name})\n")
+        if full:
+            parts += ["Finisher variants (validation, sweep seed, finished − WSD fork):\n",
+                      peers_tables.variant_table(payload, table), ""]  # fmt: skip
+            if payload["meta"]["config"]["peers"]["knobs"]:
+                parts += ["Knob screen (validation, knob − chosen AMUSE, every seed):\n",
+                          peers_tables.knob_table(payload, table), "",
+                          "Same, test:\n", peers_tables.knob_table(payload, table, "test"),
+                          ""]  # fmt: skip
+            parts.append(provenance(payload["meta"]) + "\n")
+    return "\n".join(parts + notes)
 
 
 def round1_summary(folder: Path) -> str:
@@ -208,7 +248,8 @@ def full_document(folder: Path) -> str:
         "`benchmarks/anytime/finisher_study.py` (round 2); they are repeated at the end of "
         "this page from the JSON that each study wrote.\n"
     )
-    parts = [head, "## Round 2: finisher, horizon, averages\n"]
+    parts = [head, "## Round 3: AMUSE against the practical peers\n", round3_summary(folder, True)]
+    parts.append("## Round 2: finisher, horizon, averages\n")
     for task, (file, title) in FINISHER_TASKS.items():
         parts.append(
             section(
@@ -229,15 +270,13 @@ def full_document(folder: Path) -> str:
     parts.append("## Speed (CPU)\n")
     parts += speed_sections(folder)
     parts.append("## Protocols\n")
-    for file in ("anytime_vision.json", "anytime_horizon.json"):
+    names = {"anytime": "Round 1 (protocol.py)", "finisher": "Round 2 (finisher_study.py)",
+             "peers": "Round 3 (peers_study.py)"}  # fmt: skip
+    for file in ("anytime_vision.json", "anytime_horizon.json", "anytime_horizon_peers.json"):
         path = folder / file
         if path.is_file():
             meta = json.loads(path.read_text())["meta"]
-            round_name = (
-                "Round 2 (finisher_study.py)"
-                if "finisher" in meta.get("study", "anytime")
-                else "Round 1 (protocol.py)"
-            )
+            round_name = names.get(meta.get("study", "anytime"), meta.get("study"))
             parts += [f"### {round_name}\n", meta.get("protocol", "(not recorded)"), ""]
     return "\n\n".join(parts) + "\n"
 
@@ -258,7 +297,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"where --readme also writes the full anytime tables (default {FULL})",
     )
     args = parser.parse_args(argv)
-    parts = [round2_summary(args.results), round1_summary(args.results)]
+    for task in PEERS_TASKS:  # the gap plots of round 3, from the same JSON
+        path = args.results / f"anytime_{task}_peers.json"
+        if path.is_file():
+            peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
+    parts = [round3_summary(args.results), round2_summary(args.results)]
+    parts.append(round1_summary(args.results))
     parts.append(render_devices(args.results, table, provenance))
     text = "\n\n".join(parts) + "\n"
     full = full_document(args.results)

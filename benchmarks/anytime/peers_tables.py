@@ -1,0 +1,165 @@
+"""Tables and the gap plot of the round-3 JSON (``anytime_<task>_peers.json``): AMUSE against
+what an anytime user runs (``benchmarks/make_tables.py`` calls them).
+
+Every number is a test score, mean over seeds with half the seed range (``±``); a difference is
+per seed with its verdict (``ahead`` / ``behind`` when every seed agrees, ``level`` when the
+signs differ); choices were made on validation (the JSON's ``meta.selection``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from .finisher_tables import budgets_of, cell, difference, gap_text, metric, values
+
+Table = Callable[..., str]
+
+ROWS = (
+    ("amuse_x", "AMUSE, x at t"),
+    ("muon_constant", "Muon, constant lr at t (the WSD run before its cooldown)"),
+    ("sf_adamw", "Schedule-Free AdamW, x at t"),
+    ("muon_cosine", "reference: Muon + cosine tuned for t"),
+    ("amuse_finished", "AMUSE, x finished (t + f t steps)"),
+    ("muon_wsd", "Muon WSD: constant lr, cooldown fork (t + f t steps)"),
+    ("muon_cosine_equal", "reference: Muon + cosine tuned for t + f t"),
+)
+COMPARISONS = (
+    ("amuse_x", "muon_constant", "x − constant-lr Muon (no extra steps)"),
+    ("amuse_finished", "muon_wsd", "finished x − WSD fork (equal total steps)"),
+    ("amuse_x", "muon_cosine", "x − cosine tuned for t"),
+    ("amuse_finished", "muon_cosine_equal", "finished x − cosine tuned for t + f t"),
+)
+
+
+def unit(meta: dict) -> str:
+    return "points" if meta["metric"] == "accuracy" else "nats"
+
+
+def comparison(data: dict, own: str, ref: str, t: int, split: str = "test") -> dict:
+    key, scale, _, sign = metric(data["meta"])
+    recs = data["records"]
+    return difference(_split(recs, own, t, key, split), _split(recs, ref, t, key, split), scale,
+                      sign)  # fmt: skip
+
+
+def _split(records: list[dict], method: str, t: int, key: str, split: str) -> dict[int, float]:
+    if split == "test":
+        return values(records, method, t, key)
+    return {
+        r["seed"]: r[split][key]
+        for r in records
+        if r["method"] == method and r["budget_steps"] == t and r[split] is not None
+    }
+
+
+def main_table(data: dict, table: Table) -> str:
+    """Scores at every budget (rows: methods, columns: budgets), then the comparisons."""
+    meta, records = data["meta"], data["records"]
+    key, scale, digits, _ = metric(meta)
+    budgets = budgets_of(records)
+    rows = [
+        [label, *(cell(list(values(records, m, t, key).values()), scale, digits) for t in budgets)]
+        for m, label in ROWS
+        if any(r["method"] == m for r in records)
+    ]
+    rows += [
+        [f"**{label}**", *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
+        for own, ref, label in COMPARISONS
+    ]
+    metric_name = "test accuracy (%)" if meta["metric"] == "accuracy" else "test loss (nats)"
+    return table([f"{metric_name} at budget t", *(f"t = {t:,}" for t in budgets)], rows)
+
+
+def goal_line(data: dict) -> str:
+    """The issue's goal on one task: AMUSE (x, or finished x at equal total steps) level with or
+    ahead of the WSD fork at every budget, and x level with cosine(t) at the longest budget."""
+    budgets = budgets_of(data["records"])
+    met = []
+    for t in budgets:
+        best = [
+            comparison(data, "amuse_x", "muon_wsd", t),
+            comparison(data, "amuse_finished", "muon_wsd", t),
+        ]
+        met.append(any(d and d["verdict"] in ("ahead", "level") for d in best))
+    longest = comparison(data, "amuse_x", "muon_cosine", budgets[-1]) if budgets else {}
+    level_long = bool(longest) and longest["verdict"] in ("ahead", "level")
+    return (
+        f"x or finished x level with or ahead of the WSD fork at {sum(met)} of {len(budgets)} "
+        f"budgets; x {'level with or ahead of' if level_long else 'behind'} cosine tuned for t "
+        "at the longest budget"
+    )
+
+
+def knob_table(data: dict, table: Table, split: str = "val") -> str:
+    """Each mechanism against the chosen AMUSE run, seed by seed, at every budget (``x``) and
+    finished at the longest budget: ``knob − baseline`` on ``split``."""
+    meta, records = data["meta"], data["records"]
+    _, _, digits, _ = metric(meta)
+    budgets = budgets_of(records)
+    knobs = [k for k, _ in meta["config"]["peers"]["knobs"]]
+    rows = []
+    for knob in knobs:
+        cells = [gap_text(comparison(data, f"knob:{knob}", "amuse_x", t, split), digits)
+                 for t in budgets]  # fmt: skip
+        fin = comparison(data, f"knob:{knob}:finished", "amuse_finished", budgets[-1], split)
+        rows.append([knob, *cells, gap_text(fin, digits)])
+    header = ["knob (− chosen AMUSE)", *(f"x, t = {t:,}" for t in budgets),
+              f"finished, t = {budgets[-1]:,}"]  # fmt: skip
+    return table(header, rows)
+
+
+def variant_table(data: dict, table: Table) -> str:
+    """The finisher variants on the sweep seed: mean over budgets of val(finished) − val(WSD
+    fork), and per budget (the selection criterion)."""
+    meta = data["meta"]
+    _, scale, digits, _ = metric(meta)  # scores are higher-is-better already
+    table_data = meta["selection"].get("variants", {})
+    budgets = budgets_of(data["records"])
+    rows = []
+    for variant, entry in sorted(table_data.items(), key=lambda kv: -kv[1]["mean"]):
+        per = entry["per_budget"]
+        rows.append(
+            [f"`{variant}`" + (" (chosen)" if variant == meta["selection"]["variant"] else ""),
+             _fmt(scale * entry["mean"], digits),
+             *(_fmt(scale * per.get(str(t), per.get(t, math.nan)), digits)
+               for t in budgets)]
+        )  # fmt: skip
+    return table(["finisher variant", "mean", *(f"t = {t:,}" for t in budgets)], rows)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "—" if not math.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def plot_gaps(data: dict, path) -> None:
+    """Test gap to Muon + cosine tuned for the same total steps, against the budget: x and the
+    constant-lr peer at t, the finished x and the WSD fork at t + f t (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta = data["meta"]
+    budgets = budgets_of(data["records"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    series = (
+        ("amuse_x", "muon_cosine", "AMUSE x (t)", "C0", "-"),
+        ("muon_constant", "muon_cosine", "Muon constant lr (t)", "C1", "-"),
+        ("amuse_finished", "muon_cosine_equal", "AMUSE x finished (t + f t)", "C0", "--"),
+        ("muon_wsd", "muon_cosine_equal", "Muon WSD fork (t + f t)", "C1", "--"),
+    )
+    for own, ref, label, color, style in series:
+        points = [(t, comparison(data, own, ref, t)) for t in budgets]
+        points = [(t, d["mean"]) for t, d in points if d]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, color=color, marker="o", label=label)
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("budget t (steps)")
+    ax.set_ylabel(f"test {unit(meta)} vs tuned cosine (+ = better)")
+    ax.set_title(f"{meta['task']}: gap to Muon + cosine tuned for the same steps")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
