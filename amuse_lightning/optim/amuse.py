@@ -37,13 +37,7 @@ from .guards import gradients_finite, params_with_grad
 from .kernels import Workspace
 from .paths import GroupMove, move_batched, move_over_lists, move_per_parameter
 from .polar import AUTO_NS_DTYPE, ns_dtype_name
-from .schedule import (
-    Mechanisms,
-    ScheduleState,
-    ScheduleStep,
-    advance_schedule,
-    warn_if_degenerate,
-)
+from .schedule import ScheduleStep, advance_group_schedule, store_schedule, warn_if_degenerate
 from .validation import (
     LOW_PRECISION,
     NONFINITE_POLICIES,
@@ -339,35 +333,13 @@ class AMUSE(MatrixMapChoice, Optimizer):
         Parameters without a gradient keep y, z and the beta that built y, so their x stays exact.
         """
         resolve_ns_dtype(group)  # parameters that were on the meta device when added
-        schedule = advance_schedule(
-            ScheduleState(
-                group["step"], group["weight_sum"], group["c_warmup"], group["weight_sum_start"]
-            ),
-            lr=group["lr"] * group["lr_scale"],
-            warmup_steps=group["warmup_steps"],
-            beta1=group["beta1"],
-            rho=group["rho"],
-            r=group["r"],
-            weight_lr_power=group["weight_lr_power"],
-            mechanisms=Mechanisms(
-                group["c_warmup_steps"], group["c_scale"], group["beta_anneal_steps"],
-                group["beta_final"],
-            ),
-        )  # fmt: skip
+        schedule = advance_group_schedule(group)
         if params:
             self._move(group, params, grads, schedule, self._matrix_map(params))
             if group["averaging"]:
                 for p in params:
                     self.state[p]["beta"] = schedule.beta_t
-        group.update(
-            step=schedule.state.step,
-            weight_sum=schedule.state.weight_sum,
-            c_warmup=schedule.state.c_warmup,
-            weight_sum_start=schedule.state.weight_sum_start,
-            lr_t=schedule.lr_t,
-            c_t=schedule.c_t,
-            beta_t=schedule.beta_t,
-        )
+        store_schedule(group, schedule)
 
     def _move(
         self, group: dict, params: list[Tensor], grads: list[Tensor], schedule: ScheduleStep,

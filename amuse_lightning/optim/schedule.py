@@ -133,6 +133,37 @@ def advance_schedule(
     return ScheduleStep(ScheduleState(t, weight_sum, c_warmup, start), lr_t, c_t, beta_t)
 
 
+def advance_group_schedule(group: dict) -> ScheduleStep:
+    """:func:`advance_schedule` of an AMUSE param group, from the state and settings it holds
+    (``step``, ``weight_sum``, ``c_warmup``, ``weight_sum_start``; ``lr * lr_scale`` and the
+    schedule arguments); the group is not changed (:func:`store_schedule` does that)."""
+    return advance_schedule(
+        ScheduleState(
+            group["step"], group["weight_sum"], group["c_warmup"], group["weight_sum_start"]
+        ),
+        lr=group["lr"] * group["lr_scale"],
+        warmup_steps=group["warmup_steps"],
+        beta1=group["beta1"],
+        rho=group["rho"],
+        r=group["r"],
+        weight_lr_power=group["weight_lr_power"],
+        mechanisms=Mechanisms(
+            group["c_warmup_steps"], group["c_scale"], group["beta_anneal_steps"],
+            group["beta_final"],
+        ),
+    )  # fmt: skip
+
+
+def store_schedule(group: dict, schedule: ScheduleStep) -> None:
+    """Write the new schedule state and the step's scalars (kept for logging) into the group."""
+    state = schedule.state
+    group.update(
+        step=state.step, weight_sum=state.weight_sum, c_warmup=state.c_warmup,
+        weight_sum_start=state.weight_sum_start, lr_t=schedule.lr_t, c_t=schedule.c_t,
+        beta_t=schedule.beta_t,
+    )  # fmt: skip
+
+
 def warn_if_degenerate(warmup_steps: int, rho: float) -> None:
     """With ``T0 = 1`` the rise formula has ``c_w = 1``, so ``S_t = 0`` and beta jumps to 1."""
     if warmup_steps == 1 and rho > 0.0:
