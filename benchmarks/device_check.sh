@@ -8,8 +8,8 @@
 #
 # Sections, each with a time limit inside one overall deadline (DEADLINE_S, default 285 s); a
 # section that fails or runs out of time is recorded and the next one still runs. The limits are
-# sized for a GPU; with DEVICE=cpu they and the deadline are multiplied by LIMIT_SCALE (default 6,
-# so the CPU dry run also passes on a busy 2-core machine):
+# sized for a GPU; with DEVICE=cpu they, the deadline and the per-pair timeouts are multiplied by
+# LIMIT_SCALE (default 10, so the CPU dry run also passes on a busy 2-core machine):
 #   tests       the CUDA tests (pytest -k "cuda or gpu": the callback on the GPU, batched against
 #               per-parameter, compiled against eager and the float64 oracle)
 #   step_time   AMUSE's optimizer step against torch.optim.Muon, one pair per fresh process, on
@@ -27,7 +27,7 @@ DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
 mkdir -p "$DEST"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-SCALE=${LIMIT_SCALE:-$([ "$DEVICE" = cpu ] && echo 6 || echo 1)}
+SCALE=${LIMIT_SCALE:-$([ "$DEVICE" = cpu ] && echo 10 || echo 1)}
 START=$(date +%s)
 DEADLINE=$((START + ${DEADLINE_S:-$((285 * SCALE))}))
 SECTIONS=()
@@ -54,13 +54,15 @@ run() {
 }
 
 if [ "$QUICK" = 1 ]; then
-    step=(--quick --rounds 3 --timeout 120)
+    step=(--quick --rounds 3 --timeout $((60 * SCALE)))
     train=(--quick --warmup 2 --rounds 3)
     gpt_methods=(amuse muon_adamw)  # compiling on a CPU takes minutes; the GPU run compiles
+    compiled=(amuse_compiled)       # one compiled pair is enough to check the plumbing
 else
-    step=(--rounds 21 --timeout 50)
+    step=(--rounds 21 --timeout $((50 * SCALE)))
     train=(--warmup 5 --rounds 20)
     gpt_methods=(amuse amuse_compiled muon_adamw)
+    compiled=(amuse_cudagraphs amuse_compiled)
 fi
 
 run tests 110 "$PY" -m pytest -q -rsP -p no:cacheprovider -k "cuda or gpu" \
@@ -68,7 +70,7 @@ run tests 110 "$PY" -m pytest -q -rsP -p no:cacheprovider -k "cuda or gpu" \
 run step_time 70 "$PY" benchmarks/step_time.py --device "$DEVICE" "${step[@]}" \
     --optimizers amuse amuse_per_parameter --output "$DEST/step_time_$DEVICE.json"
 run step_time_compiled 50 "$PY" benchmarks/step_time.py --device "$DEVICE" "${step[@]}" \
-    --models vit_s16 --optimizers amuse_cudagraphs amuse_compiled \
+    --models vit_s16 --optimizers "${compiled[@]}" \
     --output "$DEST/step_time_compiled_$DEVICE.json"
 run train_step_gpt 45 "$PY" benchmarks/train_step.py --device "$DEVICE" "${train[@]}" \
     --models gpt --methods "${gpt_methods[@]}" --output "$DEST/train_step_gpt_$DEVICE.json"
