@@ -66,7 +66,7 @@ def test_a_quick_peers_study_fills_every_row(tmp_path: Path) -> None:
     methods = {r["method"] for r in payload["records"]}
     assert methods >= {
         "amuse_x", "amuse_finished", "amuse_finished_default", "muon_constant", "muon_wsd",
-        "sf_adamw", "muon_cosine", "muon_cosine_equal", "knob:r=1", "knob:r=1:finished",
+        "sf_adamw", "muon_cosine", "muon_cosine_equal", "knob:r=1",
     }  # fmt: skip
     seeds = {r["seed"] for r in payload["records"] if r["method"] == "muon_wsd"}
     assert seeds == set(payload["meta"]["config"]["seeds"])

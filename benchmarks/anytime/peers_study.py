@@ -18,8 +18,8 @@ method; the fork and the finisher each cost ``k = round(f t)`` extra steps, f = 
 3. Finals: every chosen setting on the other seeds (AMUSE with the chosen and the default
    finisher; WSD forks at the chosen lr).
 4. Knob screen (``knobs``, where configured): each mechanism at AMUSE's chosen lr on every seed,
-   scored at ``x`` and finished by the chosen variant; compared with the chosen AMUSE run seed by
-   seed.
+   scored at ``x`` (and finished by the chosen variant with ``knob_finisher``); compared with the
+   chosen AMUSE run seed by seed.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class PeersConfig:
     final_max_budget: int | None = None
     #: a compute cut: Muon + cosine for ``t + k`` runs once, at the lr tuned for ``t``
     equal_lr_from_t: bool = False
+    #: knob runs also finish ``x`` with the chosen variant (off: a compute cut, x only)
+    knob_finisher: bool = False
 
 
 def fork_score(result: dict, step: int, split: str = "val") -> float:
@@ -104,7 +106,8 @@ class PeersStudy(FinisherStudy):
         return RunSpec(phase, method, lr, seed, steps, tuple(sorted(settings.items())))
 
     def amuse(self, phase: str, lr: float, seed: int, variants: list[str], extra=()) -> RunSpec:
-        return self.spec(phase, "amuse", lr, seed, {**dict(extra), "finishers": "|".join(variants)})
+        probes = {"finishers": "|".join(variants)} if variants else {}
+        return self.spec(phase, "amuse", lr, seed, {**dict(extra), **probes})
 
     def cosine_steps(self) -> list[int]:
         budgets = self.study.budgets
@@ -200,8 +203,9 @@ class PeersStudy(FinisherStudy):
 
     def _knob_specs(self) -> list[RunSpec]:
         lr = self.chosen.specs["amuse"].lr
+        variants = [self.chosen.variant] if self.peers.knob_finisher else []
         return [
-            self.amuse("screen", lr, seed, [self.chosen.variant], settings)
+            self.amuse("screen", lr, seed, variants, settings)
             for _, settings in self.peers.knobs
             for seed in self.study.seeds
         ]
@@ -249,7 +253,7 @@ class PeersStudy(FinisherStudy):
         if amuse is not None:
             rows += self._amuse_rows("amuse", by_setting.get(_core(amuse), {}))
         for knob, settings in self.peers.knobs:
-            spec = self.amuse("screen", amuse.lr, 0, [c.variant], settings) if amuse else None
+            spec = self.amuse("screen", amuse.lr, 0, [], settings) if amuse else None
             if spec is not None:
                 rows += self._amuse_rows(f"knob:{knob}", by_setting.get(_core(spec), {}))
         lrs = sel.get("cosine", {})

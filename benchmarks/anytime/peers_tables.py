@@ -98,14 +98,18 @@ def knob_table(data: dict, table: Table, split: str = "val") -> str:
     _, _, digits, _ = metric(meta)
     budgets = budgets_of(records)
     knobs = [k for k, _ in meta["config"]["peers"]["knobs"]]
+    finished = any(r["method"].endswith(":finished") for r in records)
     rows = []
     for knob in knobs:
         cells = [gap_text(comparison(data, f"knob:{knob}", "amuse_x", t, split), digits)
                  for t in budgets]  # fmt: skip
-        fin = comparison(data, f"knob:{knob}:finished", "amuse_finished", budgets[-1], split)
-        rows.append([knob, *cells, gap_text(fin, digits)])
-    header = ["knob (− chosen AMUSE)", *(f"x, t = {t:,}" for t in budgets),
-              f"finished, t = {budgets[-1]:,}"]  # fmt: skip
+        if finished:
+            fin = comparison(data, f"knob:{knob}:finished", "amuse_finished", budgets[-1], split)
+            cells.append(gap_text(fin, digits))
+        rows.append([knob, *cells])
+    header = ["knob (− chosen AMUSE)", *(f"x, t = {t:,}" for t in budgets)]
+    if finished:
+        header.append(f"finished, t = {budgets[-1]:,}")
     return table(header, rows)
 
 
