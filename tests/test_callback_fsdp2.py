@@ -45,7 +45,7 @@ def fsdp2_run(request, tmp_path_factory) -> tuple[Path, list[dict]]:
         [sys.executable, str(script), str(out), request.param],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=480,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

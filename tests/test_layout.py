@@ -94,4 +94,4 @@ def test_the_core_imports_without_lightning_and_the_lightning_names_resolve_lazi
         "assert 'lightning' in sys.modules\n"
         "assert AmuseCallback.__module__ == 'amuse_lightning.lightning.callback'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=480)
