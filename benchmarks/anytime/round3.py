@@ -18,11 +18,12 @@ from .protocol import RunSpec
 
 KNOBS_COMMON = (
     ("wd=0 (no decay of z)", (("weight_decay", 0.0),)),
-    ("wd=0.15 on z", (("weight_decay", 0.15),)),
-    ("r=1", (("r", 1.0),)),
     ("r=2", (("r", 2.0),)),
     ("c_scale=4", (("c_scale", 4.0),)),
 )
+"""Weight decay on z (every run decays z by 0.05: the knob takes it away), the t^r weighting
+(ScheduleFree+'s suggestion for long runs) and the decoupled window. A compute cut on the shared
+2-core machine: r=1 (screened in round 1) and a larger decay of z are not screened."""
 
 
 def knobs(longest: int, warmup: int, official: tuple) -> tuple:
