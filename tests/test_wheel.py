@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from amuse_lightning.lightning.cli_config import shipped_configs
+from amuse_lightning.cli.config import shipped_configs
 from tests.helpers.fashion import write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
