@@ -137,8 +137,7 @@ def test_fit_then_test_and_predict_from_the_anytime_checkpoint(tmp_path, capsys)
     """A real (short) fit: the printed test_acc of the final x equals what `test` and `predict`
     get from last.ckpt, i.e. the checkpoint holds the averaged model the fit ended with."""
     config = REPO / "configs" / "fashion_mnist_resnet.yaml"
-    common = ["--config", str(config), "--trainer.accelerator=cpu", "--seed_everything=1",
-              "--model.init_args.optimizer.init_args.warmup_steps=2"]  # fmt: skip
+    common = ["--config", str(config), "--trainer.accelerator=cpu", "--seed_everything=1"]
     data = config_overrides(config, tmp_path)
     assert main(["fit", *common, *data, "--trainer.max_epochs=3", "--model.init_args.width=8"]) == 0
     out = capsys.readouterr().out

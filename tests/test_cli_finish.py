@@ -25,7 +25,6 @@ def run(tmp_path, monkeypatch) -> tuple[list[str], Path]:
         "--config", "fashion_mnist_resnet", "--trainer.accelerator=cpu", "--seed_everything=1",
         f"--data.init_args.root={tmp_path / 'fmnist'}", "--data.init_args.val_size=32",
         "--data.init_args.batch_size=16", "--model.init_args.width=8",
-        "--model.init_args.optimizer.init_args.warmup_steps=2",
         "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
     assert main(["fit", *settings, "--trainer.max_epochs=2"]) == 0

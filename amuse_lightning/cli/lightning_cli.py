@@ -26,6 +26,8 @@ Any ``LightningModule`` / ``LightningDataModule`` subclass can be named with ``c
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -37,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from amuse_lightning.cli.about import LIGHTNING_COMMANDS, PROG, version_line
+from amuse_lightning.cli.callback_overrides import override_callbacks, split_callback_overrides
 from amuse_lightning.cli.checks import check_parsed_config
 from amuse_lightning.cli.config import (
     AmuseArgumentParser,
@@ -142,9 +145,23 @@ class AmuseLightningCLI(LightningCLI):
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args)
         else:
-            self.config = parser.parse_args(args)
+            self.config = parser.parse_args(self._with_callback_overrides(parser, args))
         subcommand = self.config.get("subcommand")
         check_parsed_config(self.config[subcommand] if subcommand else self.config)
+
+    @staticmethod
+    def _with_callback_overrides(parser: LightningArgumentParser, args: Any) -> list[str]:
+        """``args`` with ``--trainer.callbacks.<Class or position>.<arg>=<value>`` turned into
+        one ``--trainer.callbacks=[...]`` (see :mod:`.callback_overrides`)."""
+        args = list(sys.argv[1:] if args is None else args)
+        rest, overrides = split_callback_overrides(args)
+        if not overrides or any(a in ("-h", "--help") for a in rest):
+            return rest
+        first = parser.parse_args([a for a in rest if not a.startswith("--print_config")])
+        subcommand = first.get("subcommand")
+        section = first[subcommand] if subcommand else first
+        callbacks = override_callbacks(section.get("trainer.callbacks"), overrides)
+        return [*rest, f"--trainer.callbacks={json.dumps(callbacks, default=str)}"]
 
     def before_instantiate_classes(self) -> None:
         """Run the caller's ``before_build(config)`` check (e.g. ``finish``: the config's model
