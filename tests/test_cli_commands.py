@@ -68,6 +68,12 @@ def test_a_mistyped_command_gets_the_closest_one_in_one_line(capsys):
     status, _, err = status_and_streams(["train"], capsys)
     assert status == 2 and err.count("\n") == 1
     assert "the commands are fit, validate, test, predict, finish, plot" in err
+    status, _, err = status_and_streams([], capsys)
+    assert status == 2
+    assert err == (
+        "amuse-lightning: error: name a command: fit, validate, test, predict, finish, plot "
+        "(amuse-lightning --help says more)\n"
+    )
 
 
 def test_top_level_help_names_finish_and_plot_in_the_usage_line(capsys):

@@ -84,7 +84,10 @@ def main(args: list[str] | None = None) -> int:
         print(version_line(), flush=True)
         return 0
     try:
-        if argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        if not argv:
+            names = ", ".join([*LIGHTNING_COMMANDS, *EXTRA_COMMANDS])
+            raise ConfigError(f"name a command: {names} ({PROG} --help says more)")
+        if not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
             command = EXTRA_COMMANDS.get(argv[0])
             if command is None:
                 raise ConfigError(_unknown_command(argv[0]))
