@@ -4,6 +4,8 @@ None of them is caused by the user's settings:
 
 - Lightning's advertisements (``💡 Tip: ... litlogger ...`` at every Trainer's logger set-up and
   ``💡 Tip: ... litmodels ...`` beside ``ModelCheckpoint``), logged through its rank-zero logger;
+- its note ``Loading `train_dataloader` to estimate number of stepping batches.``, which the
+  example modules' ``warmup_fraction`` causes (the line after it says what was estimated);
 - torch 2.14's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is deprecated, raised
   by Lightning 2.6's own ``_pytree`` helper whenever a batch is flattened;
 - in ``finish`` only (:data:`FINISH_WARNINGS`, :data:`FINISH_LOG_LINES`): Lightning's advice
@@ -34,6 +36,12 @@ __all__ = [
 
 #: The start of Lightning's advertisement lines (``rank_zero_info``).
 LIGHTNING_TIP = re.compile(r"^💡 Tip: .*\[(litlogger|litmodels)\]")
+
+#: Lightning's ``rank_zero_info`` lines the command drops (the tips and the estimate note).
+RANK_ZERO_LINES = re.compile(
+    LIGHTNING_TIP.pattern
+    + r"|^Loading `train_dataloader` to estimate number of stepping batches\.$"
+)
 
 #: ``FutureWarning`` torch 2.14 raises inside Lightning 2.6's ``_tree_flatten``.
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
@@ -67,12 +75,12 @@ class _Drop(logging.Filter):
         return not self.pattern.match(record.getMessage())
 
 
-_TIP_FILTER = _Drop(LIGHTNING_TIP)
+_TIP_FILTER = _Drop(RANK_ZERO_LINES)
 
 
 def quiet_lightning() -> None:
-    """Drop Lightning's tips and the ``LeafSpec`` deprecation for the rest of the process
-    (idempotent)."""
+    """Drop Lightning's tips, its stepping-batches note and the ``LeafSpec`` deprecation for the
+    rest of the process (idempotent)."""
     for name in _RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
