@@ -151,7 +151,7 @@ def run_finish(argv: Sequence[str], build: Callable[..., Any] | None = None) -> 
     options, rest = finish_parser().parse_known_args(list(argv))
     source = Path(options.ckpt_path)
     if not source.is_file():
-        raise ConfigError(f"{source} does not exist; pass the run's checkpoint file.", "ckpt_path")
+        raise ConfigError(f"{source} does not exist; pass the run's checkpoint file", "--ckpt_path")
     info = read_checkpoint(source)
     refuse_finished(info)
     try:
