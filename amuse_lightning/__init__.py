@@ -1,10 +1,12 @@
 """amuse-lightning: AMUSE and the Muon family for PyTorch and PyTorch Lightning.
 
-The package has two layers. ``amuse_lightning.optim`` (the optimizers) and
-``amuse_lightning.partition`` (which tensor gets which update) are plain PyTorch and import no
-Lightning. ``amuse_lightning.lightning`` (callback, mixin, CLI) sits on top of them. The Lightning
-names below are resolved lazily (PEP 562), so ``from amuse_lightning import AMUSE`` never loads
-Lightning while ``from amuse_lightning import AmuseCallback`` still works.
+The package has layers. ``amuse_lightning.optim`` (the optimizers), ``amuse_lightning.partition``
+(which tensor gets which update) and ``amuse_lightning.averaging`` are plain PyTorch and import no
+Lightning. ``amuse_lightning.lightning`` (callback, mixin, finisher) sits on top of them, and
+``amuse_lightning.cli`` (the ``amuse-lightning`` command) on top of that. Every public name below
+is resolved lazily (PEP 562): ``import amuse_lightning`` loads nothing heavy (so
+``amuse-lightning --version`` needs no torch), ``from amuse_lightning import AMUSE`` loads torch
+but no Lightning, and ``from amuse_lightning import AmuseCallback`` loads Lightning.
 """
 
 from __future__ import annotations
@@ -12,17 +14,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from amuse_lightning.optim import AMUSE, SFMuon
-from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
-
 __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
+    "AMUSE": "amuse_lightning.optim",
+    "SFMuon": "amuse_lightning.optim",
+    "Partition": "amuse_lightning.partition",
+    "layer_decay_scales": "amuse_lightning.partition",
+    "partition_parameters": "amuse_lightning.partition",
     "AmuseCallback": "amuse_lightning.lightning.callback",
     "AmuseMixin": "amuse_lightning.lightning.mixin",
     "default_amuse_factory": "amuse_lightning.lightning.factories",
 }
+
+# subpackages reachable as attributes after ``import amuse_lightning`` (``amuse_lightning.optim``)
+_SUBPACKAGES = frozenset(
+    {"averaging", "cli", "examples", "integrations", "lightning", "optim", "partition"}
+)
 
 __all__ = [
     "AMUSE",
@@ -39,9 +48,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.lightning.callback import AmuseCallback
     from amuse_lightning.lightning.factories import default_amuse_factory
     from amuse_lightning.lightning.mixin import AmuseMixin
+    from amuse_lightning.optim import AMUSE, SFMuon
+    from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"amuse_lightning.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'amuse_lightning' has no attribute {name!r}")
@@ -51,4 +64,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)

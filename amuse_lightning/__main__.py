@@ -2,7 +2,7 @@
 
 import sys
 
-from amuse_lightning.lightning.cli import main
+from amuse_lightning.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -270,7 +270,7 @@ def test_imports_only_go_down():
         "import sys\n"
         "import amuse_lightning.lightning.save_hook\n"
         "assert 'amuse_lightning.lightning.callback' not in sys.modules\n"
-        "import amuse_lightning.lightning.cli\n"
+        "import amuse_lightning.cli.lightning_cli\n"
         "assert not [m for m in sys.modules if m.startswith('amuse_lightning.examples')]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=480)

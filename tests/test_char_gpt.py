@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from amuse_lightning import AmuseCallback
+from amuse_lightning.cli import run_cli
 from amuse_lightning.examples import text_data
 from amuse_lightning.examples.char_gpt import CharGPTModule, build_char_gpt, lm_loss
 from amuse_lightning.examples.text_data import (
@@ -24,7 +25,6 @@ from amuse_lightning.examples.text_data import (
     stdlib_files,
     unigram_entropy,
 )
-from amuse_lightning.lightning.cli import run_cli
 from amuse_lightning.partition import partition_parameters
 
 REPO = Path(__file__).resolve().parents[1]

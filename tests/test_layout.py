@@ -37,7 +37,7 @@ def starts_with(name: str, prefixes: tuple[str, ...]) -> bool:
 @pytest.mark.parametrize("layer", ["optim", "partition", "averaging", "integrations"])
 def test_core_layers_import_no_lightning(layer: str) -> None:
     banned = ("lightning", "pytorch_lightning", "amuse_lightning.lightning")
-    banned += ("amuse_lightning.examples",)
+    banned += ("amuse_lightning.examples", "amuse_lightning.cli")
     files = sorted((PACKAGE / layer).rglob("*.py"))
     assert files
     offenders = {
@@ -58,6 +58,46 @@ def test_lightning_layer_never_imports_the_examples() -> None:
         for f in files
     }
     assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_lightning_layer_never_imports_the_cli() -> None:
+    """The command sits on top of the Lightning layer: ``amuse_lightning.lightning`` imports
+    nothing from ``amuse_lightning.cli`` (also not lazily, inside a function), and the
+    command-line machinery (LightningCLI, jsonargparse) lives in ``cli/`` only."""
+    files = sorted((PACKAGE / "lightning").rglob("*.py"))
+    assert files
+    banned = ("amuse_lightning.cli", "lightning.pytorch.cli", "jsonargparse")
+    offenders = {
+        str(f.relative_to(ROOT)): sorted(n for n in imported_modules(f) if starts_with(n, banned))
+        for f in files
+    }
+    assert {f: n for f, n in offenders.items() if n} == {}
+
+
+def test_the_cli_never_imports_the_examples_and_its_imports_have_no_cycle() -> None:
+    """The CLI names example classes only in configs; inside ``amuse_lightning/cli/`` imports go
+    one way (a module graph without cycles, counting imports inside functions)."""
+    files = sorted((PACKAGE / "cli").rglob("*.py"))
+    assert len(files) > 5
+    parts = {f: f.relative_to(ROOT).with_suffix("").parts for f in files}
+    modules = {".".join(p[:-1] if p[-1] == "__init__" else p): f for f, p in parts.items()}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        imported = imported_modules(path)
+        assert not [n for n in imported if starts_with(n, ("amuse_lightning.examples",))], name
+        graph[name] = {n for n in imported if n in modules and n != name}
+
+    def cycle_from(node: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if node in trail:
+            return (*trail[trail.index(node) :], node)
+        for nxt in sorted(graph[node]):
+            found = cycle_from(nxt, (*trail, node))
+            if found:
+                return found
+        return None
+
+    cycles = [c for c in (cycle_from(n, ()) for n in sorted(graph)) if c]
+    assert cycles == []
 
 
 def test_no_test_module_imports_another_test_module() -> None:

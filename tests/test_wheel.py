@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from amuse_lightning.lightning.cli_config import shipped_configs
+from amuse_lightning.cli.config import shipped_configs
 from tests.helpers.fashion import write_fake_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +72,8 @@ def test_wheel_installs_and_its_command_runs_a_shipped_config_by_name(tmp_path):
     assert f"{dist_info}/licenses/LICENSE" in names
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata
+    entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
+    assert "amuse-lightning = amuse_lightning.cli:main" in entry_points
 
     bin_dir = install_into_fresh_venv(wheel, tmp_path / "venv")
     run_dir = tmp_path / "run"
@@ -92,6 +94,11 @@ def test_wheel_installs_and_its_command_runs_a_shipped_config_by_name(tmp_path):
     assert where.startswith(str(tmp_path / "venv")), "the wheel, not the checkout, is imported"
     version = command("--version")
     assert version.returncode == 0 and version.stdout.startswith("amuse-lightning 0.1.0")
+    typo = command("finsh")
+    assert typo.returncode == 2
+    assert (
+        typo.stderr == "amuse-lightning: error: unknown command 'finsh'; did you mean 'finish'?\n"
+    )
 
     fit = command(
         "fit", "--config", "fashion_mnist_resnet", "--data.init_args.root=fmnist",

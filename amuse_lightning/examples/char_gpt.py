@@ -32,7 +32,11 @@ from torch import nn
 from torch.nn import functional
 from torch.optim import Optimizer
 
-from amuse_lightning.examples.warmup import apply_warmup_fraction, check_warmup_settings
+from amuse_lightning.examples.warmup import (
+    apply_warmup_fraction,
+    check_warmup_settings,
+    warn_if_warmup_covers_run,
+)
 from amuse_lightning.lightning.mixin import AmuseMixin, default_amuse_factory
 from amuse_lightning.partition import Partition
 
@@ -260,9 +264,17 @@ class CharGPTModule(AmuseMixin, LightningModule):
                 self.resolved_warmup_steps = steps
         original, self.optimizer = self.optimizer, factory
         try:
-            return super().configure_optimizers()
+            optimizer = super().configure_optimizers()
         finally:
             self.optimizer = original
+        if (
+            self.warmup_fraction is None
+            and self._trainer is not None
+            and not self.trainer.fast_dev_run
+        ):
+            # warm-up given as a step count, inside fit: the run's length is known
+            warn_if_warmup_covers_run(optimizer, float(self.trainer.estimated_stepping_batches))
+        return optimizer
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -36,11 +36,13 @@ from torch import nn
 from torch.optim import Optimizer
 
 from amuse_lightning.examples.models import CifarResNet
+from amuse_lightning.examples.pretrained import check_pretrained_weights
 from amuse_lightning.examples.timm_names import check_timm_model_name
 from amuse_lightning.examples.warmup import (
     apply_warmup_fraction,
     check_warmup_settings,
     warmup_steps_from_fraction,
+    warn_if_warmup_covers_run,
 )
 from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import (
@@ -126,9 +128,17 @@ class ImageClassifier(AmuseMixin, LightningModule):
                 self.resolved_warmup_steps = steps
         original, self.optimizer = self.optimizer, factory
         try:
-            return super().configure_optimizers()
+            optimizer = super().configure_optimizers()
         finally:
             self.optimizer = original
+        if (
+            self.warmup_fraction is None
+            and self._trainer is not None
+            and not self.trainer.fast_dev_run
+        ):
+            # warm-up given as a step count, inside fit: the run's length is known
+            warn_if_warmup_covers_run(optimizer, float(self.trainer.estimated_stepping_batches))
+        return optimizer
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -317,6 +327,14 @@ class TimmClassifier(ImageClassifier):
         _check_layer_decay(init_args.get("layer_decay"))
         check_timm_model_name(init_args.get("model_name"))
 
+    @classmethod
+    def check_downloads(cls, init_args: Mapping[str, Any]) -> None:
+        """With ``pretrained: true`` and no ``pretrained_file`` / ``checkpoint_path``: the
+        weights are cached or their host answers within seconds (the CLI calls this after every
+        other check; offline, timm's hub download would retry for about a minute)."""
+        if _wants_download(init_args):
+            check_pretrained_weights(str(init_args.get("model_name")))
+
     def _create_model(
         self,
         model_name: str,
@@ -328,6 +346,10 @@ class TimmClassifier(ImageClassifier):
     ) -> nn.Module:
         import timm
 
+        settings = {"pretrained": pretrained, "pretrained_file": pretrained_file,
+                    "checkpoint_path": checkpoint_path}  # fmt: skip
+        if _wants_download(settings):
+            check_pretrained_weights(model_name)
         kwargs = dict(model_kwargs or {})
         if pretrained_file is not None:
             kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
@@ -340,6 +362,12 @@ class TimmClassifier(ImageClassifier):
             drop_path_rate=drop_path_rate,
             **kwargs,
         )
+
+
+def _wants_download(init_args: Mapping[str, Any]) -> bool:
+    return bool(init_args.get("pretrained")) and not (
+        init_args.get("pretrained_file") or init_args.get("checkpoint_path")
+    )
 
 
 def _check_layer_decay(layer_decay: float | None) -> None:

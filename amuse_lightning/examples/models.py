@@ -2,7 +2,9 @@
 
 ``resnet18_cifar()`` is the usual CIFAR ResNet-18 (width 64, blocks ``(2, 2, 2, 2)``, 11.2M
 parameters for 10 classes). ``width`` and ``num_blocks`` shrink it for CPU runs, e.g.
-``CifarResNet(width=16, num_blocks=(1, 1, 1, 1))`` has about 0.18M parameters.
+``CifarResNet(width=16, num_blocks=(1, 1, 1, 1))`` has 308,826 parameters for 3 input channels
+and 10 classes (308,538 for 1 channel, the Fashion-MNIST demo); ``tests/test_cli_configs.py``
+counts them.
 
 Module names follow torchvision (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``) so that the
 default AMUSE partition recognises the stem conv and the classifier head.

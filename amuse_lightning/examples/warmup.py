@@ -11,7 +11,9 @@ The rule (what a printed config means):
   default) is a :class:`~amuse_lightning.lightning.errors.ConfigError`: keep one of them.
 
 An optimizer that takes no ``warmup_steps`` (e.g. ``torch.optim.SGD``) or a run of unknown length
-keeps its settings, with a warning.
+keeps its settings, with a warning. A warmup as long as the whole run (``warmup_steps: 86`` with
+``--trainer.max_steps 20``: the learning rate never reaches its set value and ``beta_t`` never
+rises) gets a warning naming both numbers (:func:`warn_if_warmup_covers_run`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import math
 import warnings
 from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.optim import Optimizer
 
 from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import (
@@ -30,7 +33,12 @@ from amuse_lightning.lightning.factories import (
     with_warmup_steps,
 )
 
-__all__ = ["apply_warmup_fraction", "check_warmup_settings", "warmup_steps_from_fraction"]
+__all__ = [
+    "apply_warmup_fraction",
+    "check_warmup_settings",
+    "warmup_steps_from_fraction",
+    "warn_if_warmup_covers_run",
+]
 
 
 def warmup_steps_from_fraction(fraction: float, total_steps: float) -> int | None:
@@ -83,3 +91,20 @@ def apply_warmup_fraction(
         "optimizer steps (set warmup_fraction: null to use the optimizer's warmup_steps)"
     )
     return rebuilt, steps
+
+
+def warn_if_warmup_covers_run(optimizer: Optimizer, total_steps: float) -> bool:
+    """Warn (and return ``True``) when the optimizer's ``warmup_steps`` reach the end of a run
+    of ``total_steps`` optimizer steps; a run of unknown length is not checked."""
+    steps = [g["warmup_steps"] for g in optimizer.param_groups if "warmup_steps" in g]
+    if not steps or not math.isfinite(total_steps) or total_steps <= 0:
+        return False
+    if max(steps) < total_steps:
+        return False
+    rank_zero_warn(
+        f"warmup_steps={max(steps)} covers the whole run of {total_steps:.0f} optimizer steps: "
+        "the learning rate never reaches its set value and beta_t never rises. Set "
+        "model.init_args.warmup_fraction (e.g. 0.05; with the optimizer's warmup_steps left "
+        "at its default) or fewer warmup_steps."
+    )
+    return True

@@ -6,10 +6,11 @@ resume), ``batchnorm`` (BatchNorm statistics at x), ``save_hook``, ``sharded`` (
 ``checks`` (what is refused at setup), ``compat`` (the one private Lightning read),
 ``factories`` (optimizer factories, ``is_schedule_free``), ``mixin`` (configure_optimizers from
 the partition), ``finish`` (a finished checkpoint: ``finish_checkpoint``, ``CooldownCallback``)
-and ``cli`` (the ``amuse-lightning`` command, with ``finish_cli``). Imports only go down: this layer
-uses ``amuse_lightning.optim`` and ``amuse_lightning.partition``, never the other way round, and
-within it nothing imports ``callback`` but ``mixin`` and ``cli`` (which sit above it). The names
-below are resolved on first access, so importing one submodule loads only what it needs.
+and ``errors`` (``ConfigError``, plain Python). Imports only go down: this layer uses
+``amuse_lightning.optim``, ``partition`` and ``averaging``, never the other way round; the
+``amuse-lightning`` command (``amuse_lightning.cli``) and the examples sit above it and nothing
+here imports them. The names below are resolved on first access, so importing one submodule
+loads only what it needs.
 """
 
 from __future__ import annotations

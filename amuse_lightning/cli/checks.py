@@ -9,7 +9,10 @@ the YAML key of the first setting that cannot work:
   parse time and say which key to change;
 - a model or datamodule class may define a classmethod ``check_init_args(init_args)`` (a dict of
   the parsed values) raising ``ConfigError(message, key=<argument>)``; the example modules check
-  data folders, timm model names and warmup settings this way.
+  data folders, timm model names and warmup settings this way. A classmethod
+  ``check_downloads(init_args)`` runs after every ``check_init_args`` of the config: for checks
+  that may wait on the network (the example ``TimmClassifier``: are pretrained weights cached
+  or their host reachable).
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ __all__ = ["check_optimizer_arguments", "check_parsed_config"]
 
 
 def check_parsed_config(config: Namespace) -> None:
-    """Check the ``model`` and ``data`` sections of one subcommand's parsed config."""
+    """Check the ``model`` and ``data`` sections of one subcommand's parsed config: every
+    ``check_init_args`` first, then every ``check_downloads`` (checks that may wait on the
+    network, so that a setting wrong on its face is reported first)."""
+    sections = []
     for section in ("model", "data"):
         spec = config.get(section)
         if not isinstance(spec, Namespace) or not isinstance(spec.get("class_path"), str):
@@ -40,12 +46,15 @@ def check_parsed_config(config: Namespace) -> None:
         init_args = _plain(spec.get("init_args"))
         if section == "model":
             _check_optimizer_specs(init_args, f"{section}.init_args")
-        check = getattr(_class(spec.class_path), "check_init_args", None)
-        if callable(check):
-            try:
-                check(init_args)
-            except ConfigError as err:
-                raise err.under(f"{section}.init_args") from err
+        sections.append((section, _class(spec.class_path), init_args))
+    for hook in ("check_init_args", "check_downloads"):
+        for section, cls, init_args in sections:
+            check = getattr(cls, hook, None)
+            if callable(check):
+                try:
+                    check(init_args)
+                except ConfigError as err:
+                    raise err.under(f"{section}.init_args") from err
 
 
 def check_optimizer_arguments(cls: type, init_args: Mapping[str, Any], key: str) -> None:

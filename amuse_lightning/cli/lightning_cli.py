@@ -1,132 +1,85 @@
-"""``amuse-lightning``: LightningCLI for AMUSE runs (``fit``, ``validate``, ``test``, ``predict``).
-
-Examples::
-
-    amuse-lightning fit --config fashion_mnist_resnet          # a config shipped with the package
-    amuse-lightning fit --config cifar10_resnet18 --trainer.max_epochs 10
-    amuse-lightning fit --config my_run.yaml                   # any path
-    amuse-lightning test --config fashion_mnist_resnet --ckpt_path <run>/last.ckpt
-    amuse-lightning fit --config fashion_mnist_resnet --print_config
-    amuse-lightning finish --config fashion_mnist_resnet --ckpt_path <run>/last.ckpt --fraction 0.15
-    amuse-lightning --version
-    python -m amuse_lightning fit --config ...
+"""The LightningCLI behind ``amuse-lightning fit | validate | test | predict``.
 
 Any ``LightningModule`` / ``LightningDataModule`` subclass can be named with ``class_path``
-(subclass mode). What this CLI adds to plain ``LightningCLI``:
+(subclass mode). What :class:`AmuseLightningCLI` adds to plain ``LightningCLI``:
 
-- ``--config NAME`` finds the YAML configs installed with the package (:mod:`.cli_config`).
-- The parsed config is checked before anything is built (:mod:`.cli_checks`): optimizer
+- ``--config NAME`` finds the YAML configs installed with the package (:mod:`.config`).
+- The parsed config is checked before anything is built (:mod:`.checks`): optimizer
   arguments by the optimizer's own rules, and each model / datamodule class's
-  ``check_init_args``. A setting that cannot work, and a value jsonargparse rejects, is one line
-  ``amuse-lightning: error: <yaml key>: <what to change>`` and exit status 2, not a traceback
-  (``AMUSE_LIGHTNING_DEBUG=1`` shows the traceback). A successful run exits with status 0.
+  ``check_init_args``. A setting that cannot work, and a value jsonargparse rejects, is a
+  :class:`~amuse_lightning.lightning.errors.ConfigError` naming the YAML key (one line and
+  exit status 2 from the command).
 - ``--amuse_callback`` (default true): when the model is an ``AmuseMixin`` module and the
   configured callbacks hold no :class:`~amuse_lightning.lightning.callback.AmuseCallback`, one
   ``AmuseCallback()`` is added, so validation, checkpoints and the model after ``fit`` are the
-  averaged weights ``x``. Configure it under ``trainer.callbacks`` to change its settings; it is
-  never added twice.
+  averaged weights ``x``. It is never added twice.
 - ``--partition_report full|compact|none``: how much of the Muon/fallback partition an
   ``AmuseMixin`` model logs at fit start (default: the model's, ``compact``).
-- After ``fit``: a one-paragraph summary (last and best validation accuracy of ``x``, the
-  checkpoint paths, time). With ``--test_after_fit true`` the final model (``x``) is then tested
-  and ``test_acc=0.xxxx`` printed; ``test`` prints the same line.
+- Output (:mod:`.summary`, :mod:`.quiet`): a line per epoch; the progress bar only when stdout
+  is a terminal (unless ``trainer.enable_progress_bar`` is set); after ``fit`` a one-paragraph
+  summary (last and best validation metric of ``x``, the checkpoint paths, time) and where the
+  metrics went. With ``--test_after_fit true`` the final model (``x``) is then tested and
+  ``test_acc=0.xxxx`` printed; ``test`` prints the same line.
 - No automatic ``--optimizer``/``--lr_scheduler`` groups: the optimizer is the model's
   ``optimizer`` argument (``--model.optimizer``), which receives the Muon/fallback param groups.
-
-More commands: :data:`EXTRA_COMMANDS` maps a name to a :class:`Command` that :func:`main` runs
-instead of LightningCLI when it is the first argument (see :func:`main`).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from amuse_lightning.lightning.cli_checks import check_parsed_config
-from amuse_lightning.lightning.cli_config import (
+from amuse_lightning.cli.about import LIGHTNING_COMMANDS, PROG, version_line
+from amuse_lightning.cli.callback_overrides import override_callbacks, split_callback_overrides
+from amuse_lightning.cli.checks import check_parsed_config
+from amuse_lightning.cli.config import (
     AmuseArgumentParser,
     ConfigFileOrName,
     condense_parser_message,
     shipped_configs,
 )
+from amuse_lightning.cli.quiet import quiet_lightning
+from amuse_lightning.cli.summary import (
+    EpochSummary,
+    fit_summary,
+    metrics_note,
+    prediction_summary,
+    stdout_is_terminal,
+)
 from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import builds_schedule_free
 
-__all__ = [
-    "EXTRA_COMMANDS",
-    "AmuseLightningCLI",
-    "Command",
-    "fit_summary",
-    "main",
-    "prediction_summary",
-    "run_cli",
-    "version_line",
-]
-
-PROG = "amuse-lightning"
-DEBUG_ENV = "AMUSE_LIGHTNING_DEBUG"
+__all__ = ["AmuseLightningCLI", "description", "run_cli", "usage"]
 
 
-@dataclass(frozen=True)
-class Command:
-    """A command answered beside LightningCLI: ``run(argv) -> exit status``."""
-
-    help: str
-    run: Callable[[list[str]], int]
-
-
-#: Commands :func:`main` runs instead of LightningCLI when their name is the first argument;
-#: ``--help`` lists them. Add one with ``EXTRA_COMMANDS["name"] = Command("...", run)``.
-EXTRA_COMMANDS: dict[str, Command] = {}
-
-
-def _finish(argv: list[str]) -> int:
-    from amuse_lightning.lightning.finish_cli import run_finish
-
-    return run_finish(argv)
-
-
-EXTRA_COMMANDS["finish"] = Command(
-    "finish a run from its checkpoint with a short cooldown (--ckpt_path, --fraction)", _finish
-)
-
-
-def version_line() -> str:
-    """``amuse-lightning 0.1.0 (torch ..., lightning ..., timm ...)``."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import amuse_lightning
-
-    found = []
-    for name in ("torch", "lightning", "timm"):
-        try:
-            found.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            continue
-    return f"{PROG} {amuse_lightning.__version__} ({', '.join(found)})"
-
-
-def description() -> str:
-    """The text ``amuse-lightning --help`` starts with."""
+def description(commands: Mapping[str, str] | None = None) -> str:
+    """The text ``amuse-lightning --help`` starts with; ``commands`` (name -> help) are the
+    commands answered beside LightningCLI's."""
     lines = [
         "Train and evaluate LightningModules with AMUSE: Muon updates for hidden matrices, "
         "Schedule-Free averaging, no learning-rate schedule. Validation, test, predict and "
         "checkpoints see the averaged model x.",
         f"Configs shipped with the package (--config NAME): {', '.join(shipped_configs())}.",
     ]
-    if EXTRA_COMMANDS:
-        more = "; ".join(f"{name}: {cmd.help}" for name, cmd in sorted(EXTRA_COMMANDS.items()))
+    if commands:
+        more = "; ".join(f"{name}: {text}" for name, text in sorted(commands.items()))
         lines.append(f"More commands ({PROG} NAME --help): {more}.")
     return "\n".join(lines)
+
+
+def usage(commands: Iterable[str] = ()) -> str:
+    """The top-level usage line, naming every command (LightningCLI's and ``commands``)."""
+    names = ",".join([*LIGHTNING_COMMANDS, *commands])
+    return f"{PROG} [-h] [-c CONFIG] [--print_config[=flags]] [--version] {{{names}}} ..."
 
 
 def _has_amuse_callback(callbacks: list[Callback]) -> bool:
@@ -141,66 +94,6 @@ def _as_list(callbacks: Any) -> list[Callback]:
     return list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
 
 
-def _metric(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def summary_metric(trainer: Trainer) -> str:
-    """The validation metric the summary reports: the first monitored ``ModelCheckpoint``'s
-    monitor, else ``val_acc`` (classifiers) or ``val_loss`` (language models), whichever exists."""
-    for checkpoint in trainer.checkpoint_callbacks:
-        if isinstance(checkpoint, ModelCheckpoint) and checkpoint.monitor is not None:
-            return checkpoint.monitor
-    metrics = trainer.callback_metrics
-    return next((key for key in ("val_acc", "val_loss") if key in metrics), "val_acc")
-
-
-def fit_summary(trainer: Trainer, seconds: float | None = None, monitor: str | None = None) -> str:
-    """One paragraph: steps, last ``monitor`` of the averaged model, best and latest checkpoints.
-
-    ``monitor`` defaults to :func:`summary_metric`. A ``ModelCheckpoint`` with a monitor reports
-    its best score and file; one without a monitor holds the latest (anytime) model;
-    ``save_last`` files are listed as well.
-    """
-    monitor = monitor or summary_metric(trainer)
-    last = _metric(trainer.callback_metrics.get(monitor))
-    parts = [
-        f"Fit finished after {trainer.current_epoch} epochs / {trainer.global_step} steps"
-        + ("" if seconds is None else f" in {seconds:.0f} s")
-        + f"; last {monitor} (averaged model x) = {_fmt(last)}"
-    ]
-    for checkpoint in trainer.checkpoint_callbacks:
-        if not isinstance(checkpoint, ModelCheckpoint):
-            continue
-        if checkpoint.monitor is not None and checkpoint.best_model_path:
-            best = _metric(checkpoint.best_model_score)
-            parts.append(
-                f"best {checkpoint.monitor} = {_fmt(best)} in {checkpoint.best_model_path}"
-            )
-        elif checkpoint.best_model_path:
-            parts.append(f"anytime checkpoint (x at the end): {checkpoint.best_model_path}")
-        if checkpoint.last_model_path:
-            parts.append(f"save_last checkpoint: {checkpoint.last_model_path}")
-    return "; ".join(parts) + "."
-
-
-def prediction_summary(predictions: Any) -> str:
-    """``predicted N samples`` (+ ``predict_acc=0.xxxx`` for ``{"preds", "target"}`` batches)."""
-    batches = [b for b in (predictions or []) if isinstance(b, dict) and "preds" in b]
-    if not batches:
-        return f"predicted {len(predictions or [])} batches"
-    count = sum(len(b["preds"]) for b in batches)
-    line = f"predicted {count} samples"
-    if all("target" in b for b in batches):
-        correct = sum(int((b["preds"] == b["target"]).sum()) for b in batches)
-        line += f"; predict_acc={correct / count:.4f}"
-    return line
-
-
 class AmuseLightningCLI(LightningCLI):
     """LightningCLI in subclass mode with the AMUSE defaults described in the module docstring."""
 
@@ -209,8 +102,14 @@ class AmuseLightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("parser_class", AmuseArgumentParser)
-        kwargs.setdefault("parser_kwargs", {"prog": PROG, "description": description()})
+        commands = dict(kwargs.pop("commands", None) or {})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"prog": PROG, "description": description(commands), "usage": usage(commands)},
+        )
+        self._before_build = kwargs.pop("before_build", None)
         self._fit_started: float | None = None
+        quiet_lightning()
         super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -240,10 +139,36 @@ class AmuseLightningCLI(LightningCLI):
                 self.parser.add_argument(f"--{key}", type=kind, default=None, help=help_text)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse, then check the config before anything is built (see :mod:`.cli_checks`)."""
-        super().parse_arguments(parser, args)
+        """Parse, then check the config before anything is built (see :mod:`.checks`)."""
+        # LightningCLI warns when both ``args`` and ``sys.argv`` hold arguments; ``main`` always
+        # hands over its own share of the command line, so that warning would only be noise
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(self._with_callback_overrides(parser, args))
         subcommand = self.config.get("subcommand")
         check_parsed_config(self.config[subcommand] if subcommand else self.config)
+
+    @staticmethod
+    def _with_callback_overrides(parser: LightningArgumentParser, args: Any) -> list[str]:
+        """``args`` with ``--trainer.callbacks.<Class or position>.<arg>=<value>`` turned into
+        one ``--trainer.callbacks=[...]`` (see :mod:`.callback_overrides`)."""
+        args = list(sys.argv[1:] if args is None else args)
+        rest, overrides = split_callback_overrides(args)
+        if not overrides or any(a in ("-h", "--help") for a in rest):
+            return rest
+        first = parser.parse_args([a for a in rest if not a.startswith("--print_config")])
+        subcommand = first.get("subcommand")
+        section = first[subcommand] if subcommand else first
+        callbacks = override_callbacks(section.get("trainer.callbacks"), overrides)
+        return [*rest, f"--trainer.callbacks={json.dumps(callbacks, default=str)}"]
+
+    def before_instantiate_classes(self) -> None:
+        """Run the caller's ``before_build(config)`` check (e.g. ``finish``: the config's model
+        class against the checkpoint's) after parsing and before anything is built."""
+        if self._before_build is not None:
+            subcommand = self.config.get("subcommand")
+            self._before_build(self.config[subcommand] if subcommand else self.config)
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer; a ``ValueError`` or Lightning's
@@ -289,11 +214,22 @@ class AmuseLightningCLI(LightningCLI):
         return self._get(self.config, key)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        configured = _as_list(self._get(self.config_init, "trainer", default={}).get("callbacks"))
+        """The configured Trainer, plus one ``AmuseCallback`` where wanted (see the module
+        docstring) and the per-epoch summary line; the progress bar is off when stdout is not a
+        terminal and ``trainer.enable_progress_bar`` was left unset."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        configured = _as_list(trainer_config.get("callbacks"))
+        added: list[Callback] = []
         if self._wants_amuse_callback(configured):
             from amuse_lightning.lightning.callback import AmuseCallback
 
-            kwargs["callbacks"] = [*configured, AmuseCallback()]
+            added.append(AmuseCallback())
+        if self.subcommand == "fit":
+            added.append(EpochSummary())
+        if added:
+            kwargs["callbacks"] = [*configured, *added]
+        if trainer_config.get("enable_progress_bar") is None and not stdout_is_terminal():
+            kwargs["enable_progress_bar"] = False
         return super().instantiate_trainer(**kwargs)
 
     def _wants_amuse_callback(self, configured: list[Callback]) -> bool:
@@ -315,6 +251,9 @@ class AmuseLightningCLI(LightningCLI):
         seconds = None if self._fit_started is None else time.perf_counter() - self._fit_started
         if self.trainer.is_global_zero:
             print(fit_summary(self.trainer, seconds), flush=True)
+            note = metrics_note(self.trainer)
+            if note is not None:
+                print(note, flush=True)
         if self._setting("test_after_fit") and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule)
             self.after_test()
@@ -336,33 +275,9 @@ def run_cli(args: Any = None, **kwargs: Any) -> AmuseLightningCLI:
     """Run the CLI and return it (for Python callers and tests); errors propagate.
 
     ``args`` as for ``LightningCLI`` (``None``: ``sys.argv``); ``kwargs`` go to
-    :class:`AmuseLightningCLI` (e.g. ``run=False``).
+    :class:`AmuseLightningCLI` (e.g. ``run=False``; ``commands``: name -> help of the commands
+    answered beside LightningCLI's, for ``--help``; ``before_build``: a check of the parsed
+    config run before anything is built).
     """
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     return AmuseLightningCLI(LightningModule, LightningDataModule, args=args, **kwargs)
-
-
-def main(args: list[str] | None = None) -> int:
-    """The ``amuse-lightning`` command: the exit status (0 after a successful run).
-
-    The first argument picks the command: a name in :data:`EXTRA_COMMANDS` runs that command
-    with the remaining arguments; anything else goes to LightningCLI (``fit``, ``validate``,
-    ``test``, ``predict``, ``--help``, ``--version``). A :class:`ConfigError` (a setting the
-    user can change) is printed as one line and gives status 2; parse errors exit with 2 from
-    the parser; other exceptions propagate with their traceback.
-    """
-    argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            return EXTRA_COMMANDS[argv[0]].run(argv[1:])
-        run_cli(None if args is None else argv)
-    except ConfigError as err:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

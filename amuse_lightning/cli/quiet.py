@@ -1,0 +1,104 @@
+"""Messages the ``amuse-lightning`` command keeps out of a run's output, each named exactly.
+
+None of them is caused by the user's settings:
+
+- Lightning's advertisements (``💡 Tip: ... litlogger ...`` at every Trainer's logger set-up and
+  ``💡 Tip: ... litmodels ...`` beside ``ModelCheckpoint``), logged through its rank-zero logger;
+- its note ``Loading `train_dataloader` to estimate number of stepping batches.``, which the
+  example modules' ``warmup_fraction`` causes (the line after it says what was estimated);
+- torch 2.14's ``FutureWarning`` that ``isinstance(treespec, LeafSpec)`` is deprecated, raised
+  by Lightning 2.6's own ``_pytree`` helper whenever a batch is flattened;
+- in ``finish`` only (:data:`FINISH_WARNINGS`, :data:`FINISH_LOG_LINES`): Lightning's advice
+  to provide the callbacks the source checkpoint was written with (the finisher leaves the run's
+  checkpoint callbacks out on purpose: it writes one file itself), its warning about resuming in
+  the middle of an epoch (the finisher continues the run's own data stream, whose order the
+  example samplers restore from the step count), and its note that ``save_checkpoint`` was
+  called without ``weights_only`` (the finisher writes a full checkpoint).
+
+Every other warning and log line still reaches the user.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "FINISH_LOG_LINES",
+    "FINISH_WARNINGS",
+    "LIGHTNING_TIP",
+    "quiet_finish",
+    "quiet_lightning",
+]
+
+#: The start of Lightning's advertisement lines (``rank_zero_info``).
+LIGHTNING_TIP = re.compile(r"^💡 Tip: .*\[(litlogger|litmodels)\]")
+
+#: Lightning's ``rank_zero_info`` lines the command drops (the tips and the estimate note).
+RANK_ZERO_LINES = re.compile(
+    LIGHTNING_TIP.pattern
+    + r"|^Loading `train_dataloader` to estimate number of stepping batches\.$"
+)
+
+#: ``FutureWarning`` torch 2.14 raises inside Lightning 2.6's ``_tree_flatten``.
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+#: Lightning warnings that ``finish`` causes itself (message regexes, matched at the start).
+FINISH_WARNINGS = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
+    r"provided during `Trainer` instantiation",
+    r"You're resuming from a checkpoint that ended before the epoch ended",
+)
+
+#: Lightning log lines that ``finish`` causes itself: logger name -> message regex.
+FINISH_LOG_LINES = {
+    "lightning.pytorch.trainer.connectors.checkpoint_connector": r"`weights_only` was not set",
+}
+
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+)
+
+
+class _Drop(logging.Filter):
+    """Drops the log records whose message matches ``pattern``."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
+
+
+_TIP_FILTER = _Drop(RANK_ZERO_LINES)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's tips, its stepping-batches note and the ``LeafSpec`` deprecation for the
+    rest of the process (idempotent)."""
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if _TIP_FILTER not in logger.filters:
+            logger.addFilter(_TIP_FILTER)
+    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+
+
+@contextmanager
+def quiet_finish() -> Iterator[None]:
+    """Inside the block, drop :data:`FINISH_WARNINGS` and :data:`FINISH_LOG_LINES`."""
+    filters = [(logging.getLogger(n), _Drop(re.compile(p))) for n, p in FINISH_LOG_LINES.items()]
+    with warnings.catch_warnings():
+        for message in FINISH_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        for logger, drop in filters:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger, drop in filters:
+                logger.removeFilter(drop)
