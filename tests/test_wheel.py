@@ -32,7 +32,8 @@ def build_wheel(out: Path) -> Path:
         src / "amuse_lightning",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    (src / "docs").mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "docs/pypi.md"):
         shutil.copy(REPO / name, src / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -72,6 +73,10 @@ def test_wheel_installs_and_its_command_runs_a_shipped_config_by_name(tmp_path):
     assert f"{dist_info}/licenses/LICENSE" in names
     metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
     assert "License-Expression: Apache-2.0" in metadata
+    # the package index shows docs/pypi.md, whose links are absolute (README's relative ones
+    # would break there)
+    assert "Five minutes after installing torch and this wheel" in metadata
+    assert "](docs/" not in metadata and "](#" not in metadata
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "amuse-lightning = amuse_lightning.cli:main" in entry_points
 
