@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from lightning.fabric import Fabric
 from torch import nn
@@ -66,8 +64,7 @@ def test_plain_pytorch_recipe_evaluates_x_and_leaves_the_run_unchanged(tmp_path)
     weights = [n for n in saved if n.endswith("weight")]
     assert any(not torch.equal(saved[n], evaluated.state_dict()[n]) for n in weights)  # not y
     loader = make_loader()
-    finished = finish(optimizer, evaluated, itertools.cycle(loader), loss_fn,
-                      bn_batches=loader, max_bn_batches=4)  # fmt: skip
+    finished = finish(optimizer, evaluated, loader, loss_fn, bn_batches=loader, max_bn_batches=4)
     assert accuracy(finished, loader) > 0.4
     for a, b in zip(evaluated.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # finishing changed nothing in the run either

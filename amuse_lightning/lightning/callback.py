@@ -304,12 +304,13 @@ class AmuseCallback(Callback):
         # fit must carry the y the run would continue from
         # likewise in the sanity check: a resumed run must not take an in-place round trip that
         # the uninterrupted run never took
-        exact = True if (final and self.keep_y_in_checkpoint) or trainer.sanity_checking else None
-        scope = self._scope(trainer, pl_module, weights, exact)
-        if not scope.enter():  # x is there already (after fit, or a manual eval())
+        if weights.holds_x:  # x is there already (after fit, or a manual eval())
             if final:
                 state.swapped_to_x(final=True, scope=None)
             return
+        exact = True if (final and self.keep_y_in_checkpoint) or trainer.sanity_checking else None
+        scope = self._scope(trainer, pl_module, weights, exact)
+        scope.enter()
         state.swapped_to_x(final, scope)
         state.keep_x_bn(trainer.global_step, scope.bn_statistics)
 
