@@ -268,6 +268,8 @@ def test_no_bn_batches_is_the_same_error_in_finish_and_averaged_weights():
     message = r"^BatchNorm re-estimation got no batches from bn_batches \(it is empty\)"
     with pytest.raises(RuntimeError, match=message):
         finish(optimizer, model, loader, loss_fn, steps=2, bn_batches=[])
+    with pytest.raises(ValueError, match=r"^max_bn_batches must be an int >= 1 or None, got 0"):
+        finish(optimizer, model, loader, loss_fn, steps=2, bn_batches=loader, max_bn_batches=0)
     with (
         pytest.raises(RuntimeError, match=message),
         averaged_weights(optimizer, model, bn_batches=[]),

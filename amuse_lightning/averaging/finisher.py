@@ -248,6 +248,8 @@ def finish(
     """
     check_reiterable(batches, "batches", "finish")
     check_reiterable(bn_batches, "bn_batches", "finish")
+    if max_bn_batches is not None and (not isinstance(max_bn_batches, int) or max_bn_batches < 1):
+        raise ValueError(f"max_bn_batches must be an int >= 1 or None, got {max_bn_batches!r}")
     source_step = run_steps(optimizer)
     length = steps if steps is not None else Cooldown.steps_for(source_step, fraction)
     cooldown = Cooldown(length, start, shape, lr_factor)
