@@ -181,6 +181,7 @@ def test_finish_iterates_a_loader_again_as_a_run_of_more_epochs_would():
 def test_the_finished_model_is_in_eval_mode_and_says_what_ran():
     model, optimizer, _ = training_run("shuffle_with_generator")
     t = optimizer.param_groups[0]["step"]
+    optimizer.param_groups[0]["lr_scale"] = 0.25  # as timm's layer decay would set it
     finished = finish(optimizer, model, make_loader("shuffle_with_generator"), loss_fn,
                       fraction=0.25, lr_factor=0.5)  # fmt: skip
     assert not finished.training and not any(m.training for m in finished.modules())
@@ -188,7 +189,8 @@ def test_the_finished_model_is_in_eval_mode_and_says_what_ran():
     assert report.source_step == t == EPOCHS * N // BATCH
     assert report.cooldown.steps == round(0.25 * t) and report.total_steps == t + round(0.25 * t)
     expected_lr = 0.5 * LR * min(1.0, t / WARMUP)
-    assert report.start_lrs == pytest.approx([expected_lr] * len(optimizer.param_groups))
+    scales = [0.25] + [1.0] * (len(optimizer.param_groups) - 1)
+    assert report.start_lrs == pytest.approx([expected_lr * scale for scale in scales])
     assert report.bn_batches_used == 0
 
 

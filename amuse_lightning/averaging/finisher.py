@@ -188,7 +188,8 @@ class FinishReport:
         source_step: the steps the run had taken (``t``).
         cooldown: the cooldown's length, start, shape and lr factor.
         start_lrs: the learning rate of the cooldown's first step in every param group
-            (``lr_factor * lr_t``; it decays to zero from there).
+            (``lr_factor * lr_t``, the group's ``lr_scale`` applied; it decays to zero from
+            there).
         bn_batches_used: batches the BatchNorm re-estimate used (0 without ``bn_batches``).
     """
 
@@ -257,7 +258,10 @@ def finish(
     with preserved_data_state(batches, bn_batches):
         twin, twin_optimizer = copy_run(module, optimizer)
         schedule = begin_cooldown(twin_optimizer, cooldown)
-        start_lrs = tuple(float(lr) for lr in schedule.base_lrs)
+        start_lrs = tuple(
+            float(lr) * group.get("lr_scale", 1.0)
+            for lr, group in zip(schedule.base_lrs, twin_optimizer.param_groups, strict=True)
+        )
         twin.train()
         stream = _cooldown_batches(batches, cooldown.steps)
         try:
