@@ -6,11 +6,12 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from amuse_lightning import AMUSE
+from amuse_lightning import AMUSE, SFMuon
 from tests.helpers.tiny import batch, groups_of, params_of, tiny_model, train_steps
 
 
@@ -250,3 +251,37 @@ def test_a_module_cast_to_16_bit_after_construction_is_refused_at_the_first_step
     with pytest.raises(ValueError, match=r"params\[0\] of param group 0 is torch\.bfloat16"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_named_parameters_are_accepted_and_their_names_kept() -> None:
+    """``AMUSE(model.named_parameters())``, as torch's optimizers take it: the same steps as
+    ``AMUSE(model.parameters())``, with the names in each group's ``names``, where errors read
+    them. Before: AttributeError: 'tuple' object has no attribute 'ndim'."""
+    named_model, plain_model = tiny_model(), tiny_model()
+    with pytest.warns(UserWarning, match="partition_parameters"):
+        named = AMUSE(named_model.named_parameters(), lr=0.05, warmup_steps=2)
+    with pytest.warns(UserWarning, match="partition_parameters"):
+        plain = AMUSE(plain_model.parameters(), lr=0.05, warmup_steps=2)
+    assert [(g["use_muon"], g["names"]) for g in named.param_groups] == [
+        (True, ["0.weight", "3.weight", "5.weight"]),
+        (False, ["0.bias", "3.bias", "5.bias"]),
+    ]
+    train_steps(named_model, named, 0, 3)
+    train_steps(plain_model, plain, 0, 3)
+    for a, b in zip(named_model.parameters(), plain_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    head = nn.Parameter(torch.zeros(3, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match=r"^head.weight of param group 0 is complex"):
+        AMUSE([{"params": [("head.weight", head)], "use_muon": True}])
+    with pytest.raises(TypeError, match=r"^params mixes \(name, tensor\) pairs and bare tensors"):
+        AMUSE([("head.weight", head), nn.Parameter(torch.zeros(3))])
+
+
+def test_sfmuon_names_the_key_it_was_given() -> None:
+    """``beta: 1.5`` for SFMuon: the error names ``beta`` (what the user wrote), not AMUSE's
+    ``beta1``, which SFMuon refuses."""
+    with pytest.raises(ValueError, match=r"^beta must be a number in \(0, 1\], got 1.5$"):
+        SFMuon(groups_of(tiny_model()), beta=1.5)
+    with pytest.raises(ValueError, match=r"^beta must be a number in \(0, 1\], got 'high'$"):
+        SFMuon(groups_of(tiny_model()), beta="high")  # type: ignore[arg-type]
+    assert SFMuon(groups_of(tiny_model()), beta=np.float32(0.5)).param_groups[0]["beta1"] == 0.5

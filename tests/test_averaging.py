@@ -239,3 +239,40 @@ def test_reestimate_batchnorm_restores_layer_momenta_and_modes():
     used = reestimate_batchnorm(model, batches(5), max_batches=2)
     assert used == 2
     assert model[1].momentum == 0.1 and not model.training and not model[1].training
+
+
+def test_a_reused_object_re_estimates_the_statistics_at_every_entry():
+    """One object entered at every evaluation: each entry's statistics are those of the x of
+    that moment (an independent estimate), as a fresh object gives them. Before: the second
+    entry loaded the statistics cached at the first."""
+    model, optimizer = amuse_run()
+    data = batches(3, seed=5)
+    inputs = [x for x, _ in data]
+    scope = averaged_weights(optimizer, model, bn_batches=data)
+    with scope:
+        first = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    trained(model, optimizer, steps=4)  # x moves
+    with scope:
+        second = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        for name, value in bn_oracle(model, inputs).items():
+            torch.testing.assert_close(second[name], value.float())
+    with averaged_weights(optimizer, model, bn_batches=data):
+        for name, value in second.items():
+            assert torch.equal(model.state_dict()[name], value), name
+    assert not torch.equal(first["1.running_mean"], second["1.running_mean"])
+    assert scope.bn_batches_used == 3
+
+
+def test_with_the_optimizer_already_in_eval_mode_the_statistics_are_still_re_estimated():
+    """Before: the re-estimate was skipped and x was evaluated with the training statistics."""
+    model, optimizer = amuse_run()
+    optimizer.eval()
+    x = state_of(model)
+    data = batches(3, seed=5)
+    with averaged_weights(optimizer, model, bn_batches=data) as scope:
+        assert not scope.active  # it did not put x in: x was there
+        for name, value in bn_oracle(model, [inputs for inputs, _ in data]).items():
+            torch.testing.assert_close(model.state_dict()[name], value.float())
+        assert scope.bn_batches_used == 3
+    assert all(torch.equal(v, x[k]) for k, v in state_of(model).items())  # buffers back too
+    assert all(not g["train_mode"] for g in optimizer.param_groups)  # still in eval mode

@@ -25,15 +25,17 @@ def source_run(tmp_path, **model_kwargs) -> tuple[Recorder, object]:
     return model, tmp_path / "ck" / "epoch=0-step=6.ckpt"
 
 
-def plain_finish_from(path, steps: int, start: str) -> nn.Module:
-    """The plain-PyTorch finisher on the state the checkpoint holds (y from its payload)."""
+def plain_finish_from(path, steps: int, start: str, batches=None) -> nn.Module:
+    """The plain-PyTorch finisher on the state the checkpoint holds (y from its payload), fed
+    ``batches`` (default: the batches of the steps after the checkpoint's)."""
     checkpoint = torch.load(path, weights_only=False)
     model = Recorder(data_by_step=True, record=False)
     model.load_state_dict(checkpoint["amuse"]["y"])
     optimizer = model.configure_optimizers()
     optimizer.load_state_dict(checkpoint["optimizer_states"][0])
     t = checkpoint["global_step"]
-    batches = [step_batch(t + i) for i in range(steps)]
+    if batches is None:
+        batches = [step_batch(t + i) for i in range(steps)]
     return finish(optimizer, model, batches,
                   lambda m, b: nn.functional.mse_loss(m(b[0]).float(), b[1]),
                   steps=steps, start=start)  # fmt: skip
@@ -79,3 +81,82 @@ def test_a_checkpoint_without_optimizer_state_is_refused_clearly(tmp_path):
     with pytest.raises(ValueError, match=r"has no optimizer state .* use a full Lightning"):
         finish_checkpoint(Recorder(), weights_only, tmp_path / "out.ckpt")
     assert not (tmp_path / "out.ckpt").exists()
+
+
+# ------------------------------------------------------------------ the data the cooldown sees
+def test_from_an_epoch_end_checkpoint_the_cooldown_trains_on_the_runs_next_batches(tmp_path):
+    """The source run trains on the loader's batches (not by step). From the epoch-end
+    checkpoint the run goes on with batches 0, 1, 2 of the next epoch; the finisher must train
+    on those. Before: it trained on 0, 0, 1 (a phantom replay of the finished epoch)."""
+    pl.seed_everything(0)
+    source = Recorder(record=False, n_train=24)  # 3 batches an epoch
+    checkpoint = ModelCheckpoint(tmp_path / "ck", save_top_k=-1, filename="{epoch}-{step}")
+    trainer(tmp_path, [AmuseCallback(), checkpoint], max_epochs=2,
+            enable_checkpointing=True).fit(source)  # fmt: skip
+    path = tmp_path / "ck" / "epoch=0-step=3.ckpt"
+    model = Recorder(record=False, n_train=24)
+    finish_checkpoint(model, path, tmp_path / "finished.ckpt", steps=3, start="y",
+                      trainer_options={"accelerator": "cpu"})  # fmt: skip
+    assert len(model.train_batches) == 3
+    for ours, the_runs in zip(model.train_batches, source.train_batches[3:6], strict=True):
+        assert torch.equal(ours, the_runs)
+    written = torch.load(tmp_path / "finished.ckpt", weights_only=False)
+    next_batches = list(Recorder(n_train=24).train_dataloader())
+    expected = plain_finish_from(path, 3, "y", next_batches)
+    for name, value in expected.state_dict().items():
+        torch.testing.assert_close(written["state_dict"][name], value, rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------ what is refused, in words
+def test_the_output_is_never_the_source_checkpoint(tmp_path):
+    _, path = source_run(tmp_path)
+    source_bytes = path.read_bytes()
+    link = tmp_path / "link.ckpt"
+    link.symlink_to(path)
+    spellings = [path, path.parent / "." / path.name, link, str(path)]
+    for output in spellings:
+        with pytest.raises(ValueError, match=r"is the source checkpoint .*Pass another output"):
+            finish_checkpoint(Recorder(data_by_step=True, record=False), path, output)
+    with pytest.raises(ValueError, match=r"is the source checkpoint"):
+        finish_checkpoint(Recorder(data_by_step=True, record=False), link, path)
+    assert path.read_bytes() == source_bytes
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path):
+    _, path = source_run(tmp_path)
+    output = tmp_path / "finished.ckpt"
+    output.write_bytes(b"keep me")
+    model = Recorder(data_by_step=True, record=False)
+    with pytest.raises(ValueError, match=r"exists already; pass another output path, or "
+                       r"overwrite=True to replace it"):  # fmt: skip
+        finish_checkpoint(model, path, output, steps=1)
+    assert output.read_bytes() == b"keep me"
+    finish_checkpoint(model, path, output, steps=1, overwrite=True,
+                      trainer_options={"accelerator": "cpu"})  # fmt: skip
+    assert torch.load(output, weights_only=False)["amuse_finisher"]["steps"] == 1
+
+
+def finished_run(tmp_path):
+    _, path = source_run(tmp_path)
+    finished = tmp_path / "finished.ckpt"
+    finish_checkpoint(Recorder(data_by_step=True, record=False), path, finished, steps=2,
+                      trainer_options={"accelerator": "cpu"})  # fmt: skip
+    return path, finished, rf"holds a finished model .*use its own checkpoint \({path}\)"
+
+
+def test_a_finished_checkpoint_is_not_finished_again(tmp_path):
+    _, finished, message = finished_run(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        finish_checkpoint(Recorder(data_by_step=True, record=False), finished,
+                          tmp_path / "again.ckpt")  # fmt: skip
+    assert not (tmp_path / "again.ckpt").exists()
+
+
+def test_fit_refuses_to_resume_a_finished_checkpoint(tmp_path):
+    """Before: it trained on silently as plain Muon (no averaging, the cooldown's last lr)."""
+    _, finished, message = finished_run(tmp_path)
+    model = Recorder(data_by_step=True)
+    fit = trainer(tmp_path / "resume", [AmuseCallback()], max_epochs=3)
+    with pytest.raises(ValueError, match=message + r".*Model.load_from_checkpoint"):
+        fit.fit(model, ckpt_path=finished)
+    assert model.of_kind("train") == []  # refused before any training step

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
+import re
+from pathlib import Path
 
 import torch
 from lightning.fabric import Fabric
@@ -66,8 +67,7 @@ def test_plain_pytorch_recipe_evaluates_x_and_leaves_the_run_unchanged(tmp_path)
     weights = [n for n in saved if n.endswith("weight")]
     assert any(not torch.equal(saved[n], evaluated.state_dict()[n]) for n in weights)  # not y
     loader = make_loader()
-    finished = finish(optimizer, evaluated, itertools.cycle(loader), loss_fn,
-                      bn_batches=loader, max_bn_batches=4)  # fmt: skip
+    finished = finish(optimizer, evaluated, loader, loss_fn, bn_batches=loader, max_bn_batches=4)
     assert accuracy(finished, loader) > 0.4
     for a, b in zip(evaluated.state_dict().values(), plain.state_dict().values(), strict=True):
         assert torch.equal(a, b)  # finishing changed nothing in the run either
@@ -102,3 +102,22 @@ def test_fabric_recipe_checkpoints_hold_x_and_resume(tmp_path):
     fresh_optimizer.train()
     for name, value in fresh.named_parameters():
         torch.testing.assert_close(value, y[name], rtol=0, atol=1e-6)
+
+
+def test_the_plain_pytorch_loop_of_the_docs_runs_as_written(tmp_path, monkeypatch):
+    """docs/plain-pytorch.md's loop, executed as written: 80 steps over an 8-batch loader, so
+    the finisher's 16 steps read the loader twice (before: 'ran out of batches', and the advice
+    itertools.cycle(loader) changed the run's data order)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plain-pytorch.md").read_text()
+    block = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)[0]
+    monkeypatch.chdir(tmp_path)
+    loader = make_loader()
+    namespace = {"model": make_model(), "loader": loader, "val_loader": make_loader(False),
+                 "loss_fn": loss_fn, "accuracy": accuracy}  # fmt: skip
+    exec(compile(block, "plain-pytorch.md", "exec"), namespace)
+    finished, optimizer = namespace["finished"], namespace["optimizer"]
+    assert len(loader) == 8 and optimizer.param_groups[0]["step"] == 80
+    report = finished.amuse_finisher
+    assert (report.source_step, report.cooldown.steps, report.bn_batches_used) == (80, 16, 4)
+    assert not finished.training and accuracy(finished, loader) > 0.4
+    assert len(namespace["scores"]) == 30

@@ -102,6 +102,19 @@ def test_timms_fallback_list_and_parameters_without_a_model():
         timm.optim.create_optimizer_v2(list(model.parameters()), opt="amuse")
 
 
+def test_named_parameters_without_a_model_keep_their_names():
+    """``create_optimizer_v2(model.named_parameters(), "amuse")``, as timm's own optimizers take
+    it. Before: AttributeError: 'tuple' object has no attribute 'ndim'."""
+    model = tiny_vit()
+    with pytest.warns(UserWarning, match="without `use_muon`"):  # no model: split by shape
+        optimizer = timm.optim.create_optimizer_v2(model.named_parameters(), opt="amuse")
+    names = {name: p.ndim >= 2 for name, p in model.named_parameters()}
+    assert sides(optimizer) == names
+    named = {name: p for name, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        assert all(p is named[n] for n, p in zip(group["names"], group["params"], strict=True))
+
+
 def test_the_integration_imports_timm_but_no_lightning():
     tree = ast.parse(MODULE.read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

@@ -27,6 +27,7 @@ __all__ = [
     "default_forward",
     "merge_batchnorm_across_ranks",
     "reestimate_batchnorm",
+    "require_batches",
 ]
 
 
@@ -90,6 +91,18 @@ def reestimate_batchnorm(
                 m.momentum = momentum
             for m, training in modes:
                 m.training = training
+    return used
+
+
+def require_batches(used: int, argument: str = "bn_batches") -> int:
+    """The one rule for a re-estimate that got no batches (``argument`` was empty): an error,
+    never a model whose statistics were reset to mean 0 / variance 1. Returns ``used``."""
+    if used == 0:
+        raise RuntimeError(
+            f"BatchNorm re-estimation got no batches from {argument} (it is empty); pass "
+            f"batches with data in {argument}, or leave {argument}=None to keep the current "
+            "statistics."
+        )
     return used
 
 

@@ -11,12 +11,14 @@ trip, in any training loop::
 
 On entry it keeps an exact copy of ``y`` (``exact=True``), converts the parameters to ``x``
 (``optimizer.eval()``) and, when asked, re-estimates the BatchNorm statistics at ``x`` with
-training batches inside :func:`~.random_state.preserved_data_state`, so the run's random
-streams and its data sources' positions are untouched. On exit (also after an exception) it
-writes ``y`` and the training BatchNorm buffers back. Under data parallelism the ranks'
-BatchNorm estimates are merged into one (every rank must enter together).
-:class:`AveragedWeights` also offers ``enter()`` / ``restore()`` for code whose "inside" spans
-several calls (the Lightning callback's hooks).
+training batches: a DataLoader is read through a fresh loader of its own (:mod:`.batches`), so
+the training loop's iterator is never touched, and the pass runs inside
+:func:`~.random_state.preserved_data_state`, so the run's random streams and its data sources'
+positions are untouched. On exit (also after an exception) it writes ``y`` and the training
+BatchNorm buffers back. Under data parallelism the ranks' BatchNorm estimates are merged into one
+(every rank must enter together). :class:`AveragedWeights` also offers ``enter()`` /
+``restore()`` for code whose "inside" spans several calls (the Lightning callback's hooks); one
+object may be entered again and again, and re-estimates the statistics at every entry.
 """
 
 from __future__ import annotations
@@ -28,19 +30,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .batches import Batches, check_reiterable, one_pass
 from .batchnorm import (
     batchnorm_buffer_names,
     batchnorm_layers,
     merge_batchnorm_across_ranks,
     reestimate_batchnorm,
+    require_batches,
 )
 from .random_state import preserved_data_state
 from .snapshot import load_buffers, snapshot_buffers
 from .swap import WeightSwap
 
 __all__ = ["AveragedWeights", "averaged_weights"]
-
-Batches = Iterable[Any] | Callable[[], Iterable[Any]]
 
 
 class AveragedWeights:
@@ -55,14 +57,17 @@ class AveragedWeights:
             ``None`` uses ``swap``'s setting.
         swap: a :class:`~.swap.WeightSwap` of ``optimizer`` to reuse (its copy buffers are
             allocated once and kept between uses); a new one by default.
-        bn_batches: batches to re-estimate BatchNorm statistics at ``x`` with (an iterable such
-            as a DataLoader, or a function returning one, called only when needed). ``None``
-            keeps the statistics the module has.
+        bn_batches: batches to re-estimate BatchNorm statistics at ``x`` with, at every entry:
+            a DataLoader (read through a fresh loader over the same dataset and sampler), another
+            iterable that gives a new iterator on every ``iter()`` (a list of batches), or a
+            function returning one (called at every entry). A one-shot iterator (a generator,
+            ``iter(loader)``, ``itertools.cycle``) is refused: the pass would use it up.
+            ``None`` keeps the statistics the module has. No batches at all is an error.
         max_bn_batches: use at most this many of ``bn_batches`` (all by default).
         bn_forward: ``bn_forward(module, batch)`` runs one batch through the module (default
             ``module(batch[0])`` for tuple batches, else ``module(batch)``).
-        bn_statistics: BatchNorm buffers by name to load at ``x`` instead of re-estimating
-            (e.g. :attr:`bn_statistics` of an earlier use at the same ``x``).
+        bn_statistics: BatchNorm buffers by name to load at ``x`` (at every entry) instead of
+            re-estimating (e.g. :attr:`bn_statistics` of an earlier use at the same ``x``).
         bn_reestimate: a function that re-estimates the statistics of the weights now in the
             module in place and returns the number of batches it used; replaces ``bn_batches``
             (for callers that find their batches themselves, such as the Lightning callback).
@@ -71,8 +76,9 @@ class AveragedWeights:
         merge_ranks: merge the ranks' BatchNorm estimates (``None``: when torch.distributed is
             initialised with more than one rank).
 
-    If the parameters already hold ``x`` on entry (the optimizer is in eval mode), nothing is
-    changed and nothing is restored.
+    If the parameters already hold ``x`` on entry (the optimizer is in eval mode), the weights
+    and the mode are left as they are; asked for BatchNorm statistics, it still brings those at
+    ``x`` and puts the module's own buffers back on exit.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class AveragedWeights:
             not isinstance(max_bn_batches, int) or max_bn_batches < 1
         ):
             raise ValueError(f"max_bn_batches must be an int >= 1 or None, got {max_bn_batches!r}")
+        check_reiterable(bn_batches, "bn_batches", "averaged_weights")
         self.optimizer = optimizer
         self.module = module
         self.swap = swap if swap is not None else WeightSwap(optimizer, exact=exact is not False)
@@ -107,15 +114,17 @@ class AveragedWeights:
         self.max_bn_batches = max_bn_batches
         self.bn_forward = bn_forward
         self.bn_reestimate = bn_reestimate
+        self._given_bn = bn_statistics
         self.random_sources = tuple(random_sources)
         self.merge_ranks = merge_ranks
-        #: BatchNorm buffers at ``x`` after :meth:`enter` re-estimated or loaded them.
+        #: BatchNorm buffers at ``x`` after the last :meth:`enter` re-estimated or loaded them.
         self.bn_statistics: dict[str, Tensor] | None = bn_statistics
         #: batches the re-estimate used (summed over ranks when merged); 0 without one.
         self.bn_batches_used = 0
         self._bn_names = batchnorm_buffer_names(module) if wants_bn and module else []
         self._train_bn: dict[str, Tensor] | None = None
         self._entered = False
+        self._bn_only = False  # entered with x already in place: only the statistics changed
 
     @property
     def active(self) -> bool:
@@ -125,37 +134,50 @@ class AveragedWeights:
     @property
     def train_bn(self) -> dict[str, Tensor] | None:
         """The training-time BatchNorm buffers put aside while the statistics at ``x`` are in."""
-        return self._train_bn if self._entered else None
+        return self._train_bn if self._entered or self._bn_only else None
 
     def enter(self) -> bool:
-        """Put ``x`` in; returns ``False`` (and changes nothing) if the parameters held ``x``."""
-        if self._entered:
+        """Put ``x`` in, with BatchNorm statistics at ``x`` when asked (re-estimated on every
+        entry, or the ``bn_statistics`` given); returns whether this put ``x`` in.
+
+        When the parameters held ``x`` already (the optimizer in eval mode) it returns ``False``
+        and leaves the weights and the mode alone, but still brings the BatchNorm statistics at
+        ``x``; :meth:`restore` then puts the module's own buffers back.
+        """
+        if self._entered or self._bn_only:
             raise RuntimeError("averaged_weights is already entered; restore() first.")
-        if self.swap.holds_x:
+        held_x = self.swap.holds_x
+        if held_x and not self._bn_names:
             return False
         if self._bn_names:
             assert self.module is not None
             self._train_bn = snapshot_buffers(self.module, self._bn_names)
-        self.swap.to_x(exact=self.exact)
-        self._entered = True
+        if held_x:
+            self._bn_only = True
+        else:
+            self.swap.to_x(exact=self.exact)
+            self._entered = True
         try:
             if self._bn_names:
                 self._batchnorm_at_x()
         except BaseException:
             self.restore()
             raise
-        return True
+        return not held_x
 
     def restore(self) -> None:
-        """``y`` and the training BatchNorm buffers back (bit for bit with ``exact``)."""
-        if not self._entered:
+        """``y`` and the training BatchNorm buffers back (bit for bit with ``exact``); after an
+        entry that found ``x`` in place, only the BatchNorm buffers."""
+        if not (self._entered or self._bn_only):
             return
-        self._entered = False
+        swapped = self._entered
+        self._entered = self._bn_only = False
         if self._train_bn is not None:
             assert self.module is not None
             load_buffers(self.module, self._train_bn)
             self._train_bn = None
-        self.swap.to_y()
+        if swapped:
+            self.swap.to_y()
 
     def __enter__(self) -> AveragedWeights:
         self.enter()
@@ -167,26 +189,24 @@ class AveragedWeights:
     def _batchnorm_at_x(self) -> None:
         module = self.module
         assert module is not None
-        if self.bn_statistics is not None:
-            load_buffers(module, self.bn_statistics)
+        if self._given_bn is not None:
+            load_buffers(module, self._given_bn)
+            self.bn_statistics = self._given_bn
             return
         if self.bn_reestimate is not None:
             used = self.bn_reestimate()
         else:
             with preserved_data_state(self.bn_batches, *self.random_sources):
-                batches = self.bn_batches
-                if callable(batches) and not isinstance(batches, Iterable):
-                    batches = batches()
-                used = reestimate_batchnorm(module, batches, self.max_bn_batches, self.bn_forward)
-                del batches  # a loader's iterator (and its workers) ends here
+                batches = one_pass(self.bn_batches, "bn_batches", "or leave bn_batches=None")
+                try:
+                    used = reestimate_batchnorm(
+                        module, batches, self.max_bn_batches, self.bn_forward
+                    )
+                finally:
+                    del batches  # a loader's iterator (and its workers) ends here
             if self._merges():
                 used = merge_batchnorm_across_ranks(batchnorm_layers(module), used)
-        if used == 0:
-            raise RuntimeError(
-                "BatchNorm re-estimation at x got no batches; pass batches with data in "
-                "bn_batches, or leave bn_batches=None to keep the current statistics."
-            )
-        self.bn_batches_used = used
+        self.bn_batches_used = require_batches(used)
         self.bn_statistics = snapshot_buffers(module, self._bn_names)
 
     def _merges(self) -> bool:

@@ -29,8 +29,9 @@ its optimizer and returns the finished model.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +41,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from amuse_lightning.optim import AMUSE
 
-from .batchnorm import reestimate_batchnorm
+from .batches import Batches, check_reiterable, one_pass, passes
+from .batchnorm import reestimate_batchnorm, require_batches
 from .random_state import preserved_data_state
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_FRACTION",
     "DEFAULT_LR_FACTOR",
     "Cooldown",
+    "FinishReport",
     "begin_cooldown",
     "copy_run",
     "finish",
@@ -202,10 +205,34 @@ def copy_run(module: nn.Module, optimizer: AMUSE) -> tuple[nn.Module, AMUSE]:
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class FinishReport:
+    """What :func:`finish` ran; the finished model carries it as ``finished.amuse_finisher``.
+
+    Attributes:
+        source_step: the steps the run had taken (``t``).
+        cooldown: the cooldown's length, start, shape and lr factor.
+        start_lrs: the learning rate of the cooldown's first step in every param group
+            (``lr_factor * lr_t``, the group's ``lr_scale`` applied; it decays to zero from
+            there).
+        bn_batches_used: batches the BatchNorm re-estimate used (0 without ``bn_batches``).
+    """
+
+    source_step: int
+    cooldown: Cooldown
+    start_lrs: tuple[float, ...]
+    bn_batches_used: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        """The steps the finished model cost: the run's and the cooldown's."""
+        return self.source_step + self.cooldown.steps
+
+
 def finish(
     optimizer: AMUSE,
     module: nn.Module,
-    batches: Iterable[Any],
+    batches: Batches,
     loss_fn: LossFn,
     *,
     fraction: float = DEFAULT_FRACTION,
@@ -214,7 +241,7 @@ def finish(
     shape: Shape = "linear",
     lr_factor: float = DEFAULT_LR_FACTOR,
     momentum: Momentum = "carried",
-    bn_batches: Iterable[Any] | None = None,
+    bn_batches: Batches | None = None,
     max_bn_batches: int | None = None,
     bn_forward: Callable[[nn.Module, Any], Any] | None = None,
 ) -> nn.Module:
@@ -223,41 +250,79 @@ def finish(
 
     Args:
         optimizer, module: the AMUSE run to finish (left exactly as they are).
-        batches: training batches for the cooldown (a fresh iterable such as the DataLoader; not
-            the training loop's live iterator, which the cooldown would advance).
+        batches: training batches for the cooldown. A DataLoader (the training loop's own is
+            fine: it is read through a fresh loader over the same dataset and sampler, pass
+            after pass until the cooldown has its steps), another iterable that gives a new
+            iterator on every ``iter()``, or a function returning one (called for every pass).
+            A list or tuple is taken as exactly these batches, in order (too few is an error).
+            A one-shot iterator (a generator, ``iter(loader)``, ``itertools.cycle(loader)``) is
+            refused: it would be used up, and the loader's generators behind it, which decide
+            the run's data order, cannot be found and restored.
         loss_fn: ``loss_fn(model, batch)`` returns the loss to minimise.
         fraction, steps: the cooldown's length (``steps`` wins when given).
         start, shape, lr_factor, momentum: see :class:`Cooldown`.
         bn_batches, max_bn_batches, bn_forward: re-estimate BatchNorm statistics of the finished
-            weights with these batches (``bn_forward(model, batch)``; default ``model(batch[0])``
-            for tuple batches).
+            weights with up to ``max_bn_batches`` of ``bn_batches`` (taken as ``batches`` is,
+            one pass; no batches at all is an error) with ``bn_forward(model, batch)`` (default
+            ``model(batch[0])`` for tuple batches).
 
-    Every random stream (global, and the generators ``batches`` / ``bn_batches`` keep) is
-    restored afterwards, so finishing twice gives the same weights and the run continues
-    unchanged.
+    Returns the finished model in eval mode (``.train()`` to train it on), with
+    ``finished.amuse_finisher``, a :class:`FinishReport` of what ran. Every random stream (the
+    global ones, and the generators ``batches`` / ``bn_batches`` keep: a loader's, its
+    sampler's, its dataset's and transforms') and the plain attributes of the loaders' datasets
+    and samplers are restored afterwards, so finishing twice gives the same weights and the run
+    continues unchanged.
     """
-    length = steps if steps is not None else Cooldown.steps_for(run_steps(optimizer), fraction)
+    check_reiterable(batches, "batches", "finish")
+    check_reiterable(bn_batches, "bn_batches", "finish")
+    if max_bn_batches is not None and (not isinstance(max_bn_batches, int) or max_bn_batches < 1):
+        raise ValueError(f"max_bn_batches must be an int >= 1 or None, got {max_bn_batches!r}")
+    source_step = run_steps(optimizer)
+    length = steps if steps is not None else Cooldown.steps_for(source_step, fraction)
     cooldown = Cooldown(length, start, shape, lr_factor, momentum)
+    used = 0
     with preserved_data_state(batches, bn_batches):
         twin, twin_optimizer = copy_run(module, optimizer)
         schedule = begin_cooldown(twin_optimizer, cooldown)
+        start_lrs = tuple(
+            float(lr) * group.get("lr_scale", 1.0)
+            for lr, group in zip(schedule.base_lrs, twin_optimizer.param_groups, strict=True)
+        )
         twin.train()
-        iterator = iter(batches)
-        for i in range(cooldown.steps):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise ValueError(
-                    f"the cooldown needs {cooldown.steps} batches but `batches` ran out after "
-                    f"{i}; pass a longer iterable (e.g. itertools.cycle over a DataLoader)."
-                ) from None
-            twin_optimizer.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                loss_fn(twin, batch).backward()
-            twin_optimizer.step()
-            schedule.step()
-        del iterator
+        stream = _cooldown_batches(batches, cooldown.steps)
+        try:
+            for batch in stream:
+                twin_optimizer.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    loss_fn(twin, batch).backward()
+                twin_optimizer.step()
+                schedule.step()
+        finally:
+            stream.close()  # a loader's workers end here
         if bn_batches is not None:
-            reestimate_batchnorm(twin, bn_batches, max_bn_batches, bn_forward)
+            pass_ = one_pass(bn_batches, "bn_batches", "or leave bn_batches=None")
+            try:
+                used = require_batches(
+                    reestimate_batchnorm(twin, pass_, max_bn_batches, bn_forward)
+                )
+            finally:
+                del pass_
     twin_optimizer.zero_grad(set_to_none=True)
+    twin.eval()
+    twin.amuse_finisher = FinishReport(source_step, cooldown, start_lrs, used)
     return twin
+
+
+def _cooldown_batches(batches: Batches, steps: int) -> Generator[Any, None, None]:
+    """``steps`` batches: a list or tuple as given (too few is an error), anything else pass
+    after pass (:func:`~.batches.passes`)."""
+    if not isinstance(batches, (list, tuple)):
+        yield from itertools.islice(passes(batches, "batches", "or pass a list of batches"), steps)
+        return
+    if len(batches) < steps:
+        raise ValueError(
+            f"the cooldown needs {steps} batches but `batches` ran out after {len(batches)}; "
+            "pass a longer list, or the DataLoader itself (finish iterates a loader again when "
+            "it runs out)."
+        )
+    yield from batches[:steps]

@@ -12,7 +12,10 @@ also puts back the plain attributes of a loader's dataset and samplers (a positi
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import random
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -58,12 +61,19 @@ def _children(value: Any) -> list[Any]:
     for slot in getattr(type(value), "__slots__", ()):
         if isinstance(slot, str) and hasattr(value, slot):
             children.append(getattr(value, slot))
+    if isinstance(value, functools.partial):
+        children += [value.func, *value.args, *value.keywords.values()]
+    closure = value.__closure__ if isinstance(value, types.FunctionType) else None
+    for cell in closure or ():  # what a function closes over
+        with contextlib.suppress(ValueError):  # an empty cell
+            children.append(cell.cell_contents)
     return children
 
 
 def find_generators(*sources: Any) -> list[Any]:
-    """Random-number generators reachable from ``sources`` through attributes, lists, tuples and
-    dict values (each once, breadth first, at most :data:`MAX_OBJECTS` objects looked at):
+    """Random-number generators reachable from ``sources`` through attributes, lists, tuples,
+    dict values, the variables a function closes over and the arguments of a
+    ``functools.partial`` (each once, breadth first, at most :data:`MAX_OBJECTS` objects looked at):
     ``torch.Generator``, ``random.Random``, ``numpy.random.Generator`` and ``RandomState``.
     Tensors, modules and NumPy arrays are not walked into."""
     found: list[Any] = []
@@ -139,11 +149,20 @@ def preserved_random_state(*sources: Any) -> Iterator[None]:
 
 def data_parts(source: Any) -> list[Any]:
     """The objects a pass over ``source`` may change: for a DataLoader its dataset, sampler and
-    batch sampler (and the batch sampler's sampler), otherwise ``source`` itself."""
-    if not isinstance(source, torch.utils.data.DataLoader):
-        return [] if source is None or isinstance(source, _LEAVES) else [source]
-    batch_sampler = source.batch_sampler
-    parts = [source.dataset, source.sampler, batch_sampler, getattr(batch_sampler, "sampler", None)]
+    batch sampler (and the batch sampler's sampler); for a wrapper that keeps its DataLoader in
+    ``_dataloader`` (Lightning Fabric's) the wrapper and those; otherwise ``source`` itself."""
+    if source is None or isinstance(source, _LEAVES):
+        return []
+    loader = source if isinstance(source, torch.utils.data.DataLoader) else None
+    inner = getattr(source, "_dataloader", None)
+    if loader is None and isinstance(inner, torch.utils.data.DataLoader):
+        loader = inner
+    if loader is None:
+        return [source]
+    batch_sampler = loader.batch_sampler
+    parts = [loader.dataset, loader.sampler, batch_sampler, getattr(batch_sampler, "sampler", None)]
+    if loader is not source:
+        parts.insert(0, source)
     unique: list[Any] = []
     for part in parts:
         if part is not None and all(part is not u for u in unique):

@@ -3,7 +3,8 @@
 The re-estimate itself (every layer reset, a cumulative average over a few training batches)
 is plain PyTorch: :mod:`amuse_lightning.averaging.batchnorm`. This module finds the Trainer's
 training data (also before the fit loop has set it up), iterates it through a fresh loader so
-the training iterator is never touched, sends each batch through the precision plugin, the
+the training iterator is never touched (:mod:`amuse_lightning.averaging.batches`, shared with
+the plain-PyTorch layer), sends each batch through the precision plugin, the
 transfer hooks and the strategy as training would, and keeps every random stream as it was
 (:func:`~amuse_lightning.averaging.preserved_random_state`). The names the callback used to
 import from here stay importable.
@@ -18,8 +19,9 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
+from amuse_lightning.averaging.batches import check_separate_iterator, fresh_loader
 from amuse_lightning.averaging.batchnorm import (
     batchnorm_buffer_names,
     batchnorm_layers,
@@ -65,44 +67,6 @@ def reestimate_running_stats(
     """Kept for earlier callers: :func:`amuse_lightning.averaging.reestimate_batchnorm` with a
     one-argument ``forward(batch)``."""
     return reestimate_batchnorm(module, batches, max_batches, lambda _, batch: forward(batch))
-
-
-def _fresh_loader(loader: Any) -> Any:
-    """A loader over the same data and sampler as ``loader`` with its own iterator, so that
-    iterating it never touches the training iterator (persistent workers, stateful loaders)."""
-    if not isinstance(loader, DataLoader):
-        return loader
-    common: dict[str, Any] = {
-        "num_workers": loader.num_workers,
-        "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-    }
-    if loader.num_workers > 0:
-        common["multiprocessing_context"] = loader.multiprocessing_context
-        common["prefetch_factor"] = loader.prefetch_factor
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
-        return DataLoader(
-            loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common
-        )
-    return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
-
-
-def _check_separate_iterator(loader: Any) -> None:
-    """Refuse a dataset that is its own iterator: a second pass over it (the re-estimate)
-    would take batches out of the training stream itself."""
-    dataset = getattr(loader, "dataset", None)
-    if not isinstance(dataset, IterableDataset) or getattr(loader, "num_workers", 0) > 0:
-        return
-    if iter(dataset) is dataset:
-        raise MisconfigurationException(
-            f"BatchNorm recalibration needs its own pass over the training data, but "
-            f"{type(dataset).__name__}.__iter__ returns the dataset itself, so that pass would "
-            "take batches out of the training stream. Make __iter__ return a new iterator "
-            "(e.g. write it as a generator function), or set bn_recalibration_batches=0."
-        )
 
 
 def _train_loader_of(trainer: Trainer) -> Any:
@@ -155,8 +119,13 @@ def recalibrate(
     """
     loader = recalibration_loader(trainer)
     with preserved_data_state(loader):  # also the generators and positions of its parts
-        _check_separate_iterator(loader)
-        iterator = iter(_fresh_loader(loader))
+        check_separate_iterator(
+            loader,
+            "or set bn_recalibration_batches=0",
+            MisconfigurationException,
+            what="BatchNorm recalibration",
+        )
+        iterator = iter(fresh_loader(loader)) if isinstance(loader, DataLoader) else iter(loader)
         try:
             used = reestimate_batchnorm(
                 pl_module,

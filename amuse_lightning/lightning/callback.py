@@ -27,11 +27,13 @@ parameter name, and the training-time BatchNorm buffers when they differ from th
 stand-in for ``pl_module.on_save_checkpoint`` goes on the module instance at ``setup`` and comes
 off at ``teardown`` (:mod:`.save_hook`; it holds this callback's writer only weakly).
 
-The callback's whole mutable state is one :class:`~.state.SwapState`: a phase
-(:class:`~.state.Holds`, what the parameters hold and why) plus what belongs to it. The swap
-itself is plain PyTorch (:class:`amuse_lightning.averaging.AveragedWeights`); next door:
-:mod:`.checkpoint` (the resume payload), :mod:`.batchnorm` (the Trainer's batches for statistics
-at ``x``), :mod:`.checks` (what is refused at setup), :mod:`.sharded` (FSDP2).
+The hooks say when; :class:`~.swapper.Swapper` makes the moves (the stage's swap, ``x`` in with
+its BatchNorm statistics, ``y`` back, a resume's ``y``). The callback's whole mutable state is
+one :class:`~.state.SwapState`: a phase (:class:`~.state.Holds`, what the parameters hold and
+why) plus what belongs to it. The swap itself is plain PyTorch
+(:class:`amuse_lightning.averaging.AveragedWeights`); next door: :mod:`.checkpoint` (the resume
+payload; a finished checkpoint is refused as a resume), :mod:`.batchnorm` (the Trainer's batches
+for statistics at ``x``), :mod:`.checks` (what is refused at setup), :mod:`.sharded` (FSDP2).
 """
 
 from __future__ import annotations
@@ -40,9 +42,7 @@ from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from amuse_lightning.averaging.context import AveragedWeights
 from amuse_lightning.averaging.random_state import preserved_random_state
 from amuse_lightning.averaging.snapshot import fingerprint
 from amuse_lightning.averaging.swap import WeightSwap
@@ -57,12 +57,12 @@ from amuse_lightning.lightning.checkpoint import (
     read_payload,
     write_checkpoint,
 )
-from amuse_lightning.lightning.checks import check_fit_start, check_setup, unwrap
+from amuse_lightning.lightning.checks import check_fit_start, check_setup
 from amuse_lightning.lightning.compat import remove_lr_finder_wrappers, sweep_at_applied_rates
-from amuse_lightning.lightning.factories import is_schedule_free
 from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
 from amuse_lightning.lightning.schedule_log import schedule_metrics
-from amuse_lightning.lightning.state import WEIGHTS_REPLACED_AFTER_FAILED_FIT, Holds, SwapState
+from amuse_lightning.lightning.state import Holds, SwapState
+from amuse_lightning.lightning.swapper import Swapper
 
 __all__ = [
     "AmuseCallback",
@@ -152,6 +152,7 @@ class AmuseCallback(Callback):
         self.allow_lr_scheduler = allow_lr_scheduler
         self.last_schedule: dict[str, float] = {}
         self._state = SwapState()
+        self._swapper = Swapper(self, self._state)
 
     @property
     def holds(self) -> Holds:
@@ -187,38 +188,25 @@ class AmuseCallback(Callback):
             trainer,
             pl_module,
             self.allow_lr_scheduler,
-            self._recalibrates(pl_module),
+            self._swapper.recalibrates(pl_module),
             self.keep_y_in_checkpoint,
         )
-        weights = WeightSwap(optimizer, self.swap == "copy", self.y_copy_device)
+        weights = self._swapper.new_swap(optimizer)
         weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._state.manage(weights)
 
     # ------------------------------------------------------------------ training
     def on_sanity_check_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish_resume(pl_module)
+        self._swapper.finish_resume(pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._finish_resume(pl_module)
-        self._leave_eval(pl_module)
+        self._swapper.finish_resume(pl_module)
+        self._swapper.leave_evaluation()
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        state = self._state
-        if state.weights is None or not state.weights.holds_x:
-            return
-        if state.holds is Holds.X_FOR_EVALUATION:
-            self._leave_eval(pl_module)
-            return
-        state.repairs += 1
-        if state.repairs == 1:
-            rank_zero_warn(
-                "The parameters held x at the start of a training batch: something called "
-                "optimizer.eval() outside AmuseCallback. Switched back with optimizer.train(). "
-                "Remove manual optimizer.train()/eval() calls; AmuseCallback manages them."
-            )
-        state.weights.to_y()
+        self._swapper.y_for_training()
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -232,8 +220,8 @@ class AmuseCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Leave ``x`` in the parameters (optimizer in eval mode) once training is over."""
-        self._leave_eval(pl_module)
-        self._enter_x(trainer, pl_module, final=True)
+        self._swapper.leave_evaluation()
+        self._swapper.enter_x(trainer, pl_module, final=True)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Fits that never reach ``on_train_end`` (e.g. ``fit(ckpt_path=...)`` with nothing
@@ -241,28 +229,28 @@ class AmuseCallback(Callback):
         ``x`` already there and does nothing."""
         if self._state.weights is None:
             return
-        self._finish_resume(pl_module)
-        self._leave_eval(pl_module)
-        self._enter_x(trainer, pl_module, final=True)
+        self._swapper.finish_resume(pl_module)
+        self._swapper.leave_evaluation()
+        self._swapper.enter_x(trainer, pl_module, final=True)
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._enter_x(trainer, pl_module, final=False)
+        self._swapper.enter_x(trainer, pl_module, final=False)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._leave_eval(pl_module)
+        self._swapper.leave_evaluation()
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._enter_x(trainer, pl_module, final=False)
+        self._swapper.enter_x(trainer, pl_module, final=False)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._leave_eval(pl_module)
+        self._swapper.leave_evaluation()
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._enter_x(trainer, pl_module, final=False)
+        self._swapper.enter_x(trainer, pl_module, final=False)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._leave_eval(pl_module)
+        self._swapper.leave_evaluation()
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
@@ -271,80 +259,12 @@ class AmuseCallback(Callback):
         ends this way lets its optimizer go: a later stage converts the module's weights with it
         only if they are still the ones the fit left (not after a checkpoint or a state_dict
         was loaded into the module)."""
-        self._leave_eval(pl_module)
+        self._swapper.leave_evaluation()
         weights = self._state.weights
         if trainer.state.fn == TrainerFn.FITTING and weights is not None:
             self._state.abandon(fingerprint(weights.local_params))
 
-    # ------------------------------------------------------------------ the swap
-    def _weights_for(self, trainer: Trainer) -> WeightSwap | None:
-        """The swap for this stage: the fit's, or one for an optimizer a finished fit left."""
-        state = self._state
-        if state.holds is Holds.X_FROM_CHECKPOINT:
-            return None  # a standalone stage loaded x from a checkpoint: nothing to convert
-        optimizers = [unwrap(o) for o in trainer.optimizers]
-        if len(optimizers) != 1 or not is_schedule_free(optimizers[0]):
-            return None
-        if state.weights is None or state.weights.optimizer is not optimizers[0]:
-            weights = WeightSwap(optimizers[0], self.swap == "copy", self.y_copy_device)
-            if not state.adoptable(weights):
-                rank_zero_warn(WEIGHTS_REPLACED_AFTER_FAILED_FIT)
-                return None
-            state.manage(weights)
-        return state.weights
-
-    def _enter_x(self, trainer: Trainer, pl_module: LightningModule, final: bool) -> None:
-        """Put ``x`` (and, with recalibration, its BatchNorm statistics) into the parameters:
-        for an evaluation loop, or for good when training is over (``final``)."""
-        weights = self._weights_for(trainer)
-        state = self._state
-        if weights is None or state.holds is Holds.X_FOR_EVALUATION:
-            return
-        # after training y is kept exactly even with swap="inplace": checkpoints written after
-        # fit must carry the y the run would continue from
-        # likewise in the sanity check: a resumed run must not take an in-place round trip that
-        # the uninterrupted run never took
-        exact = True if (final and self.keep_y_in_checkpoint) or trainer.sanity_checking else None
-        scope = self._scope(trainer, pl_module, weights, exact)
-        if not scope.enter():  # x is there already (after fit, or a manual eval())
-            if final:
-                state.swapped_to_x(final=True, scope=None)
-            return
-        state.swapped_to_x(final, scope)
-        state.keep_x_bn(trainer.global_step, scope.bn_statistics)
-
-    def _scope(
-        self, trainer: Trainer, pl_module: LightningModule, weights: WeightSwap,
-        exact: bool | None,
-    ) -> AveragedWeights:  # fmt: skip
-        """An :class:`AveragedWeights` for ``weights``: with the BatchNorm statistics at the
-        current ``x`` (from the cache of this optimizer step, or re-estimated) if recalibrating."""
-        options: dict[str, Any] = {}
-        if self._recalibrates(pl_module):
-            cached = self._state.x_bn_at(trainer.global_step)
-            if cached is not None:
-                options["bn_statistics"] = cached
-            else:
-                options["bn_reestimate"] = lambda: self.recalibrate_batchnorm(trainer, pl_module)
-        return AveragedWeights(weights.optimizer, pl_module, swap=weights, exact=exact, **options)
-
-    def _leave_eval(self, pl_module: LightningModule) -> None:
-        """End an evaluation swap: ``y`` (and the training BatchNorm buffers) back, bit for bit."""
-        if self._state.holds is Holds.X_FOR_EVALUATION:
-            self._back_to_y(pl_module)
-
-    def _back_to_y(self, pl_module: LightningModule) -> None:
-        state = self._state
-        assert state.weights is not None
-        if state.scope is not None:
-            state.scope.restore()
-        state.weights.to_y()  # an x something else put in (no scope) goes back too
-        state.back_to_y()
-
     # ------------------------------------------------------------------ BatchNorm
-    def _recalibrates(self, pl_module: LightningModule) -> bool:
-        return self.bn_recalibration_batches > 0 and bool(batchnorm_buffer_names(pl_module))
-
     def recalibrate_batchnorm(self, trainer: Trainer, pl_module: LightningModule) -> int:
         """Re-estimate BatchNorm running statistics of the weights now in ``pl_module`` with up
         to ``bn_recalibration_batches`` training batches; returns the number of batches used.
@@ -372,12 +292,12 @@ class AmuseCallback(Callback):
     ) -> None:
         """Write ``x`` into ``checkpoint["state_dict"]`` and, for a full checkpoint, what an exact
         resume needs into ``checkpoint["amuse"]``. Live tensors are never modified."""
-        weights = self._weights_for(trainer)
+        weights = self._swapper.weights_for(trainer)
         if weights is None or CHECKPOINT_KEY in checkpoint or "state_dict" not in checkpoint:
             return
         scope = self._state.scope if weights.holds_x else None
         if scope is None:
-            scope = self._scope(trainer, pl_module, weights, exact=True)
+            scope = self._swapper.scope(trainer, pl_module, weights, exact=True)
         write_checkpoint(checkpoint, pl_module, scope, full=full, keep_y=self.keep_y_in_checkpoint)
         self._state.keep_x_bn(trainer.global_step, scope.bn_statistics)
 
@@ -390,14 +310,5 @@ class AmuseCallback(Callback):
             self._state.loaded_x()
             return
         # state_dict holds x when the checkpoint came from AmuseCallback; otherwise the payload
-        # trusts the optimizer's saved train_mode flag
+        # trusts the optimizer's saved train_mode flag. A finished checkpoint is refused here.
         self._state.pending = read_payload(checkpoint)
-
-    def _finish_resume(self, pl_module: LightningModule) -> None:
-        """After the optimizer state is loaded: put ``y`` (and training BN buffers) back."""
-        state = self._state
-        pending = state.take_pending()
-        if pending is None or state.weights is None:
-            return
-        pending.apply(pl_module, state.weights.optimizer)
-        state.x_bn = None

@@ -34,15 +34,19 @@ from amuse_lightning.optim.distributed import is_dtensor
 
 __all__ = [
     "CHECKPOINT_KEY",
+    "FINISHER_KEY",
     "FORMAT_VERSION",
     "ResumePayload",
     "build_payload",
     "read_payload",
+    "refuse_finished",
     "write_checkpoint",
     "write_x_state_dict",
 ]
 
 CHECKPOINT_KEY = "amuse"
+#: Where a finished checkpoint (:mod:`amuse_lightning.lightning.finish`) says where it came from.
+FINISHER_KEY = "amuse_finisher"
 #: Version of the ``checkpoint["amuse"]`` layout this code writes and the newest it reads.
 FORMAT_VERSION = 1
 
@@ -170,8 +174,10 @@ def read_payload(checkpoint: Mapping[str, Any]) -> ResumePayload:
 
     A checkpoint without ``checkpoint["amuse"]`` (written without AmuseCallback) gives a payload
     with ``from_amuse=False``. A payload of another format version, or one whose entries have the
-    wrong types, raises ``ValueError`` saying what to do.
+    wrong types, raises ``ValueError`` saying what to do; so does a finished checkpoint
+    (:func:`refuse_finished`).
     """
+    refuse_finished(checkpoint)
     payload = checkpoint.get(CHECKPOINT_KEY)
     if payload is None:
         return ResumePayload(from_amuse=False)
@@ -203,4 +209,22 @@ def read_payload(checkpoint: Mapping[str, Any]) -> ResumePayload:
     return ResumePayload(
         y=None if entries["y"] is None else dict(entries["y"]),
         train_buffers=None if entries["train_buffers"] is None else dict(entries["train_buffers"]),
+    )
+
+
+def refuse_finished(checkpoint: Mapping[str, Any], path: Any = "This checkpoint") -> None:
+    """Raise ``ValueError`` for a checkpoint the finisher wrote (it carries
+    ``checkpoint["amuse_finisher"]``): it holds a finished model, not a run to continue or to
+    finish again; the message names the run's own checkpoint to use instead."""
+    info = checkpoint.get(FINISHER_KEY)
+    if info is None:
+        return
+    info = info if isinstance(info, Mapping) else {}
+    source = info.get("source") or "the run's checkpoint"
+    raise ValueError(
+        f"{path} holds a finished model (a cooldown of {info.get('steps', '?')} steps from step "
+        f"{info.get('source_step', '?')} of {source}), not a run: the cooldown turned the "
+        "averaging off and decayed the learning rate to zero. To continue or finish the run, "
+        f"use its own checkpoint ({source}); to train the finished weights as a new run, load "
+        "them with Model.load_from_checkpoint and fit without ckpt_path."
     )

@@ -411,4 +411,8 @@ class SFMuon(AMUSE):
     ) -> None:
         if "rho" in kwargs or "beta1" in kwargs:
             raise TypeError("SFMuon fixes rho=0 and takes `beta`; use AMUSE for a rising beta_t.")
+        value = beta.item() if hasattr(beta, "item") and not isinstance(beta, Tensor) else beta
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 < value <= 1):
+            # checked here so that the message names SFMuon's key, not AMUSE's beta1
+            raise ValueError(f"beta must be a number in (0, 1], got {beta!r}")
         super().__init__(params, lr, beta1=beta, rho=0.0, **kwargs)

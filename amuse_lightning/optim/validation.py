@@ -46,12 +46,43 @@ def uses_muon(group: Mapping[str, Any], param: Tensor) -> bool:
     return param.ndim >= 2
 
 
+def _is_named(item: Any) -> bool:
+    """Whether ``item`` is a ``(name, tensor)`` pair, as ``model.named_parameters()`` yields."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], Tensor)
+    )
+
+
+def _unnamed(group: dict[str, Any]) -> dict[str, Any]:
+    """A group whose ``params`` are ``(name, tensor)`` pairs as tensors plus ``names`` (the way
+    :meth:`~amuse_lightning.partition.PartitionResult.param_groups` names them)."""
+    tensors = group["params"]
+    if isinstance(tensors, Tensor):
+        return group
+    tensors = list(tensors)
+    named = [_is_named(p) for p in tensors]
+    if not any(named):
+        return {**group, "params": tensors}
+    if not all(named):
+        raise TypeError(
+            "params mixes (name, tensor) pairs and bare tensors; pass model.named_parameters() "
+            "or model.parameters(), not a mix"
+        )
+    return {**group, "params": [p for _, p in tensors], "names": [n for n, _ in tensors]}
+
+
 def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return param-group dicts that each say ``use_muon``.
 
     A flat parameter list, or a group without ``use_muon``/``use_fallback``, is split into a
     matrix group (Muon) and a group of the rest (fallback), with a warning. timm's
-    ``use_fallback=True`` means ``use_muon=False``.
+    ``use_fallback=True`` means ``use_muon=False``. ``(name, tensor)`` pairs (from
+    ``model.named_parameters()``, flat or as a group's ``params``) are accepted as torch's own
+    optimizers accept them: the names are kept in the group's ``names`` (split along with the
+    tensors), where errors and reports read them.
     """
     if isinstance(params, Tensor):
         raise TypeError("params must be an iterable of tensors or dicts, not a single tensor")
@@ -70,7 +101,7 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
                 f"param group {index} has no 'params' entry (keys: {sorted(group)}); every group "
                 "dict needs 'params': an iterable of tensors"
             )
-        group = plain_numbers(group)
+        group = _unnamed(plain_numbers(group))
         tensors = group["params"]
         tensors = [tensors] if isinstance(tensors, Tensor) else list(tensors)
         group = {**group, "params": tensors}
@@ -79,17 +110,20 @@ def normalise_groups(params: Iterable[Tensor] | Iterable[dict[str, Any]]) -> lis
         if "use_muon" in group:
             groups.append(group)
             continue
-        matrices = [p for p in tensors if uses_muon(group, p)]
-        others = [p for p in tensors if not uses_muon(group, p)]
-        if matrices and not warned:
+        sides = [uses_muon(group, p) for p in tensors]
+        if any(sides) and not warned:
             warnings.warn(_FLAT_WARNING, stacklevel=4)
             warned = True
         rest = {k: v for k, v in group.items() if k not in ("params", "names")}
-        groups += [
-            {**rest, "params": chosen, "use_muon": use_muon}
-            for chosen, use_muon in ((matrices, True), (others, False))
-            if chosen
-        ]
+        names = group.get("names")
+        for use_muon in (True, False):
+            chosen = [j for j, side in enumerate(sides) if side == use_muon]
+            if not chosen:
+                continue
+            part = {**rest, "params": [tensors[j] for j in chosen], "use_muon": use_muon}
+            if names is not None and len(names) == len(tensors):
+                part["names"] = [names[j] for j in chosen]
+            groups.append(part)
     return groups
 
 

@@ -99,7 +99,8 @@ def finished_evals(
     out = {}
     for v in variants:
         bn = task.bn_batches(seed)
-        extra = {} if bn is None else {"bn_batches": bn[0](), "max_bn_batches": bn[1]}
+        # the function itself: finish calls it for its pass (a generator would be refused)
+        extra = {} if bn is None or bn[1] <= 0 else {"bn_batches": bn[0], "max_bn_batches": bn[1]}
         k = v.steps(t)
         try:
             finished = finish(
