@@ -55,7 +55,7 @@ NEW_GROUP_KEYS = dict(
 """Group keys added after 0.1.0 (and 0.2's schedule mechanisms) with the values that keep an
 older state_dict's run as it was."""
 
-__all__ = ["AMUSE", "SFMuon"]
+__all__ = ["AMUSE"]
 
 
 class AMUSE(MatrixMapChoice, Optimizer):
@@ -396,23 +396,3 @@ class AMUSE(MatrixMapChoice, Optimizer):
         """
         splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
         return tuple(split for split in splits if split is not None)
-
-
-class SFMuon(AMUSE):
-    """Schedule-Free Muon with a fixed interpolation: AMUSE with ``rho = 0`` (``beta = beta1``)."""
-
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-2,
-        *,
-        beta: float = 0.9,
-        **kwargs: Any,
-    ) -> None:
-        if "rho" in kwargs or "beta1" in kwargs:
-            raise TypeError("SFMuon fixes rho=0 and takes `beta`; use AMUSE for a rising beta_t.")
-        value = beta.item() if hasattr(beta, "item") and not isinstance(beta, Tensor) else beta
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 < value <= 1):
-            # checked here so that the message names SFMuon's key, not AMUSE's beta1
-            raise ValueError(f"beta must be a number in (0, 1], got {beta!r}")
-        super().__init__(params, lr, beta1=beta, rho=0.0, **kwargs)
