@@ -66,7 +66,7 @@ BAD_SETTINGS = {
     ),
     "misspelt_argument": (
         ["--config", "fashion_mnist_resnet", f"{OPT}.betaa=0.9"],
-        f"{KEY}.betaa: not an argument; did you mean 'beta2' or 'beta1'?",
+        f"{KEY}.betaa: not an argument; did you mean 'beta2' or 'beta1' or 'beta_final'?",
     ),
     "misspelt_model_argument": (
         ["--config", "fashion_mnist_resnet", "--model.init_args.widht=8"],

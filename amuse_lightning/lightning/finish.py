@@ -117,6 +117,11 @@ def read_run_steps(ckpt_path: str | Path) -> int:
     """The optimizer steps of the run a checkpoint was written at; refuses a checkpoint without
     optimizer state (a finisher continues the optimizer: its ``z``, momentum, second moments)
     and a finished one (:func:`~.checkpoint.refuse_finished`)."""
+    return _run_position(ckpt_path)[0]
+
+
+def _run_position(ckpt_path: str | Path) -> tuple[int, int]:
+    """``(global_step, epoch)`` of a checkpoint :func:`read_run_steps` accepts."""
     checkpoint: Mapping[str, Any] = torch.load(
         ckpt_path, map_location="cpu", weights_only=False, mmap=True
     )
@@ -128,7 +133,7 @@ def read_run_steps(ckpt_path: str | Path) -> int:
             "optimizer; use a full Lightning checkpoint of the run (ModelCheckpoint's default, "
             "or trainer.save_checkpoint(path))."
         )
-    return int(checkpoint.get("global_step", 0))
+    return int(checkpoint.get("global_step", 0)), int(checkpoint.get("epoch", 0))
 
 
 def finish_checkpoint(
@@ -159,7 +164,7 @@ def finish_checkpoint(
     the source checkpoint; an existing ``output`` is replaced only with ``overwrite=True``.
     """
     check_output(ckpt_path, output, overwrite)
-    source_step = read_run_steps(ckpt_path)
+    source_step, source_epoch = _run_position(ckpt_path)
     if source_step < 1:
         raise ValueError(
             f"{ckpt_path} was written before the first optimizer step: nothing to finish."
@@ -170,7 +175,10 @@ def finish_checkpoint(
     options = {
         **dict(trainer_options or {}),
         "max_steps": -1,  # the cooldown stops the fit (see the module docstring)
-        "max_epochs": -1,
+        # a bound the cooldown never reaches (an epoch has at least one step), so the run's
+        # length is finite for whatever estimates it (a warm-up given as a fraction of the run:
+        # the optimizer's own state, restored from the checkpoint, replaces it anyway)
+        "max_epochs": source_epoch + cooldown.steps + 1,
         "min_steps": None,
         "min_epochs": None,
         "limit_val_batches": 0,
