@@ -52,6 +52,44 @@ def step_time_tables(data: dict) -> str:
     return "\n".join(out)
 
 
+LIMIT_ROWS = (
+    ("torch_muon", "torch.optim.Muon, its default (bf16 Newton-Schulz)"),
+    ("amuse", 'AMUSE, its default (`ns_dtype="auto"`)'),
+    ("amuse_float32", 'AMUSE, `ns_dtype="float32"`'),
+    ("amuse_bf16", 'AMUSE, `ns_dtype="bfloat16"`'),
+)
+
+
+def limit_table(data: dict, setting: str) -> str:
+    """``step_time.json`` with ``limits``: per matrix set, torch Muon's and AMUSE's defaults and
+    AMUSE in float32 / bf16, each against torch Muon and against this machine's limit for the
+    step (``machine_limit.py``), measured in one run; the GPU column is unmeasured here."""
+    out = []
+    for model, rows in data["models"].items():
+        limit = data.get("limits", {}).get(model)
+        if limit is None:
+            continue
+        body = []
+        for name, label in LIMIT_ROWS:
+            r = rows.get(name)
+            if r is None:
+                continue
+            body.append([label, r.get("ns_dtype", "-"), f"{r['median_ms']:.0f}",
+                         _ratio(r.get("ratio_to_torch_muon")), _ratio(r.get("ratio_to_limit")),
+                         "unmeasured"])  # fmt: skip
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in limit["matmul_gflops"].items())
+        body.append([
+            f"the limit: {limit['ns_gflop']:.0f} GFLOP of Newton-Schulz at the best product "
+            f"rate ({rates} GFLOP/s) + 7 float32 passes at {limit['bandwidth_gbs']:.0f} GB/s",
+            "-", f"{limit['limit_ms']['amuse']:.0f}", "-", "1.000", "unmeasured",
+        ])  # fmt: skip
+        out += [f"**{model}, {setting}**\n",
+                table(["optimizer step", "Newton-Schulz in", "CPU ms", "× torch Muon",
+                       "× the limit", "GPU"], body), ""]  # fmt: skip
+    out.append(provenance(data.get("meta", {})))
+    return "\n".join(out)
+
+
 def ns_coefficient_tables(data: dict) -> str:
     """``ns_coefficients.json``: distance of the singular values from 1 after k Newton-Schulz
     steps, quintic against Polar Express, per matrix kind and dtype."""
