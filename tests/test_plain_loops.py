@@ -296,3 +296,20 @@ def test_a_function_returning_batches_is_called_for_every_pass():
 
     finished = finish(optimizer, model, batches, loss_fn, steps=7)
     assert len(calls) == 3 and math.isfinite(sum(p.sum().item() for p in finished.parameters()))
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_a_fresh_loader_keeps_the_sampler_and_its_order(batch_size):
+    """``batch_size=None`` (the sampler yields whole items): the side pass still draws in the
+    loader's own shuffled order, not in dataset order."""
+    from amuse_lightning.averaging.batches import fresh_loader
+
+    data = list(range(20))
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(3))  # fmt: skip
+    state = loader.generator.get_state()
+    expected = [b.tolist() if torch.is_tensor(b) else b for b in loader]
+    loader.generator.set_state(state)
+    got = [b.tolist() if torch.is_tensor(b) else b for b in fresh_loader(loader)]
+    assert got == expected
+    assert got != sorted(got)

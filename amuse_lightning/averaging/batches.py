@@ -89,10 +89,12 @@ def fresh_loader(loader: DataLoader) -> DataLoader:
     if loader.num_workers > 0:
         common["multiprocessing_context"] = loader.multiprocessing_context
         common["prefetch_factor"] = loader.prefetch_factor
-    if isinstance(loader.dataset, IterableDataset) or loader.batch_sampler is None:
+    if isinstance(loader.dataset, IterableDataset):
         return DataLoader(
             loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last, **common
         )
+    if loader.batch_sampler is None:  # batch_size=None: the sampler picks whole batches
+        return DataLoader(loader.dataset, batch_size=None, sampler=loader.sampler, **common)
     return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **common)
 
 
