@@ -33,11 +33,10 @@ from torch.nn import functional
 from torch.optim import Optimizer
 
 from amuse_lightning.examples.warmup import (
-    apply_warmup_fraction,
     check_warmup_settings,
-    warn_if_warmup_covers_run,
+    configure_with_warmup,
 )
-from amuse_lightning.lightning.mixin import AmuseMixin, default_amuse_factory
+from amuse_lightning.lightning.mixin import AmuseMixin
 from amuse_lightning.partition import Partition
 
 __all__ = [
@@ -255,26 +254,9 @@ class CharGPTModule(AmuseMixin, LightningModule):
         check_warmup_settings(init_args.get("warmup_fraction"), init_args.get("optimizer"))
 
     def configure_optimizers(self) -> Optimizer:
-        """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set."""
-        factory = self.optimizer or default_amuse_factory(**LM_AMUSE_DEFAULTS)
-        if self.warmup_fraction is not None:
-            total = float(self.trainer.estimated_stepping_batches)
-            factory, steps = apply_warmup_fraction(factory, self.warmup_fraction, total)
-            if steps is not None:
-                self.resolved_warmup_steps = steps
-        original, self.optimizer = self.optimizer, factory
-        try:
-            optimizer = super().configure_optimizers()
-        finally:
-            self.optimizer = original
-        if (
-            self.warmup_fraction is None
-            and self._trainer is not None
-            and not self.trainer.fast_dev_run
-        ):
-            # warm-up given as a step count, inside fit: the run's length is known
-            warn_if_warmup_covers_run(optimizer, float(self.trainer.estimated_stepping_batches))
-        return optimizer
+        """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set
+        (:func:`~amuse_lightning.examples.warmup.configure_with_warmup`)."""
+        return configure_with_warmup(self, LM_AMUSE_DEFAULTS)
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -39,14 +39,12 @@ from amuse_lightning.examples.models import CifarResNet
 from amuse_lightning.examples.pretrained import check_pretrained_weights
 from amuse_lightning.examples.timm_names import check_timm_model_name
 from amuse_lightning.examples.warmup import (
-    apply_warmup_fraction,
     check_warmup_settings,
+    configure_with_warmup,
     warmup_steps_from_fraction,
-    warn_if_warmup_covers_run,
 )
 from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import (
-    default_amuse_factory,
     optimizer_class_of,
     with_warmup_steps,
 )
@@ -119,26 +117,9 @@ class ImageClassifier(AmuseMixin, LightningModule):
         check_warmup_settings(init_args.get("warmup_fraction"), init_args.get("optimizer"))
 
     def configure_optimizers(self) -> Optimizer:
-        """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set."""
-        factory = self.optimizer or default_amuse_factory(**VISION_AMUSE_DEFAULTS)
-        if self.warmup_fraction is not None:
-            total = float(self.trainer.estimated_stepping_batches)
-            factory, steps = apply_warmup_fraction(factory, self.warmup_fraction, total)
-            if steps is not None:
-                self.resolved_warmup_steps = steps
-        original, self.optimizer = self.optimizer, factory
-        try:
-            optimizer = super().configure_optimizers()
-        finally:
-            self.optimizer = original
-        if (
-            self.warmup_fraction is None
-            and self._trainer is not None
-            and not self.trainer.fast_dev_run
-        ):
-            # warm-up given as a step count, inside fit: the run's length is known
-            warn_if_warmup_covers_run(optimizer, float(self.trainer.estimated_stepping_batches))
-        return optimizer
+        """AmuseMixin's optimizer, with ``warmup_steps`` from ``warmup_fraction`` when set
+        (:func:`~amuse_lightning.examples.warmup.configure_with_warmup`)."""
+        return configure_with_warmup(self, VISION_AMUSE_DEFAULTS)
 
     # -- steps -------------------------------------------------------------------------------
 

@@ -11,7 +11,9 @@ The rule (what a printed config means):
   default) is a :class:`~amuse_lightning.lightning.errors.ConfigError`: keep one of them.
 
 An optimizer that takes no ``warmup_steps`` (e.g. ``torch.optim.SGD``) or a run of unknown length
-keeps its settings, with a warning. A warmup as long as the whole run (``warmup_steps: 86`` with
+keeps its settings, with a warning. A fit resumed from a checkpoint (also the finisher's) skips
+the rule: the checkpoint's optimizer state brings the run's own ``warmup_steps``. A warmup as
+long as the whole run (``warmup_steps: 86`` with
 ``--trainer.max_steps 20``: the learning rate never reaches its set value and ``beta_t`` never
 rises) gets a warning naming both numbers (:func:`warn_if_warmup_covers_run`).
 """
@@ -29,13 +31,16 @@ from amuse_lightning.lightning.errors import ConfigError
 from amuse_lightning.lightning.factories import (
     OptimizerFactory,
     changed_argument,
+    default_amuse_factory,
     factory_from_config,
     with_warmup_steps,
 )
+from amuse_lightning.lightning.mixin import AmuseMixin
 
 __all__ = [
     "apply_warmup_fraction",
     "check_warmup_settings",
+    "configure_with_warmup",
     "warmup_steps_from_fraction",
     "warn_if_warmup_covers_run",
 ]
@@ -108,3 +113,32 @@ def warn_if_warmup_covers_run(optimizer: Optimizer, total_steps: float) -> bool:
         "at its default) or fewer warmup_steps."
     )
     return True
+
+
+def configure_with_warmup(module: Any, defaults: dict[str, float]) -> Optimizer:
+    """``configure_optimizers`` of an example module (an :class:`AmuseMixin` with ``optimizer``
+    and ``warmup_fraction`` attributes): AmuseMixin's optimizer from ``module.optimizer`` (or
+    AMUSE with ``defaults``), with ``warmup_steps`` from ``warmup_fraction`` when set, and the
+    warning of :func:`warn_if_warmup_covers_run` when a step count covers the whole run. A fit
+    resumed from a checkpoint skips both: its optimizer state brings the run's own warm-up."""
+    trainer = module._trainer
+    resuming = trainer is not None and trainer.ckpt_path is not None
+    factory = module.optimizer or default_amuse_factory(**defaults)
+    if module.warmup_fraction is not None and not resuming:
+        total = float(trainer.estimated_stepping_batches)
+        factory, steps = apply_warmup_fraction(factory, module.warmup_fraction, total)
+        if steps is not None:
+            module.resolved_warmup_steps = steps
+    original, module.optimizer = module.optimizer, factory
+    try:
+        optimizer = AmuseMixin.configure_optimizers(module)
+    finally:
+        module.optimizer = original
+    if (
+        module.warmup_fraction is None
+        and trainer is not None
+        and not resuming
+        and not trainer.fast_dev_run
+    ):  # warm-up given as a step count, inside fit: the run's length is known
+        warn_if_warmup_covers_run(optimizer, float(trainer.estimated_stepping_batches))
+    return optimizer
