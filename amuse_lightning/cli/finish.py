@@ -22,7 +22,6 @@ on one line. The source checkpoint is only read.
 from __future__ import annotations
 
 import argparse
-import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from amuse_lightning.averaging.finisher import (
+    COOLDOWN_MOMENTA,
     COOLDOWN_SHAPES,
     COOLDOWN_STARTS,
     DEFAULT_FRACTION,
@@ -99,13 +99,20 @@ def finish_parser() -> argparse.ArgumentParser:
         "--start",
         choices=COOLDOWN_STARTS,
         default="x",
-        help="start from the averaged model x (default) or the training point y",
+        help="start from the averaged model x (default), the training point y or the fast "
+        "sequence z",
     )
     parser.add_argument(
         "--shape",
         choices=COOLDOWN_SHAPES,
         default="linear",
         help="learning-rate decay to zero: linear (default) or 1-sqrt",
+    )
+    parser.add_argument(
+        "--momentum",
+        choices=COOLDOWN_MOMENTA,
+        default="carried",
+        help="the run's momentum carried over (default) or started afresh",
     )
     parser.add_argument(
         "--lr_factor",
@@ -166,13 +173,14 @@ def run_finish(argv: Sequence[str], build: Callable[..., Any] | None = None) -> 
     check_weights_fit(info, cli.model, hint)
     _quiet_partition_report(cli)
     trainer_options = _trainer_options(cli.config)
-    with quiet_finish():
+    with quiet_finish(cli.datamodule):
         try:
             result = finish_checkpoint(
                 cli.model, source, output, datamodule=cli.datamodule, fraction=options.fraction,
                 steps=options.steps, start=options.start, shape=options.shape,
+                momentum=options.momentum,
                 lr_factor=options.lr_factor, bn_recalibration_batches=options.bn_batches,
-                trainer_options=trainer_options, **_overwrite_keyword(options.overwrite),
+                trainer_options=trainer_options, overwrite=options.overwrite,
             )  # fmt: skip
         except ConfigError:
             raise
@@ -213,14 +221,6 @@ def _quiet_partition_report(cli: Any) -> None:
     ``--partition_report`` asks for it."""
     if cli.config.get("partition_report") is None and hasattr(cli.model, "partition_report"):
         cli.model.partition_report = "none"
-
-
-def _overwrite_keyword(overwrite: bool) -> dict[str, bool]:
-    """``{"overwrite": ...}`` where ``finish_checkpoint`` takes it (the command has already
-    checked the output path itself)."""
-    if "overwrite" in inspect.signature(finish_checkpoint).parameters:
-        return {"overwrite": overwrite}
-    return {}
 
 
 def _trainer_options(config: Any) -> dict[str, Any]:

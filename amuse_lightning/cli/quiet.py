@@ -10,10 +10,12 @@ None of them is caused by the user's settings:
   by Lightning 2.6's own ``_pytree`` helper whenever a batch is flattened;
 - in ``finish`` only (:data:`FINISH_WARNINGS`, :data:`FINISH_LOG_LINES`): Lightning's advice
   to provide the callbacks the source checkpoint was written with (the finisher leaves the run's
-  checkpoint callbacks out on purpose: it writes one file itself), its warning about resuming in
-  the middle of an epoch (the finisher continues the run's own data stream, whose order the
-  example samplers restore from the step count), and its note that ``save_checkpoint`` was
-  called without ``weights_only`` (the finisher writes a full checkpoint).
+  checkpoint callbacks out on purpose: it writes one file itself) and its note that
+  ``save_checkpoint`` was called without ``weights_only`` (the finisher writes a full
+  checkpoint); and, for the shipped example datamodules only, its warning about resuming in the
+  middle of an epoch with a loader that saves no position (their samplers and batches are
+  functions of the epoch and the step, so they resume exactly: :data:`EXAMPLE_RESUME_WARNING`).
+  A datamodule of the user's keeps that warning: its loader may really restart the epoch.
 
 Every other warning and log line still reaches the user.
 """
@@ -27,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "EXAMPLE_RESUME_WARNING",
     "FINISH_LOG_LINES",
     "FINISH_WARNINGS",
     "LIGHTNING_TIP",
@@ -50,8 +53,10 @@ LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 FINISH_WARNINGS = (
     r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be "
     r"provided during `Trainer` instantiation",
-    r"You're resuming from a checkpoint that ended before the epoch ended",
 )
+
+#: Lightning's mid-epoch resume warning, dropped in ``finish`` for the example datamodules.
+EXAMPLE_RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
 #: Lightning log lines that ``finish`` causes itself: logger name -> message regex.
 FINISH_LOG_LINES = {
@@ -85,15 +90,20 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
-    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=LEAFSPEC_WARNING, category=FutureWarning, module=r"lightning\."
+    )
 
 
 @contextmanager
-def quiet_finish() -> Iterator[None]:
-    """Inside the block, drop :data:`FINISH_WARNINGS` and :data:`FINISH_LOG_LINES`."""
+def quiet_finish(datamodule: object = None) -> Iterator[None]:
+    """Inside the block, drop :data:`FINISH_WARNINGS` and :data:`FINISH_LOG_LINES`, and
+    :data:`EXAMPLE_RESUME_WARNING` when ``datamodule`` is one of the package's examples."""
     filters = [(logging.getLogger(n), _Drop(re.compile(p))) for n, p in FINISH_LOG_LINES.items()]
+    example = type(datamodule).__module__.startswith("amuse_lightning.examples")
+    messages = FINISH_WARNINGS + ((EXAMPLE_RESUME_WARNING,) if example else ())
     with warnings.catch_warnings():
-        for message in FINISH_WARNINGS:
+        for message in messages:
             warnings.filterwarnings("ignore", message=message)
         for logger, drop in filters:
             logger.addFilter(drop)

@@ -148,6 +148,7 @@ def finish_checkpoint(
     start: str = "x",
     shape: str = "linear",
     lr_factor: float = DEFAULT_LR_FACTOR,
+    momentum: str = "carried",
     bn_recalibration_batches: int = 50,
     trainer_options: Mapping[str, Any] | None = None,
     callbacks: list[Callback] | None = None,
@@ -170,7 +171,7 @@ def finish_checkpoint(
             f"{ckpt_path} was written before the first optimizer step: nothing to finish."
         )
     length = steps if steps is not None else Cooldown.steps_for(source_step, fraction)
-    cooldown = Cooldown(length, start, shape, lr_factor)  # type: ignore[arg-type]
+    cooldown = Cooldown(length, start, shape, lr_factor, momentum)  # type: ignore[arg-type]
     kept = [cb for cb in (callbacks or []) if not isinstance(cb, (Checkpoint, AmuseCallback))]
     options = {
         **dict(trainer_options or {}),
