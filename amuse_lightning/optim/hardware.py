@@ -77,7 +77,9 @@ def native_bf16_matmul() -> bool:
 
     x86 on Linux: AVX512-BF16 or AMX-BF16 in the CPU flags, oneDNN enabled and not held below
     ``AVX512_CORE_BF16``. Elsewhere: bf16 and float32 products of 256 x 512 matrices are timed
-    (interleaved, best of 3) and bf16 must be the faster one. Decided once per process.
+    (interleaved, best of 3) and bf16 must be the faster one; but not under a process group of
+    several ranks, where a timing could differ between ranks (replicas would then run different
+    dtypes): there float32, the same on every rank. Decided once per process.
     """
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return False
@@ -85,7 +87,15 @@ def native_bf16_matmul() -> bool:
     if _x86() and flags is not None:
         bf16_cap = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10")
         return bool(BF16_FLAGS & flags) and _cap_allows(bf16_cap)
+    if _several_ranks():
+        return False
     return _bf16_faster_by_timing()
+
+
+def _several_ranks() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _bf16_faster_by_timing() -> bool:
@@ -102,8 +112,9 @@ def _bf16_faster_by_timing() -> bool:
 
 def fastest_ns_dtype(device: torch.device | str) -> str | None:
     """The Newton-Schulz dtype ``ns_dtype="auto"`` stands for on ``device``: ``"bfloat16"`` on
-    accelerators and on CPUs with native bf16 products, ``"float32"`` on other CPUs, ``None``
-    for the ``meta`` device (decided at the first step, once the parameters are real)."""
+    accelerators (CUDA, and any other non-CPU device) and on CPUs with native bf16 products,
+    ``"float32"`` on other CPUs, ``None`` for the ``meta`` device (decided at the first step,
+    once the parameters are real)."""
     kind = torch.device(device).type
     if kind == "meta":
         return None
