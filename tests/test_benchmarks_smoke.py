@@ -24,6 +24,8 @@ from anytime import averages, finishing, methods, probes, protocol  # noqa: E402
 from anytime.finisher_study import FinisherStudy  # noqa: E402
 from anytime.vision import VisionTask  # noqa: E402
 
+from tests.helpers.anytime_tasks import tiny_vision  # noqa: E402
+
 
 def _has_char_gpt() -> bool:
     return (ROOT / "amuse_lightning" / "examples" / "char_gpt.py").is_file()
@@ -99,20 +101,6 @@ def test_make_tables_renders_the_quick_run(quick_run: tuple[str, Path]) -> None:
     assert "step_time.json not found" in text  # absent file: a note, not a crash
 
 
-def _tiny_vision() -> VisionTask:
-    task = VisionTask(quick=True)
-    g = torch.Generator().manual_seed(0)
-    task.train = (
-        torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g),
-        torch.randint(0, 10, (64,), generator=g),
-    )
-    task.splits = {
-        split: (torch.randn(32, 1, 28, 28, generator=g), torch.randint(0, 10, (32,), generator=g))
-        for split in ("val", "test")
-    }
-    return task
-
-
 def _handle(task: VisionTask, method: str, model: torch.nn.Module) -> methods.OptimizerHandle:
     groups = task.param_groups(model, 0.05)
     return methods.build_optimizer(
@@ -132,7 +120,7 @@ def _train(task: VisionTask, model, handle, steps: int, seed: int = 1) -> None:
 @pytest.mark.parametrize("method", ["amuse", "sf_adamw"])
 def test_evaluation_at_x_leaves_training_untouched(method: str) -> None:
     """y parameters, y-time BN statistics and the data stream come back bit for bit."""
-    task = _tiny_vision()
+    task = tiny_vision()
     torch.manual_seed(0)
     model = task.build_model(0)
     handle = _handle(task, method, model)
@@ -165,7 +153,7 @@ def test_evaluation_at_x_leaves_training_untouched(method: str) -> None:
 
 
 def test_muon_baseline_moves_conv_kernels_through_flat_views() -> None:
-    task = _tiny_vision()
+    task = tiny_vision()
     torch.manual_seed(0)
     model = task.build_model(0)
     handle = _handle(task, "muon_cosine", model)
@@ -214,7 +202,7 @@ def test_choices_use_validation_only() -> None:
 
 
 def test_train_run_stops_at_a_non_finite_loss_and_never_wins() -> None:
-    task = _tiny_vision()
+    task = tiny_vision()
     task.study = protocol.StudyConfig(budgets=(2, 4), lr_grid={}, weight_decay=0.0)
     losses = iter([1.0, 1.0, 1.0, float("nan")])
     task.loss = lambda model, batch: model(batch[0]).sum() * 0 + next(losses)
@@ -328,7 +316,7 @@ def test_finisher_choice_uses_validation_at_equal_total_steps() -> None:
 def test_probes_leave_the_run_unchanged() -> None:
     """An AMUSE run that also scores finishers and EMAs sees the same batches and evaluates
     the same x, bit for bit, as one that does not."""
-    task = _tiny_vision()
+    task = tiny_vision()
     task.study = protocol.StudyConfig(budgets=(2, 4), lr_grid={}, weight_decay=0.05)
     task.finishing = probes.FinisherConfig(amuse_lrs=(1e-2,), shapes=("1-sqrt",),
                                            fractions=(0.5,), lr_factors=(1.0,),

@@ -16,6 +16,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from anytime.lm import LMTask  # noqa: E402
 from anytime.protocol import RunSpec, train_run  # noqa: E402
 
+from tests.helpers.anytime_tasks import tiny_vision  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def lm_task() -> LMTask:
@@ -32,6 +34,18 @@ def test_a_wsd_fork_leaves_the_constant_lr_run_as_it_was(lm_task: LMTask) -> Non
     for e in forked["evals"]:  # a fork of round(0.5 t) steps at every budget, scored apart
         assert e["forked"]["steps"] == round(0.5 * e["step"])
         assert e["forked"]["val"]["score"] != e["val"]["score"]
+
+
+def test_a_fork_leaves_batchnorm_and_the_run_as_they_were() -> None:
+    """The vision task (BatchNorm buffers move in the fork's training; augmentation comes from
+    torch's global generator, drawn in the run's order by the lookahead): the evaluation after
+    the fork at t = 4 equals the run's without forks."""
+    task = tiny_vision()
+    plain = train_run(RunSpec("sweep", "muon_wsd", 1e-2, 0, 8), task)
+    forked = train_run(RunSpec("sweep", "muon_wsd", 1e-2, 0, 8, (("forks", "0.5"),)), task)
+    assert [e["val"] for e in forked["evals"]] == [e["val"] for e in plain["evals"]]
+    assert [e["test"] for e in forked["evals"]] == [e["test"] for e in plain["evals"]]
+    assert all("forked" in e for e in forked["evals"])
 
 
 def test_a_fork_decays_the_rate_linearly_to_zero(lm_task: LMTask, monkeypatch) -> None:

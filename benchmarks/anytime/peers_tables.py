@@ -53,20 +53,30 @@ def _split(records: list[dict], method: str, t: int, key: str, split: str) -> di
     }
 
 
+def _equal_label(meta: dict, label: str) -> str:
+    """With ``equal_lr_from_t`` (a compute cut), cosine for ``t + f t`` ran at the lr tuned for
+    ``t``, and the labels say so."""
+    if meta["config"].get("peers", {}).get("equal_lr_from_t"):
+        return label.replace("tuned for t + f t", "for t + f t at the lr tuned for t")
+    return label
+
+
 def main_table(data: dict, table: Table) -> str:
     """Scores at every budget (rows: methods, columns: budgets), then the comparisons."""
     meta, records = data["meta"], data["records"]
     key, scale, digits, _ = metric(meta)
     budgets = budgets_of(records)
     rows = [
-        [label, *(cell(list(values(records, m, t, key).values()), scale, digits) for t in budgets)]
+        [_equal_label(meta, label),
+         *(cell(list(values(records, m, t, key).values()), scale, digits) for t in budgets)]
         for m, label in ROWS
         if any(r["method"] == m for r in records)
-    ]
+    ]  # fmt: skip
     rows += [
-        [f"**{label}**", *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
+        [f"**{_equal_label(meta, label)}**",
+         *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
         for own, ref, label in COMPARISONS
-    ]
+    ]  # fmt: skip
     metric_name = "test accuracy (%)" if meta["metric"] == "accuracy" else "test loss (nats)"
     return table([f"{metric_name} at budget t", *(f"t = {t:,}" for t in budgets)], rows)
 

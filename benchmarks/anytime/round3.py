@@ -26,13 +26,15 @@ KNOBS_COMMON = (
 2-core machine: r=1 (screened in round 1) and a larger decay of z are not screened."""
 
 
-def knobs(longest: int, warmup: int, official: tuple) -> tuple:
-    """The screen: the common knobs, the c warm-up (``c_warmup_steps = warmup``), beta annealing
-    over the longest budget, and the official recipe of the AMUSE authors for the task's kind
+def knobs(longest: int, c_warmup: int, official: tuple) -> tuple:
+    """The screen: the common knobs, the c warm-up (``c_warmup_steps = c_warmup``: the horizon
+    passes its shortest budget, 200 steps, as its lr warm-up of 10 steps is too short to matter;
+    the vision task twice its lr warm-up, ScheduleFree+'s advice), beta annealing over the
+    longest budget, and the official recipe of the AMUSE authors for the task's kind
     (``official``)."""
     return (
         *KNOBS_COMMON,
-        ("c warm-up", (("c_warmup_steps", warmup),)),
+        ("c warm-up", (("c_warmup_steps", c_warmup),)),
         (
             "beta annealed to 0.965",
             (("beta_anneal_steps", longest), ("beta_final", 0.965), ("rho", 0.0)),
