@@ -170,6 +170,8 @@ def plot_gaps(data: dict, path) -> None:
             ax.plot(*zip(*points, strict=True), style, color=color, marker="o", label=label)
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_xscale("log")
+    ax.set_xticks(budgets, [f"{t:,}" for t in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("budget t (steps)")
     ax.set_ylabel(f"test {unit(meta)} vs tuned cosine (+ = better)")
     ax.set_title(f"{meta['task']}: gap to Muon + cosine tuned for the same steps")
