@@ -90,3 +90,7 @@ def test_a_quick_peers_study_fills_every_row(tmp_path: Path) -> None:
         if row["method"] in ("muon_constant", "amuse_x", "sf_adamw", "muon_cosine"):
             assert row["total_steps"] == row["budget_steps"]
     assert payload["meta"]["selection"]["variant"] in payload["meta"]["config"]["peers"]["variants"]
+    best = payload["meta"]["selection"].get("best_knob")
+    if best is not None:  # step 5: a knob with a validation gain runs again with the finisher
+        assert best["mean_val_gain"] > 0 and best["name"] == "r=1"
+        assert {"best_x", "best_finished"} <= methods

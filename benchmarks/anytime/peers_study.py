@@ -20,6 +20,9 @@ method; the fork and the finisher each cost ``k = round(f t)`` extra steps, f = 
 4. Knob screen (``knobs``, where configured): each mechanism at AMUSE's chosen lr on every seed,
    scored at ``x`` (and finished by the chosen variant with ``knob_finisher``); compared with the
    chosen AMUSE run seed by seed.
+5. Confirmation: the knob with the best mean validation gain over the budgets and seeds (when it
+   is a gain) runs again on every seed with the chosen finisher, so that its ``x`` and its
+   finished ``x`` can be set against the WSD fork (``best_x``, ``best_finished`` rows).
 """
 
 from __future__ import annotations
@@ -141,6 +144,9 @@ class PeersStudy(FinisherStudy):
             knobs = self._knob_specs()
             runner.submit(knobs)
             runner.wait_for(finals + knobs)
+            confirm = self._confirm_specs()
+            runner.submit(confirm)
+            runner.wait_for(confirm)
         finally:
             runner.close()
         self.save("complete")
@@ -210,6 +216,40 @@ class PeersStudy(FinisherStudy):
             for seed in self.study.seeds
         ]
 
+    def _confirm_specs(self) -> list[RunSpec]:
+        """Step 5: the best knob by mean validation gain (over budgets, then seeds) against the
+        chosen AMUSE run of the same seed, on every seed with the chosen finisher."""
+        if not self.peers.knobs:
+            return []
+        lr, gains = self.chosen.specs["amuse"].lr, {}
+        base = self._by_setting().get(_key(self.chosen.specs["amuse"]), {})
+        for name, settings in self.peers.knobs:
+            runs = self._by_setting().get(_key(self.amuse("screen", lr, 0, [], settings)), {})
+            per_seed = [self._gain(runs[seed], base[seed]) for seed in runs if seed in base]
+            if per_seed:
+                gains[name] = sum(per_seed) / len(per_seed)
+        if not gains or max(gains.values()) <= 0.0:
+            return []
+        best = max(gains, key=gains.get)
+        settings = dict(self.peers.knobs)[best]
+        self.selection["best_knob"] = {"name": best, "settings": dict(settings),
+                                       "mean_val_gain": gains[best], "gains": gains}  # fmt: skip
+        self.save()
+        return [self.amuse("confirm", lr, seed, [self.chosen.variant], settings)
+                for seed in self.study.seeds]  # fmt: skip
+
+    def _gain(self, run: dict, base: dict) -> float:
+        budgets = [t for t in self.study.budgets if t <= min(run["spec"]["steps"],
+                                                              base["spec"]["steps"])]  # fmt: skip
+        return mean([score_at(run, t) - score_at(base, t) for t in budgets])
+
+    def _by_setting(self) -> dict[str, dict[int, dict]]:
+        """Results by setting (:func:`_key`), then by seed."""
+        out: dict[str, dict[int, dict]] = {}
+        for r in self.results.values():
+            out.setdefault(_key(RunSpec.from_dict(r["spec"])), {})[r["spec"]["seed"]] = r
+        return out
+
     # ------------------------------------------------------------------ JSON
     def save(self, status: str = "running") -> None:
         self.meta.update(
@@ -225,14 +265,12 @@ class PeersStudy(FinisherStudy):
         """One row per (method, seed, budget t): ``amuse_x``, ``amuse_finished`` (the chosen
         variant), ``amuse_finished_default``, ``muon_constant``, ``muon_wsd`` (fork, total
         ``t + k``), ``sf_adamw``, ``muon_cosine`` (tuned for ``t``), ``muon_cosine_equal``
-        (tuned for ``t + k``), and ``knob:<name>`` / ``knob:<name>:finished`` rows."""
+        (tuned for ``t + k``), ``knob:<name>`` (and ``knob:<name>:finished``) rows, and the
+        confirmed best knob's ``best_x`` / ``best_finished``."""
         sel = self.selection
         if not sel:
             return []
-        by_setting: dict[str, dict[int, dict]] = {}
-        for r in self.results.values():
-            spec = RunSpec.from_dict(r["spec"])
-            by_setting.setdefault(_core(spec), {})[spec.seed] = r
+        by_setting = self._by_setting()
         rows = []
         c = self.chosen
         roles = {
@@ -241,7 +279,7 @@ class PeersStudy(FinisherStudy):
             "sf_adamw": ("live", c.specs.get("sf_adamw")),
         }
         for name, (kind, spec) in roles.items():
-            for seed, run in sorted(by_setting.get(_core(spec), {}).items()) if spec else []:
+            for seed, run in sorted(by_setting.get(_key(spec), {}).items()) if spec else []:
                 for e in run["evals"]:
                     if kind == "live":
                         rows.append(_row(name, e["step"], e["step"], seed, run, e))
@@ -251,11 +289,14 @@ class PeersStudy(FinisherStudy):
                                          done))  # fmt: skip
         amuse = c.specs.get("amuse")
         if amuse is not None:
-            rows += self._amuse_rows("amuse", by_setting.get(_core(amuse), {}))
-        for knob, settings in self.peers.knobs:
-            spec = self.amuse("screen", amuse.lr, 0, [], settings) if amuse else None
-            if spec is not None:
-                rows += self._amuse_rows(f"knob:{knob}", by_setting.get(_core(spec), {}))
+            rows += self._amuse_rows("amuse", by_setting.get(_key(amuse), {}))
+            for knob, settings in self.peers.knobs:
+                spec = self.amuse("screen", amuse.lr, 0, [], settings)
+                rows += self._amuse_rows(f"knob:{knob}", by_setting.get(_key(spec), {}))
+            best = sel.get("best_knob")
+            if best is not None:
+                spec = self.amuse("confirm", amuse.lr, 0, [c.variant], best["settings"].items())
+                rows += self._amuse_rows("best", by_setting.get(_key(spec), {}))
         lrs = sel.get("cosine", {})
         for r in self.results.values():
             spec = RunSpec.from_dict(r["spec"])
@@ -273,19 +314,27 @@ class PeersStudy(FinisherStudy):
         for seed, run in sorted(runs.items()):
             for e in run["evals"]:
                 t = e["step"]
-                rows.append(_row(f"{name}_x" if name == "amuse" else name, t, t, seed, run, e))
+                knob = name.startswith("knob:")
+                rows.append(_row(name if knob else f"{name}_x", t, t, seed, run, e))
                 for label, variant in (("finished", self.chosen.variant),
                                        ("finished_default", DEFAULT_VARIANT)):  # fmt: skip
                     done = e.get("finished", {}).get(variant)
                     if done is not None:
                         total = t + Variant.parse(variant).steps(t)
-                        row_name = f"{name}_{label}" if name == "amuse" else f"{name}:{label}"
+                        row_name = f"{name}:{label}" if knob else f"{name}_{label}"
                         rows.append(_row(row_name, t, total, seed, run, done))
         return rows
 
 
+def _key(spec: RunSpec | None) -> str:
+    """The key that groups a setting's seeds: :func:`_core`, and whether finishers were probed
+    (a knob's screen runs and its confirmation runs share their core)."""
+    probed = spec is not None and any(k == "finishers" for k, _ in spec.settings)
+    return _core(spec) + ("|probed" if probed else "")
+
+
 def _core(spec: RunSpec | None) -> str:
-    """A setting without its phase, seed and probe list: the key that groups seeds."""
+    """A setting without its phase, seed and probe list."""
     if spec is None:
         return ""
     core = [(k, v) for k, v in spec.settings if k != "finishers"]

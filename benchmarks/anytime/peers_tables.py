@@ -30,6 +30,15 @@ COMPARISONS = (
     ("amuse_x", "muon_cosine", "x − cosine tuned for t"),
     ("amuse_finished", "muon_cosine_equal", "finished x − cosine tuned for t + f t"),
 )
+BEST_ROWS = (
+    ("best_x", "AMUSE with {knob}, x at t"),
+    ("best_finished", "AMUSE with {knob}, x finished (t + f t steps)"),
+)
+BEST_COMPARISONS = (
+    ("best_x", "muon_wsd", "{knob}: x − WSD fork (x without the fork's extra steps)"),
+    ("best_finished", "muon_wsd", "{knob}: finished x − WSD fork (equal total steps)"),
+    ("best_x", "muon_cosine", "{knob}: x − cosine tuned for t"),
+)
 
 
 def unit(meta: dict) -> str:
@@ -77,22 +86,35 @@ def main_table(data: dict, table: Table) -> str:
          *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
         for own, ref, label in COMPARISONS
     ]  # fmt: skip
+    knob = meta["selection"].get("best_knob", {}).get("name")
+    if knob and any(r["method"] == "best_x" for r in records):
+        rows += [
+            [label.format(knob=knob),
+             *(cell(list(values(records, m, t, key).values()), scale, digits) for t in budgets)]
+            for m, label in BEST_ROWS
+        ]  # fmt: skip
+        rows += [
+            [f"**{label.format(knob=knob)}**",
+             *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
+            for own, ref, label in BEST_COMPARISONS
+        ]  # fmt: skip
     metric_name = "test accuracy (%)" if meta["metric"] == "accuracy" else "test loss (nats)"
     return table([f"{metric_name} at budget t", *(f"t = {t:,}" for t in budgets)], rows)
 
 
-def goal_line(data: dict) -> str:
+def goal_line(data: dict, prefix: str = "amuse") -> str:
     """The issue's goal on one task: AMUSE (x, or finished x at equal total steps) level with or
-    ahead of the WSD fork at every budget, and x level with cosine(t) at the longest budget."""
+    ahead of the WSD fork at every budget, and x level with cosine(t) at the longest budget
+    (``prefix="best"``: AMUSE with the confirmed best knob)."""
     budgets = budgets_of(data["records"])
     met = []
     for t in budgets:
         best = [
-            comparison(data, "amuse_x", "muon_wsd", t),
-            comparison(data, "amuse_finished", "muon_wsd", t),
+            comparison(data, f"{prefix}_x", "muon_wsd", t),
+            comparison(data, f"{prefix}_finished", "muon_wsd", t),
         ]
         met.append(any(d and d["verdict"] in ("ahead", "level") for d in best))
-    longest = comparison(data, "amuse_x", "muon_cosine", budgets[-1]) if budgets else {}
+    longest = comparison(data, f"{prefix}_x", "muon_cosine", budgets[-1]) if budgets else {}
     level_long = bool(longest) and longest["verdict"] in ("ahead", "level")
     return (
         f"x or finished x level with or ahead of the WSD fork at {sum(met)} of {len(budgets)} "
