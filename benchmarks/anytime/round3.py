@@ -77,8 +77,11 @@ def peers_config(task: Any, quick: bool) -> PeersConfig:
         )  # fmt: skip
     if name == "vision":
         warmup = max(2, round(task.study.warmup_fraction * longest))
+        # one more point where the first sweep chose an end of its grid: AMUSE 0.1 (top),
+        # Muon WSD 0.01 (bottom)
         return PeersConfig(
-            amuse_lrs=(1e-2, 3e-2, 1e-1), wsd_lrs=(1e-2, 3e-2, 1e-1), sf_lrs=(3e-3, 1e-2, 3e-2),
+            amuse_lrs=(1e-2, 3e-2, 1e-1, 3e-1), wsd_lrs=(3e-3, 1e-2, 3e-2, 1e-1),
+            sf_lrs=(3e-3, 1e-2, 3e-2),
             knobs=knobs(longest, 2 * warmup, OFFICIAL_VISION),
         )  # fmt: skip
     if name == "lm":
