@@ -90,6 +90,10 @@ def test_finish_options_are_checked_before_anything_is_built(capsys):
     assert capsys.readouterr().err == (
         "amuse-lightning: error: --fraction: must be in (0, 1], got 1.5\n"
     )
+    assert main(["finish", "--ckpt_path", "x.ckpt", "--lr_factor", "often"]) == 2
+    assert capsys.readouterr().err == (
+        "amuse-lightning: error: --lr_factor: must be a number > 0 or auto, got often\n"
+    )
 
 
 # ----------------------------------------------------------------- refusals, before building

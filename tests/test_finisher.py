@@ -194,7 +194,7 @@ def test_begin_cooldown_gives_a_standard_scheduler_that_reaches_zero():
         (dict(steps=2, start="w"), "start must be one of"),
         (dict(steps=2, momentum="reset"), "momentum must be one of"),
         (dict(steps=2, shape="cosine"), "shape must be one of"),
-        (dict(steps=2, lr_factor=0.0), "lr_factor must be a number > 0"),
+        (dict(steps=2, lr_factor=0.0), "lr_factor must be a number > 0 or .auto."),
     ],
 )
 def test_a_bad_cooldown_says_what_to_change(kwargs, match):
@@ -211,3 +211,17 @@ def test_too_few_batches_and_other_optimizers_are_refused_clearly():
     adamw = torch.optim.AdamW(model.parameters())
     with pytest.raises(TypeError, match="needs an AMUSE optimizer"):
         finish(adamw, model, cooldown_batches(), loss_fn, steps=2)  # type: ignore[arg-type]
+
+
+def test_auto_lr_factor_follows_the_steps_so_far():
+    """``lr_factor="auto"``: 0.3 up to 800 steps, then 0.3 * 800 / t (round 3's rule)."""
+    rule = Cooldown(4, lr_factor="auto")
+    assert [rule.factor_at(t) for t in (10, 800, 1600, 6400)] == [0.3, 0.3, 0.15, 0.0375]
+    model, optimizer = run(10)
+    expected = hand_written_cooldown(model, optimizer, 5, "x", "linear", factor=0.3)
+    finished = finish(optimizer, model, cooldown_batches(), loss_fn, steps=5, lr_factor="auto")
+    for name, value in finished.named_parameters():
+        torch.testing.assert_close(value.detach(), expected[name], rtol=0, atol=1e-10)
+    assert finished.amuse_finisher.cooldown.lr_factor == "auto"
+    with pytest.raises(ValueError, match="a number > 0 or 'auto', got 'often'"):
+        Cooldown(4, lr_factor="often")

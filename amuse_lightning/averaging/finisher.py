@@ -46,6 +46,7 @@ from .batchnorm import reestimate_batchnorm, require_batches
 from .random_state import preserved_data_state
 
 __all__ = [
+    "AUTO_LR_FACTOR",
     "COOLDOWN_MOMENTA",
     "COOLDOWN_SHAPES",
     "COOLDOWN_STARTS",
@@ -75,6 +76,14 @@ the long-run study over all its budgets, while factors 1 and 3 lost everywhere. 
 as good as 1-sqrt or better (a tie on one task), and the start (``x`` or ``y``) made no
 difference beyond noise."""
 
+AUTO_LR_FACTOR = "auto"
+AUTO_PEAK, AUTO_KNEE = 0.3, 800
+"""``lr_factor="auto"``: ``0.3 min(1, 800 / t)`` for a cooldown from step ``t``, the rule round 3
+fitted on the horizon and LM studies (the best factor was 0.3 up to 800 steps and fell about as
+``1/t`` beyond). Checked on the vision task it did not beat the constant 0.1 there (+4.67
+against +4.70 points over the WSD fork, validation), so it is an option, not the default
+(docs/results.md)."""
+
 
 @dataclass(frozen=True)
 class Cooldown:
@@ -85,7 +94,7 @@ class Cooldown:
     steps: int
     start: Start = "x"
     shape: Shape = "linear"
-    lr_factor: float = DEFAULT_LR_FACTOR
+    lr_factor: float | str = DEFAULT_LR_FACTOR
     momentum: Momentum = "carried"
 
     def __post_init__(self) -> None:
@@ -95,8 +104,11 @@ class Cooldown:
             raise ValueError(f"cooldown start must be one of {COOLDOWN_STARTS}, got {self.start!r}")
         if self.shape not in COOLDOWN_SHAPES:
             raise ValueError(f"cooldown shape must be one of {COOLDOWN_SHAPES}, got {self.shape!r}")
-        if not (isinstance(self.lr_factor, (int, float)) and 0.0 < self.lr_factor < math.inf):
-            raise ValueError(f"cooldown lr_factor must be a number > 0, got {self.lr_factor!r}")
+        number = isinstance(self.lr_factor, (int, float)) and not isinstance(self.lr_factor, bool)
+        if not (self.lr_factor == AUTO_LR_FACTOR or (number and 0 < self.lr_factor < math.inf)):
+            raise ValueError(
+                f"cooldown lr_factor must be a number > 0 or 'auto', got {self.lr_factor!r}"
+            )
         if self.momentum not in COOLDOWN_MOMENTA:
             raise ValueError(
                 f"cooldown momentum must be one of {COOLDOWN_MOMENTA}, got {self.momentum!r}"
@@ -109,6 +121,13 @@ class Cooldown:
         if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         return max(1, round(fraction * run_steps))
+
+    def factor_at(self, run_steps: int) -> float:
+        """The lr factor of a cooldown from step ``run_steps`` (``"auto"``: :data:`AUTO_PEAK`
+        ``* min(1, AUTO_KNEE / run_steps)``)."""
+        if self.lr_factor == AUTO_LR_FACTOR:
+            return AUTO_PEAK * min(1.0, AUTO_KNEE / max(1, run_steps))
+        return float(self.lr_factor)
 
     def multiplier(self, i: int) -> float:
         """``g(i / steps)``: the factor of cooldown step ``i`` (0-based; 0 from ``steps`` on)."""
@@ -152,9 +171,10 @@ def begin_cooldown(optimizer: AMUSE, cooldown: Cooldown) -> LambdaLR:
                 state = optimizer.state.get(p)
                 if state and "z" in state:
                     p.copy_(state["z"])
+    factor = cooldown.factor_at(run_steps(optimizer))
     for group in optimizer.param_groups:
         group.update(
-            lr=_current_lr(group) * cooldown.lr_factor,
+            lr=_current_lr(group) * factor,
             warmup_steps=1,
             averaging=False,
             weight_decay=group["weight_decay"] + group["weight_decay_at_y"],
@@ -239,7 +259,7 @@ def finish(
     steps: int | None = None,
     start: Start = "x",
     shape: Shape = "linear",
-    lr_factor: float = DEFAULT_LR_FACTOR,
+    lr_factor: float | str = DEFAULT_LR_FACTOR,
     momentum: Momentum = "carried",
     bn_batches: Batches | None = None,
     max_bn_batches: int | None = None,

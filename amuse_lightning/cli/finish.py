@@ -42,8 +42,8 @@ from amuse_lightning.cli.options import (
     OneLineParser,
     boolean,
     fraction,
+    lr_factor,
     non_negative_int,
-    positive_float,
     positive_int,
 )
 from amuse_lightning.cli.quiet import quiet_finish
@@ -116,11 +116,11 @@ def finish_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--lr_factor",
-        type=positive_float,
+        type=lr_factor,
         default=DEFAULT_LR_FACTOR,
         help="the cooldown starts at lr_factor times the run's rate (default "
         f"{DEFAULT_LR_FACTOR}; the studies' best shrank as runs grew: 0.3 up "
-        "to a few hundred steps, 0.03 at 6,400)",
+        "to 800 steps, 0.03 at 6,400); auto: 0.3 * min(1, 800 / steps so far)",
     )
     parser.add_argument(
         "--bn_batches",

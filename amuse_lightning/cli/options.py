@@ -57,6 +57,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def lr_factor(text: str) -> float | str:
+    """A number > 0, or ``auto`` (the finisher's rule of the steps so far)."""
+    if text == "auto":
+        return text
+    try:
+        return positive_float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0 or auto, got {text}") from None
+
+
 def boolean(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True

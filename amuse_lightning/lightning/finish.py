@@ -147,7 +147,7 @@ def finish_checkpoint(
     steps: int | None = None,
     start: str = "x",
     shape: str = "linear",
-    lr_factor: float = DEFAULT_LR_FACTOR,
+    lr_factor: float | str = DEFAULT_LR_FACTOR,
     momentum: str = "carried",
     bn_recalibration_batches: int = 50,
     trainer_options: Mapping[str, Any] | None = None,
