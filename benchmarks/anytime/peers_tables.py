@@ -164,6 +164,44 @@ def variant_table(data: dict, table: Table) -> str:
     return table(["finisher variant", "mean", *(f"t = {t:,}" for t in budgets)], rows)
 
 
+def auto_factor(t: int) -> float:
+    """The finisher's ``lr_factor="auto"`` (``averaging/finisher.py``): 0.3 min(1, 800 / t)."""
+    return 0.3 * min(1.0, 800 / t)
+
+
+def factor_rule_row(data: dict) -> dict[str, float]:
+    """Mean over budgets of val(finished) − val(WSD fork) on the sweep seed for the ``x``
+    starts at each lr factor of the grid, and for the ``auto`` rule (at each budget the grid
+    factor nearest to the rule's in log scale)."""
+    variants = data["meta"]["selection"].get("variants", {})
+    by_factor = {}
+    for vid, entry in variants.items():
+        start, shape, _fraction, factor, *rest = vid.split("/")
+        if start == "x" and shape == "linear" and not rest:
+            by_factor[float(factor[4:])] = {int(t): g for t, g in entry["per_budget"].items()}
+    if not by_factor:
+        return {}
+    budgets = sorted(next(iter(by_factor.values())))
+    out = {f"lr_x{f:g}": sum(g.values()) / len(g) for f, g in sorted(by_factor.items())}
+    nearest = [min(by_factor, key=lambda f: abs(math.log(f / auto_factor(t)))) for t in budgets]
+    out["auto"] = sum(by_factor[f][t] for f, t in zip(nearest, budgets, strict=True)) / len(budgets)
+    return out
+
+
+def factor_rule_table(tasks: dict[str, dict], table: Table) -> str:
+    """:func:`factor_rule_row` per task (points or nats, positive = the finisher ahead)."""
+    rows = []
+    for task, data in tasks.items():
+        row = factor_rule_row(data)
+        if not row:
+            continue
+        _, scale, digits, _ = metric(data["meta"])
+        rows.append([f"{task} ({unit(data['meta'])})",
+                     *(_fmt(scale * row.get(k, math.nan), digits)
+                       for k in ("lr_x0.03", "lr_x0.1", "lr_x0.3", "auto"))])  # fmt: skip
+    return table(["task", "lr factor 0.03", "0.1 (default)", "0.3", "auto"], rows)
+
+
 def _fmt(value: float, digits: int) -> str:
     return "—" if not math.isfinite(value) else f"{value:+.{digits}f}"
 
