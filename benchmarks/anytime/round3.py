@@ -35,12 +35,16 @@ def knobs(longest: int, c_warmup: int, official: tuple) -> tuple:
     return (
         *KNOBS_COMMON,
         ("c warm-up", (("c_warmup_steps", c_warmup),)),
-        (
-            "beta annealed to 0.965",
-            (("beta_anneal_steps", longest), ("beta_final", 0.965), ("rho", 0.0)),
-        ),
+        beta_annealing(longest),
         official,
     )
+
+
+def beta_annealing(longest: int) -> tuple:
+    """ScheduleFree+'s annealing of ``1 - beta`` from ``1 - beta1`` to 0.035 over the longest
+    budget, instead of the ``rho`` rise."""
+    settings = (("beta_anneal_steps", longest), ("beta_final", 0.965), ("rho", 0.0))
+    return ("beta annealed to 0.965", settings)
 
 
 def official_lm(longest: int) -> tuple:
@@ -84,14 +88,18 @@ def peers_config(task: Any, quick: bool) -> PeersConfig:
             sf_lrs=(3e-3, 1e-2, 3e-2),
             knobs=knobs(longest, 2 * warmup, OFFICIAL_VISION),
         )  # fmt: skip
+    # the LM and the ViT screen only the knob that won the horizon and vision screens (added
+    # after those finished), to see whether it holds on the other two tasks
     if name == "lm":
         return PeersConfig(
-            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(3e-4, 1e-3, 3e-3)
-        )
+            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(3e-4, 1e-3, 3e-3),
+            knobs=(beta_annealing(longest),),
+        )  # fmt: skip
     if name == "vit":
         return PeersConfig(
-            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(1e-3, 3e-3, 1e-2)
-        )
+            amuse_lrs=(3e-3, 1e-2, 3e-2), wsd_lrs=(3e-3, 1e-2, 3e-2), sf_lrs=(1e-3, 3e-3, 1e-2),
+            knobs=(beta_annealing(longest),),
+        )  # fmt: skip
     raise ValueError(f"no round-3 settings for task {name!r}")
 
 
