@@ -31,7 +31,12 @@ from anytime.tables import gap_table as anytime_gap_table
 from anytime.tables import render as render_anytime
 from device_tables import render as render_devices
 from md_tables import provenance, table
-from speed_tables import distributed_tables, ns_coefficient_tables, step_time_tables
+from speed_tables import (
+    distributed_tables,
+    limit_table,
+    ns_coefficient_tables,
+    step_time_tables,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = Path(__file__).resolve().parent.parent / "docs" / "results.md"
@@ -103,6 +108,59 @@ def _load_all(folder: Path, names: dict[str, str]) -> tuple[dict[str, dict], lis
         else:
             notes.append(f"<!-- {file} not found: its rows are skipped -->")
     return found, notes
+
+
+def round3_readme(folder: Path) -> str:
+    """The README's results: round 3 in one table across tasks, the knob screen, the finisher's
+    lr factor and the horizon's gap plot (every per-task table is in docs/results.md)."""
+    data, notes = _load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
+    if not data:
+        return "\n".join(notes)
+    parts = [
+        "**AMUSE against what an anytime user runs** (test, 3 seeds, every learning rate and "
+        "choice made on validation; `+` = AMUSE better, in nats of loss or points of accuracy; "
+        "the verdict is `ahead` / `behind` when every seed agrees, else `level`). *Constant-lr "
+        "Muon*: Muon + AdamW at a constant rate after the same warm-up, scored at `t` (no extra "
+        "steps). *WSD fork*: that run with a linear cooldown to zero over `0.2 t` steps forked at "
+        "`t`; *finished x*: `finish()` from `x` over the same `0.2 t` steps. *cosine(t)*: Muon + "
+        "cosine tuned for `t`, a reference that needs the budget in advance. *β-annealed*: AMUSE "
+        "with `rho=0, beta_anneal_steps=<longest budget>, beta_final=0.965`, the knob the screen "
+        "below chose, run again with the finisher on every seed.\n",
+        peers_tables.headline_table(data, table),
+        "",
+        "**Knob screen** (validation, the knob minus the chosen AMUSE run seed by seed; mean over "
+        "the budgets, then the budgets where it was ahead / level / behind; per budget with the "
+        "seed range in [docs/results.md](docs/results.md)):\n",
+        peers_tables.knob_summary_table(data, table),
+        "",
+        "**The finisher's learning rate** (validation, sweep seed: finished `x` minus the WSD "
+        "fork, mean over the budgets, for a cooldown from `x` at a constant factor of the run's "
+        'rate, and for `lr_factor="auto"`, `0.3 min(1, 800 / t)`, fitted on the horizon and LM '
+        "rows and checked on the other two):\n",
+        peers_tables.factor_rule_table(data, table),
+        "",
+    ]
+    png = folder / "anytime_horizon_peers.png"
+    if png.is_file():
+        parts.append(f"![horizon: gap to cosine](benchmarks/results/{png.name})\n")
+    return "\n".join(parts + notes)
+
+
+def speed_readme(folder: Path) -> str:
+    """The CPU step against torch Muon and against the machine's limit, native and with oneDNN
+    held to AVX2 (bf16 emulated); the GPU column is unmeasured."""
+    parts = []
+    for file, setting in (
+        ("step_time_limit_cpu.json", "this CPU (native bf16 products: AVX512-BF16)"),
+        ("step_time_limit_avx2.json", "the same CPU with ONEDNN_MAX_CPU_ISA=AVX2 (bf16 "
+         "emulated, as on an AVX2-only CPU; the quick matrix sets)"),
+    ):  # fmt: skip
+        path = folder / file
+        if path.is_file():
+            parts.append(limit_table(json.loads(path.read_text()), setting))
+        else:
+            parts.append(f"<!-- {file} not found: its table is skipped -->")
+    return "\n\n".join(parts)
 
 
 def round3_summary(folder: Path, full: bool = False) -> str:
@@ -248,7 +306,10 @@ def full_document(folder: Path) -> str:
         "`benchmarks/anytime/finisher_study.py` (round 2); they are repeated at the end of "
         "this page from the JSON that each study wrote.\n"
     )
-    parts = [head, "## Round 3: AMUSE against the practical peers\n", round3_summary(folder, True)]
+    parts = [head, "## Round 3: AMUSE against the practical peers\n", round3_readme(folder)
+             .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
+             .replace("](benchmarks/", "](../benchmarks/"),
+             round3_summary(folder, True)]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
     for task, (file, title) in FINISHER_TASKS.items():
         parts.append(
@@ -268,7 +329,9 @@ def full_document(folder: Path) -> str:
         if path.with_suffix(".png").is_file():
             parts.append(f"![{task}](../benchmarks/results/{path.stem}.png)\n")
     parts.append("## Speed (CPU)\n")
+    parts.append("### The step against the machine's limit\n\n" + speed_readme(folder))
     parts += speed_sections(folder)
+    parts.append(render_devices(folder, table, provenance))
     parts.append("## Protocols\n")
     names = {"anytime": "Round 1 (protocol.py)", "finisher": "Round 2 (finisher_study.py)",
              "peers": "Round 3 (peers_study.py)"}  # fmt: skip
@@ -301,9 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.results / f"anytime_{task}_peers.json"
         if path.is_file():
             peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
-    parts = [round3_summary(args.results), round2_summary(args.results)]
-    parts.append(round1_summary(args.results))
-    parts.append(render_devices(args.results, table, provenance))
+    parts = [round3_readme(args.results), "### Speed\n", speed_readme(args.results)]
     text = "\n\n".join(parts) + "\n"
     full = full_document(args.results)
     if args.readme is None:

@@ -164,6 +164,63 @@ def variant_table(data: dict, table: Table) -> str:
     return table(["finisher variant", "mean", *(f"t = {t:,}" for t in budgets)], rows)
 
 
+BETA_ANNEALED = "beta annealed to 0.965"
+"""The knob the headline's β-annealed columns show (round3.beta_annealing)."""
+
+HEADLINE = (
+    ("amuse_x", "muon_constant", "x − constant-lr Muon"),
+    ("amuse_finished", "muon_wsd", "finished x − WSD fork"),
+    ("amuse_x", "muon_cosine", "x − cosine(t)"),
+    ("best_x", "muon_constant", "β-annealed x − constant-lr Muon"),
+    ("best_finished", "muon_wsd", "β-annealed finished x − WSD fork"),
+    ("best_x", "muon_cosine", "β-annealed x − cosine(t)"),
+)
+
+
+def headline_table(tasks: dict[str, dict], table: Table) -> str:
+    """One row per task and budget: the comparisons of :data:`HEADLINE` on test, per seed, with
+    the verdict (``—`` where a task has no confirmed knob)."""
+    rows = []
+    for task, data in tasks.items():
+        _, _, digits, _ = metric(data["meta"])
+        best = data["meta"]["selection"].get("best_knob", {}).get("name")
+        for t in budgets_of(data["records"]):
+            cells = [
+                "—" if own.startswith("best") and best != BETA_ANNEALED
+                else gap_text(comparison(data, own, ref, t), digits, False)
+                for own, ref, _ in HEADLINE
+            ]  # fmt: skip
+            rows.append([f"{task} ({unit(data['meta'])})", f"{t:,}", *cells])
+    return table(["task", "budget t", *(label for _, _, label in HEADLINE)], rows, left=2)
+
+
+def knob_summary_table(tasks: dict[str, dict], table: Table) -> str:
+    """Per knob and task (validation, knob − chosen AMUSE per seed): the mean gain over the
+    budgets and at how many budgets it was ahead / level / behind."""
+    knobs: list[str] = []
+    for data in tasks.values():
+        knobs += [k for k, _ in data["meta"]["config"]["peers"]["knobs"] if k not in knobs]
+    screened = {t: d for t, d in tasks.items() if d["meta"]["config"]["peers"]["knobs"]}
+    rows = []
+    for knob in knobs:
+        cells = []
+        for data in screened.values():
+            _, _, digits, _ = metric(data["meta"])
+            diffs = [comparison(data, f"knob:{knob}", "amuse_x", t, "val")
+                     for t in budgets_of(data["records"])]  # fmt: skip
+            diffs = [d for d in diffs if d]
+            if not diffs:
+                cells.append("not screened")
+                continue
+            count = {v: sum(d["verdict"] == v for d in diffs) for v in ("ahead", "level", "behind")}
+            mean = sum(d["mean"] for d in diffs) / len(diffs)
+            cells.append(f"{mean:+.{digits}f} ({count['ahead']} / {count['level']} / "
+                         f"{count['behind']})")  # fmt: skip
+        rows.append([knob, *cells])
+    header = [f"{t} ({unit(d['meta'])})" for t, d in screened.items()]
+    return table(["knob", *header], rows)
+
+
 def auto_factor(t: int) -> float:
     """The finisher's ``lr_factor="auto"`` (``averaging/finisher.py``): 0.3 min(1, 800 / t)."""
     return 0.3 * min(1.0, 800 / t)
