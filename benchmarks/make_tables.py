@@ -32,6 +32,7 @@ from anytime.tables import render as render_anytime
 from device_tables import render as render_devices
 from md_tables import provenance, table
 from speed_tables import (
+    compact_limit_table,
     distributed_tables,
     limit_table,
     ns_coefficient_tables,
@@ -144,6 +145,33 @@ def round3_readme(folder: Path) -> str:
     if png.is_file():
         parts.append(f"![horizon: gap to cosine](benchmarks/results/{png.name})\n")
     return "\n".join(parts + notes)
+
+
+SPEED_FILES = (
+    ("step_time_limit_cpu.json", "native bf16 (AVX512-BF16)"),
+    ("step_time_limit_avx2.json", "bf16 emulated (oneDNN held to AVX2)"),
+)
+
+
+def speed_compact(folder: Path) -> str:
+    """The README's speed table (:func:`speed_tables.compact_limit_table`) with its provenance."""
+    found = [(label, json.loads((folder / f).read_text())) for f, label in SPEED_FILES
+             if (folder / f).is_file()]  # fmt: skip
+    if not found:
+        return "<!-- step_time_limit_*.json not found: the speed table is skipped -->"
+    lines = [
+        "The optimizer step on the 2-core CPU, each path against `torch.optim.Muon` as a pair "
+        "alone in a fresh process, and against this machine's limit for the step (the "
+        "Newton-Schulz FLOPs at the best matrix-product rate measured in the same run, bf16 or "
+        "float32, plus the unavoidable float32 passes at the measured memory bandwidth; "
+        "`benchmarks/machine_limit.py`). ViT-S/16's 48 hidden matrices and ResNet-18's conv "
+        "kernels; with bf16 emulated, their quick subsets (torch Muon's emulated bf16 step on the "
+        "full sets takes tens of seconds). No GPU was lent: every GPU figure is unmeasured.\n",
+        compact_limit_table(found),
+        "",
+        *(provenance(data.get("meta", {})) + "\n" for _, data in found),
+    ]
+    return "\n".join(lines)
 
 
 def speed_readme(folder: Path) -> str:
@@ -364,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         path = args.results / f"anytime_{task}_peers.json"
         if path.is_file():
             peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
-    parts = [round3_readme(args.results), "### Speed\n", speed_readme(args.results)]
+    parts = [round3_readme(args.results), "### Speed\n", speed_compact(args.results)]
     text = "\n\n".join(parts) + "\n"
     full = full_document(args.results)
     if args.readme is None:

@@ -90,6 +90,30 @@ def limit_table(data: dict, setting: str) -> str:
     return "\n".join(out)
 
 
+def compact_limit_table(datasets: list[tuple[str, dict]]) -> str:
+    """One row per (setting, matrix set): step milliseconds of torch Muon's default, AMUSE's
+    default (with the dtype ``"auto"`` chose), AMUSE in float32 and in bf16, the limit, and the
+    default's ratios; the GPU column is unmeasured."""
+    rows = []
+    for setting, data in datasets:
+        for model, found in data["models"].items():
+            limit = data.get("limits", {}).get(model)
+            if limit is None or "amuse" not in found:
+                continue
+            ms = {n: f"{found[n]['median_ms']:.0f}" if n in found else "-"
+                  for n in ("torch_muon", "amuse", "amuse_float32", "amuse_bf16")}  # fmt: skip
+            rows.append([setting, model, ms["torch_muon"],
+                         f"{ms['amuse']} ({found['amuse'].get('ns_dtype')})",
+                         ms["amuse_float32"], ms["amuse_bf16"],
+                         f"{limit['limit_ms']['amuse']:.0f}",
+                         _ratio(found["amuse"].get("ratio_to_torch_muon")),
+                         _ratio(found["amuse"].get("ratio_to_limit")), "unmeasured"])  # fmt: skip
+    header = ["CPU", "matrices", "torch Muon ms", "AMUSE default ms", "AMUSE float32 ms",
+              "AMUSE bf16 ms", "limit ms", "default × torch Muon", "default × limit",
+              "GPU"]  # fmt: skip
+    return table(header, rows, left=2)
+
+
 def ns_coefficient_tables(data: dict) -> str:
     """``ns_coefficients.json``: distance of the singular values from 1 after k Newton-Schulz
     steps, quintic against Polar Express, per matrix kind and dtype."""
