@@ -9,9 +9,12 @@ What it runs (one seed; no lr tuning fits in the time, so the lrs are the ones t
 {5e-3, 1e-2} chose at this size: AMUSE 1e-2, Muon + cosine 5e-3):
 
 1. One AMUSE run to the longest budget, scored at ``x`` at every budget, and the finisher
-   (``--finisher``, the variant the CPU horizon study chose on validation) run from the live
-   state at every budget with the library's ``finish`` on the batches the run sees next.
-2. Muon + cosine, one run per total-step count, in this order while the time limit allows:
+   (``--finisher``: the library's default, chosen on validation by the CPU studies) run from the
+   live state at every budget with the library's ``finish`` on the batches the run sees next.
+2. One Muon WSD run (Muon + AdamW at a constant lr after the same warm-up, at the cosine's lr):
+   its live iterate at every budget (the constant-lr peer) and a fork decayed linearly to zero
+   over the finisher's ``round(f t)`` steps (``anytime/forks.py``), the run restored after each.
+3. Muon + cosine, one run per total-step count, in this order while the time limit allows:
    the finished model's total ``t + round(f t)`` and then ``t`` itself, longest budget first.
    A run that would not finish inside ``--time-limit`` (estimated from the step times measured
    so far) is skipped and listed as such.
@@ -37,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from anytime.finishing import Lookahead, Variant  # noqa: E402
+from anytime.forks import wsd_fork_evals  # noqa: E402
 from anytime.methods import build_optimizer  # noqa: E402
 from common import machine_info  # noqa: E402
 
@@ -51,7 +55,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny model and budgets (dry run)")
     p.add_argument("--budgets", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
-    p.add_argument("--finisher", default="y/linear/f=0.2/lr_x0.1")  # horizon_starts choice
+    p.add_argument("--finisher", default="x/linear/f=0.2/lr_x0.1")  # the library's default
     p.add_argument("--amuse-lr", type=float, default=1e-2)
     p.add_argument("--cosine-lr", type=float, default=5e-3)
     p.add_argument("--warmup-fraction", type=float, default=0.05)
@@ -123,6 +127,19 @@ class Setup:
         return out
 
 
+class _ForkScores:
+    """What :func:`~anytime.forks.wsd_fork_evals` asks of a task, from a :class:`Setup`."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        return self.setup.loss(model, batch)
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        return {"loss": self.setup.evaluate(model)[split]}
+
+
 def train(
     setup: Setup,
     method: str,
@@ -132,7 +149,8 @@ def train(
     points: list[int],
     variant: Variant | None,
 ) -> dict:
-    """One run; scores at ``points`` (x for AMUSE, plus the finished model)."""
+    """One run; scores at ``points`` (x for AMUSE, plus the finished model; the live iterate and
+    the WSD fork for ``muon_wsd``)."""
     args = setup.args
     model = setup.model()
     groups = partition_parameters(model).param_groups(weight_decay=args.weight_decay)
@@ -178,6 +196,11 @@ def train(
                 )
                 entry["finished"] = {"steps": k, "loss": setup.evaluate(finished)}
                 del finished
+            if method == "muon_wsd":
+                fork = wsd_fork_evals(_ForkScores(setup), model, handle, stream, step,
+                                      args.fork_fraction)  # fmt: skip
+                losses = {k: fork[k].get("loss") for k in ("val", "test")}
+                entry["forked"] = {"steps": fork["steps"], "loss": losses}
             evals.append(entry)
             print(f"  {method} lr {lr:g} step {step}: {entry}", flush=True)
     if setup.device.type == "cuda":
@@ -195,9 +218,11 @@ def train(
 
 
 def gaps(runs: list[dict], budgets: list[int]) -> list[dict]:
-    """Per budget: x - cosine(t) and finished - cosine(t + f t), in nats (positive = AMUSE
-    lower loss), where both runs exist."""
+    """Per budget, in nats (positive = AMUSE lower loss), where both runs exist: x - cosine(t),
+    finished - cosine(t + f t), x - the constant-lr Muon run at t, finished - its WSD fork."""
     amuse = next((r for r in runs if r["method"] == "amuse"), None)
+    wsd = next((r for r in runs if r["method"] == "muon_wsd"), None)
+    live = {e["step"]: e for e in wsd["evals"]} if wsd else {}
     cosine = {
         r["steps"]: r["evals"][-1]["loss"]["test"]
         for r in runs
@@ -211,6 +236,11 @@ def gaps(runs: list[dict], budgets: list[int]) -> list[dict]:
             row["x_minus_cosine_t"] = cosine[t] - e["loss"]["test"]
         if fin and t + fin["steps"] in cosine:
             row["finished_minus_cosine_equal"] = cosine[t + fin["steps"]] - fin["loss"]["test"]
+        if t in live:
+            row["x_minus_constant_lr"] = live[t]["loss"]["test"] - e["loss"]["test"]
+            fork = live[t].get("forked")
+            if fin and fork and fork["loss"]["test"] is not None:
+                row["finished_minus_wsd_fork"] = fork["loss"]["test"] - fin["loss"]["test"]
         out.append(row)
     return out
 
@@ -251,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         args.output.write_text(json.dumps(payload, indent=1))
 
     runs.append(train(setup, "amuse", args.amuse_lr, budgets[-1], budgets[-1], budgets, variant))
+    save()
+    args.fork_fraction = variant.fraction
+    runs.append(train(setup, "muon_wsd", args.cosine_lr, budgets[-1], budgets[-1], budgets, None))
     save()
     plan = [s for t in reversed(budgets) for s in (t + variant.steps(t), t)]
     ms = runs[0]["train_ms_per_step"] * 1.6  # torch Muon + AdamW was ~1.5x AMUSE's step on GPU

@@ -368,11 +368,13 @@ def test_gpu_horizon_dry_run_compares_at_equal_total_steps(tmp_path: Path) -> No
     budgets, variant = data["meta"]["budgets"], finishing.Variant.parse(data["meta"]["finisher"])
     amuse = [r for r in data["runs"] if r["method"] == "amuse"]
     assert len(amuse) == 1 and amuse[0]["steps"] == max(budgets)
+    (wsd,) = [r for r in data["runs"] if r["method"] == "muon_wsd"]  # the practical peer
+    assert [e["forked"]["steps"] for e in wsd["evals"]] == [variant.steps(t) for t in budgets]
     cosine = {r["steps"] for r in data["runs"] if r["method"] == "muon_cosine"}
     assert cosine == set(budgets) | {t + variant.steps(t) for t in budgets}
     assert data["skipped_cosine_steps"] == []
     assert [g["t"] for g in data["gaps"]] == budgets
     for gap in data["gaps"]:
-        assert all(
-            isinstance(gap[k], float) for k in ("x_minus_cosine_t", "finished_minus_cosine_equal")
-        )
+        keys = ("x_minus_cosine_t", "finished_minus_cosine_equal", "x_minus_constant_lr",
+                "finished_minus_wsd_fork")  # fmt: skip
+        assert all(isinstance(gap[k], float) for k in keys)
