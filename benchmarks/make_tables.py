@@ -339,6 +339,7 @@ def full_document(folder: Path) -> str:
              .replace("](benchmarks/", "](../benchmarks/"),
              round3_summary(folder, True)]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
+    parts.append(round2_summary(folder).replace("](benchmarks/", "](../benchmarks/"))
     for task, (file, title) in FINISHER_TASKS.items():
         parts.append(
             section(
