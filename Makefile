@@ -65,6 +65,14 @@ bench: $(STAMP) fashion-mnist
 	$(PY) benchmarks/step_time.py --device cpu --models vit_s16 resnet18 host_overhead \
 	    --optimizers amuse amuse_per_parameter amuse_foreach amuse_compiled \
 	    --output benchmarks/results/step_time_paths_cpu.json
+	# round 3: the practical peers, the knob screen, the finisher (each task in minutes to
+	# 1.7 h here; --resume keeps what a JSON already holds), and the step against the limit
+	for task in horizon vision lm vit; do \
+	  $(PY) benchmarks/run_anytime.py $$task --study peers --workers 2 --resume || exit 1; done
+	$(PY) benchmarks/step_time.py --device cpu --models vit_s16 resnet18 \
+	    --optimizers amuse amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_cpu.json
+	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) benchmarks/step_time.py --device cpu --quick --rounds 7 \
+	    --optimizers amuse amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_avx2.json
 
 tables: $(STAMP)
 	$(PY) benchmarks/make_tables.py --readme README.md
