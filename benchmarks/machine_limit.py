@@ -12,6 +12,10 @@ bandwidth:
 * Rates, measured in a fresh process of the same run (``--limits``): the best FLOP/s of
   bfloat16 and of float32 products over the step's own product shapes and a 2048-square one,
   and the bandwidth of a 256 MiB copy (bytes read plus written per second), best of several.
+  Products run smallest first; one whose time at the best rate seen so far would exceed
+  ``max_seconds`` is skipped, so that a dtype the CPU only emulates (bf16 at 1-2 GFLOP/s on an
+  AVX2-only CPU, where a 2048-square product takes 20 s) costs seconds, not minutes: a rate that
+  slow cannot set the limit, and the records say which products ran.
 
 ``limit = FLOPs / best rate (of the two dtypes) + bytes / bandwidth``; ``limit_by_dtype`` uses
 one dtype's rate. A step's ``ratio_to_limit`` is its median time over ``limit``.
@@ -48,35 +52,46 @@ def elementwise_bytes(shapes: Shapes, passes: int, element_size: int = 4) -> flo
     return float(passes * element_size * sum(torch.Size(s).numel() for s in shapes))
 
 
-def _best_seconds(fn, reps: int, sync) -> float:
+def _best_seconds(fn, reps: int, sync, max_seconds: float = float("inf")) -> float:
+    """Best of ``reps`` timed calls after a warm-up call; fewer once ``max_seconds`` is spent."""
     fn()
     sync()
-    best = float("inf")
+    best, spent = float("inf"), 0.0
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         sync()
-        best = min(best, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > max_seconds:
+            break
     return best
 
 
-def matmul_rates(shapes: Shapes, device: str, reps: int = 5) -> dict[str, float]:
-    """Best FLOP/s by dtype name over the step's product shapes and a 2048-square product."""
+def matmul_rates(
+    shapes: Shapes, device: str, reps: int = 5, max_seconds: float = 1.0
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Best FLOP/s by dtype name over the step's product shapes and a 2048-square product, and
+    how many products each dtype ran (module docstring: slow products are skipped)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     products = {(2048, 2048, 2048)}
     for shape in shapes:
         s, l = matrix_dims(shape)
         products |= {(s, l, s), (s, s, s), (s, s, l)}  # X X^T, A A, B X
-    rates = {}
+    rates, ran = {}, {}
     for dtype in (torch.bfloat16, torch.float32):
-        best = 0.0
-        for m, k, n in sorted(products):
+        best, count = 0.0, 0
+        for m, k, n in sorted(products, key=lambda mkn: mkn[0] * mkn[1] * mkn[2]):
+            flops = 2.0 * m * k * n
+            if best > 0 and flops / best > max_seconds:
+                continue
             a = torch.randn(m, k, device=device, dtype=dtype)
             b = torch.randn(k, n, device=device, dtype=dtype)
-            seconds = _best_seconds(lambda a=a, b=b: torch.mm(a, b), reps, sync)
-            best = max(best, 2.0 * m * k * n / seconds)
-        rates[str(dtype).removeprefix("torch.")] = best
-    return rates
+            seconds = _best_seconds(lambda a=a, b=b: torch.mm(a, b), reps, sync, max_seconds)
+            best, count = max(best, flops / seconds), count + 1
+        name = str(dtype).removeprefix("torch.")
+        rates[name], ran[name] = best, count
+    return rates, ran
 
 
 def memory_bandwidth(device: str, reps: int = 5, mib: int = 256) -> float:
@@ -91,12 +106,13 @@ def memory_bandwidth(device: str, reps: int = 5, mib: int = 256) -> float:
 
 def measure(shapes: Shapes, device: str, ns_steps: int = 5) -> dict:
     """What ``step_time.py --limits`` records for one matrix set."""
-    rates = matmul_rates(shapes, device)
+    rates, ran = matmul_rates(shapes, device)
     bandwidth = memory_bandwidth(device)
     flops = ns_flops(shapes, ns_steps)
     out = {
         "ns_gflop": flops / 1e9,
         "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
+        "matmul_products_run": ran,
         "bandwidth_gbs": bandwidth / 1e9,
         "torch_threads": torch.get_num_threads(),
         "limit_ms": {},
