@@ -39,9 +39,17 @@ import amuse_lightning.optim.directions as directions
 import amuse_lightning.optim.distributed as distributed
 import amuse_lightning.optim.matrices as matrix_ops
 from amuse_lightning import AMUSE
+from amuse_lightning.optim.hardware import fastest_ns_dtype
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+AUTO = "auto"
+"""``--ns-dtype auto`` (default): the dtype AMUSE's default picks on this CPU (bf16 where it is
+multiplied natively, float32 where it is emulated and a quick run would take minutes)."""
+
+
+def ns_dtype_of(choice: str) -> torch.dtype:
+    return getattr(torch, fastest_ns_dtype("cpu")) if choice == AUTO else DTYPES[choice]
 
 
 def vit_s_groups(blocks: int, seed: int = 0) -> list[dict]:
@@ -94,7 +102,7 @@ def time_amuse(rank: int, args: argparse.Namespace) -> dict:
     gather = Timer(distributed._all_gather)
     matrix_ops.newton_schulz, directions.newton_schulz_ = ns, ns_inplace
     distributed._all_gather = gather
-    opt = AMUSE(vit_s_groups(args.blocks), lr=1e-3, ns_dtype=DTYPES[args.ns_dtype])
+    opt = AMUSE(vit_s_groups(args.blocks), lr=1e-3, ns_dtype=ns_dtype_of(args.ns_dtype))
     rows = []
     for step in range(args.warmup + args.steps):
         ns.seconds = ns_inplace.seconds = gather.seconds = 0.0
@@ -120,7 +128,7 @@ def share_anchor(rank: int, world: int, args: argparse.Namespace) -> dict:
     matrices = vit_s_groups(args.blocks)[0]["params"]
     shapes = tuple(tuple(m.shape) for m in matrices)
     plan = distributed.plan_exchange(shapes, world)
-    dtype = DTYPES[args.ns_dtype]
+    dtype = ns_dtype_of(args.ns_dtype)
     rows = []
     for step in range(args.warmup + args.steps):
         dist.barrier()
@@ -161,15 +169,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per process")
-    parser.add_argument("--ns-dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--ns-dtype", choices=[AUTO, *sorted(DTYPES)], default=AUTO)
     args = parser.parse_args()
     if args.quick:
         args.blocks, args.steps = 2, 3
 
     info = machine_info("cpu") | {"threads_per_process": args.threads}
     print(f"machine: {info}")
-    print(f"ViT-S stack: {args.blocks} blocks ({4 * args.blocks} Muon matrices), NS in "
-          f"{args.ns_dtype}, {args.steps} timed steps after {args.warmup} warm-up")  # fmt: skip
+    dtype = str(ns_dtype_of(args.ns_dtype)).removeprefix("torch.")
+    print(f"ViT-S stack: {args.blocks} blocks ({4 * args.blocks} Muon matrices), NS in {dtype}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")  # fmt: skip
     results = {str(world): summarise(run_world(world, args)) for world in (1, 2)}
     results["2-share-only"] = summarise(run_world(2, args, anchor=True))
     one, two = results["1"]["slowest_rank"], results["2"]["slowest_rank"]
@@ -198,7 +207,7 @@ def main() -> None:
           f"{ratios['step_per_rank_2_over_1_fastest_steps']:.2f}x")  # fmt: skip
     out = {
         "machine": info,
-        "config": vars(args) | {"matrices": 4 * args.blocks},
+        "config": vars(args) | {"matrices": 4 * args.blocks, "ns_dtype_used": dtype},
         "results": results,
         "ratios": ratios,
         "goal_ns_ratio": 0.6,

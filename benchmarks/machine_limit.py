@@ -12,10 +12,11 @@ bandwidth:
 * Rates, measured in a fresh process of the same run (``--limits``): the best FLOP/s of
   bfloat16 and of float32 products over the step's own product shapes and a 2048-square one,
   and the bandwidth of a 256 MiB copy (bytes read plus written per second), best of several.
-  Products run smallest first; one whose time at the best rate seen so far would exceed
-  ``max_seconds`` is skipped, so that a dtype the CPU only emulates (bf16 at 1-2 GFLOP/s on an
-  AVX2-only CPU, where a 2048-square product takes 20 s) costs seconds, not minutes: a rate that
-  slow cannot set the limit, and the records say which products ran.
+  float32 runs first and runs every product. bfloat16 then runs its products smallest first
+  and, once its best rate is below a quarter of float32's, skips a product that would take over
+  ``max_seconds`` at that rate: a dtype the CPU only emulates (bf16 at 1-3 GFLOP/s on an
+  AVX2-only CPU, where one 2048-square product takes 20 s) then costs seconds, not minutes. A rate
+  that far below the other cannot set the limit; the records say how many products each ran.
 
 ``limit = FLOPs / best rate (of the two dtypes) + bytes / bandwidth``; ``limit_by_dtype`` uses
 one dtype's rate. A step's ``ratio_to_limit`` is its median time over ``limit``.
@@ -79,11 +80,12 @@ def matmul_rates(
         s, l = matrix_dims(shape)
         products |= {(s, l, s), (s, s, s), (s, s, l)}  # X X^T, A A, B X
     rates, ran = {}, {}
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (torch.float32, torch.bfloat16):
         best, count = 0.0, 0
         for m, k, n in sorted(products, key=lambda mkn: mkn[0] * mkn[1] * mkn[2]):
             flops = 2.0 * m * k * n
-            if best > 0 and flops / best > max_seconds:
+            far_slower = 0 < best < 0.25 * max(rates.values(), default=0.0)
+            if far_slower and flops / best > max_seconds:
                 continue
             a = torch.randn(m, k, device=device, dtype=dtype)
             b = torch.randn(k, n, device=device, dtype=dtype)

@@ -182,11 +182,15 @@ def ns_dtype_of(opt: torch.optim.Optimizer) -> str | None:
     return "bfloat16" if "Muon" in type(opt).__name__ else None
 
 
-def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> dict:
+def run_pair(
+    name: str, model: str, rounds: int, device: str, quick: bool, anchor: bool = True
+) -> dict:
+    """The pair's rows; ``anchor=False`` times ``name`` alone (no torch Muon, no ratios)."""
     shapes = model_shapes(model, quick)
-    opts = {name: OPTIMIZERS[name](make_params(shapes, device)),
-            "torch_muon": torch_muon(make_params(shapes, device))}  # fmt: skip
-    order = [name, "torch_muon"]
+    opts = {name: OPTIMIZERS[name](make_params(shapes, device))}
+    if anchor:
+        opts["torch_muon"] = torch_muon(make_params(shapes, device))
+    order = list(opts)
     first_step_s = {}
     for n, opt in opts.items():
         sync(device)
@@ -224,12 +228,14 @@ def run_pair(name: str, model: str, rounds: int, device: str, quick: bool) -> di
         out["ns_dtype"] = ns_dtype_of(opt)
         return out
 
-    result, anchor = row(name), row("torch_muon")
-    result["ratio_to_torch_muon"] = result["median_ms"] / anchor["median_ms"]
-    # process CPU time (all threads): far less sensitive than wall time to other processes on a
-    # shared CPU; on an accelerator it only measures the host side
-    result["cpu_ratio_to_torch_muon"] = result["cpu_median_ms"] / anchor["cpu_median_ms"]
-    result["anchor"] = {**anchor, "ratio_to_torch_muon": 1.0}
+    result = row(name)
+    if anchor:
+        muon = row("torch_muon")
+        result["ratio_to_torch_muon"] = result["median_ms"] / muon["median_ms"]
+        # process CPU time (all threads): far less sensitive than wall time to other processes
+        # on a shared CPU; on an accelerator it only measures the host side
+        result["cpu_ratio_to_torch_muon"] = result["cpu_median_ms"] / muon["cpu_median_ms"]
+        result["anchor"] = {**muon, "ratio_to_torch_muon": 1.0}
     result["matrices"] = len(shapes)
     result["elements"] = sum(torch.Size(s).numel() for s in shapes)
     result["torch_threads"] = torch.get_num_threads()

@@ -14,6 +14,7 @@ average when its pair ran (the machine may be shared: compare ratios, not millis
     python benchmarks/step_time.py --quick                # smoke run, under a minute
     python benchmarks/step_time.py                        # all pairs (CPU: minutes per pair)
     python benchmarks/step_time.py --optimizers amuse amuse_foreach --device cuda
+    python benchmarks/step_time.py --no-anchor --optimizers amuse   # each alone, against the limit
 
 Next to the ratio to torch Muon, each row has its ratio to this machine's limit for the step
 (:mod:`machine_limit`: the Newton-Schulz FLOPs at the best bf16 or float32 product rate measured
@@ -48,12 +49,14 @@ what the host spends per op, the cost that sets a launch-bound GPU step (compare
 
 
 def pair_in_subprocess(
-    name: str, model: str, rounds: int, device: str, quick: bool, timeout: float
-) -> dict:
-    """Run one pair (``name="limits"``: the machine-limit measurement) in a fresh interpreter;
-    its last stdout line is the JSON result."""
+    name: str, model: str, rounds: int, device: str, quick: bool, timeout: float,
+    anchor: bool = True,
+) -> dict:  # fmt: skip
+    """Run one pair (``name="limits"``: the machine-limit measurement; ``anchor=False``: the
+    optimizer alone) in a fresh interpreter; its last stdout line is the JSON result."""
     cmd = [sys.executable, __file__, "--pair", name, "--model", model, "--rounds", str(rounds),
-           "--device", device] + (["--quick"] if quick else [])  # fmt: skip
+           "--device", device] + (["--quick"] if quick else []) + (
+           [] if anchor else ["--no-anchor"])  # fmt: skip
     root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
@@ -84,8 +87,10 @@ def run(args: argparse.Namespace) -> dict:
         "quick": args.quick,
         "method": (
             "pairwise: each optimizer against torch.optim.Muon alone in a fresh process, "
-            f"same matrices, lr 0.02, weight decay as listed, bf16 Newton-Schulz, {rounds} "
-            "interleaved rounds, median"
+            f"same matrices, lr 0.02, weight decay as listed, {rounds} interleaved rounds, median"
+            if args.anchor
+            else f"each optimizer alone in a fresh process (no torch.optim.Muon anchor), same "
+            f"matrices, lr 0.02, weight decay as listed, {rounds} rounds, median"
         ),
         "models": {},
     }
@@ -97,22 +102,24 @@ def run(args: argparse.Namespace) -> dict:
             print(f"[{model}] {limit_line(limit)}", flush=True)
         for name in args.optimizers:
             load_before = load_average()
-            result = pair_in_subprocess(name, model, rounds, args.device, args.quick, args.timeout)
+            result = pair_in_subprocess(
+                name, model, rounds, args.device, args.quick, args.timeout, args.anchor
+            )
             result["load_average_1m"] = [load_before, load_average()]
             rows[name] = result
             if "error" in result:
                 print(f"[{model}] {name:22s} failed: {result['error']}", flush=True)
                 continue
-            if "torch_muon" not in rows:
+            if args.anchor and "torch_muon" not in rows:
                 rows["torch_muon"] = result["anchor"]
             if "error" not in limit:
                 add_limit_ratios(result, name, limit)
-                add_limit_ratios(rows["torch_muon"], "torch_muon", limit)
+                if args.anchor:
+                    add_limit_ratios(rows["torch_muon"], "torch_muon", limit)
             print(
                 f"[{model}] {name:22s} {result['median_ms']:9.1f} ms  "
-                f"torch Muon {result['anchor']['median_ms']:9.1f} ms  "
-                f"x{result['ratio_to_torch_muon']:.3f} (CPU time "
-                f"x{result['cpu_ratio_to_torch_muon']:.3f})  wd {result['weight_decay']}  "
+                + anchor_text(result)
+                + f"wd {result['weight_decay']}  "
                 f"state {result['state_bytes'] / 2**20:6.1f} MiB  "
                 f"peak {result['step_peak_bytes'] / 2**20:6.1f} MiB  "
                 + ratio_text(result)
@@ -150,6 +157,15 @@ def limit_line(limit: dict) -> str:
     )
 
 
+def anchor_text(row: dict) -> str:
+    if "anchor" not in row:
+        return ""
+    return (
+        f"torch Muon {row['anchor']['median_ms']:9.1f} ms  x{row['ratio_to_torch_muon']:.3f} "
+        f"(CPU time x{row['cpu_ratio_to_torch_muon']:.3f})  "
+    )
+
+
 def ratio_text(row: dict) -> str:
     if "ratio_to_limit" not in row:
         return ""
@@ -168,7 +184,7 @@ def plot_ratios(result: dict, path: Path) -> None:
     width = 0.8 / max(1, len(models))
     for k, model in enumerate(models):
         rows = result["models"][model]
-        ratios = [rows[n]["ratio_to_torch_muon"] if n in rows else 0.0 for n in names]
+        ratios = [rows[n].get("ratio_to_torch_muon", 0.0) if n in rows else 0.0 for n in names]
         ax.bar([i + k * width for i in range(len(names))], ratios, width, label=model)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(names))], names,
@@ -190,6 +206,10 @@ def main() -> None:
         "--models", nargs="+", default=list(MODELS), choices=(*MODELS, HOST_OVERHEAD)
     )
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per pair")
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="time each optimizer alone (no torch.optim.Muon): where the "
+                        "anchor's bf16 Newton-Schulz is emulated, a full-size anchor step takes "
+                        "minutes; the ratio to the machine's limit remains")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per pair")
     parser.add_argument("--output", type=Path, default=None, help="default results/step_time.json")
     parser.add_argument("--pair", default=None, help=argparse.SUPPRESS)  # worker mode
@@ -205,7 +225,9 @@ def main() -> None:
         print(json.dumps(measure(model_shapes(args.model, args.quick), args.device)))
         return
     if args.pair is not None:
-        print(json.dumps(run_pair(args.pair, args.model, args.rounds, args.device, args.quick)))
+        print(json.dumps(
+            run_pair(args.pair, args.model, args.rounds, args.device, args.quick, args.anchor)
+        ))  # fmt: skip
         return
     if args.output is None:
         args.output = RESULTS / ("step_time_quick.json" if args.quick else "step_time.json")
@@ -215,7 +237,7 @@ def main() -> None:
     result["weight_decay"] = {n: WEIGHT_DECAY[n] for n in args.optimizers}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    if result["models"] and any(result["models"].values()):
+    if args.anchor and result["models"] and any(result["models"].values()):
         try:
             plot_ratios(result, args.output.with_name(args.output.stem + "_pairwise.png"))
         except ImportError as err:  # a bare GPU image may lack matplotlib: the JSON is the result
