@@ -55,7 +55,12 @@ def cooldown_batches(n: int = 50) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def hand_written_cooldown(
-    model: nn.Module, optimizer: AMUSE, steps: int, start: str, shape: str, factor: float,
+    model: nn.Module,
+    optimizer: AMUSE,
+    steps: int,
+    start: str,
+    shape: str,
+    factor: float,
     fresh: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The cooldown written out: start at x (from y, z and beta), y or z, then ``steps`` plain
