@@ -66,7 +66,11 @@ def test_timm_use_fallback_and_lr_scale_are_honoured() -> None:
         (dict(c_scale=0.5), r"c_scale must be >= 1 \(1: the plain average\)"),
         (dict(beta_anneal_steps=-3), "beta_anneal_steps must be an integer >= 0"),
         (dict(rho=0.0, beta_anneal_steps=10, beta_final=0.0), r"beta_final must be in \(0, 1\]"),
-        (dict(beta_anneal_steps=10), "set rho=0 with it, or beta_anneal_steps=0 to keep rho=0.3"),
+        (
+            dict(beta_anneal_steps=10, rho=0.3),
+            r"leave rho unset \(or 0\) with it, or beta_anneal_steps=0 to keep rho=0.3",
+        ),
+        (dict(beta_anneal_steps="planned"), r"integer >= 0 \(0: off\) or 'auto'"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict, match: str) -> None:

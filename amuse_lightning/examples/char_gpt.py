@@ -47,7 +47,11 @@ __all__ = [
     "build_char_gpt",
 ]
 
-LM_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
+LM_AMUSE_DEFAULTS: dict[str, float | str] = {
+    "lr": 1e-2,
+    "beta1": 0.8,
+    "beta_anneal_steps": "auto",
+}
 """AMUSE settings used when :class:`CharGPTModule` gets no ``optimizer``."""
 
 

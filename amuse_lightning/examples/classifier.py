@@ -4,7 +4,8 @@ Both mix in :class:`~amuse_lightning.AmuseMixin`, so ``configure_optimizers`` pa
 parameters (Muon for hidden matrices and conv kernels; the fallback update for the stem, the head,
 norms, biases and tokens) and hands the groups to ``optimizer``: a LightningCLI
 ``OptimizerCallable`` (YAML ``class_path: amuse_lightning.optim.AMUSE`` + ``init_args``). Without
-one, AMUSE gets the vision defaults ``lr=1e-2, beta1=0.8, rho=0.3``.
+one, AMUSE gets the vision defaults ``lr=1e-2, beta1=0.8, beta_anneal_steps="auto"`` (beta annealed
+over the run's planned steps, which ``AmuseCallback`` fills in).
 
 Warmup: by default the optimizer's own ``warmup_steps`` runs (what ``--print_config`` shows).
 ``warmup_fraction=f`` instead builds the optimizer with
@@ -61,7 +62,11 @@ __all__ = [
     "with_warmup_steps",
 ]
 
-VISION_AMUSE_DEFAULTS: dict[str, float] = {"lr": 1e-2, "beta1": 0.8, "rho": 0.3}
+VISION_AMUSE_DEFAULTS: dict[str, float | str] = {
+    "lr": 1e-2,
+    "beta1": 0.8,
+    "beta_anneal_steps": "auto",
+}
 """AMUSE settings for a classifier given no ``optimizer`` (docs/algorithm.md#hyperparameters)."""
 
 

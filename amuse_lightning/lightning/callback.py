@@ -59,6 +59,7 @@ from amuse_lightning.lightning.checkpoint import (
 )
 from amuse_lightning.lightning.checks import check_fit_start, check_setup
 from amuse_lightning.lightning.compat import remove_lr_finder_wrappers, sweep_at_applied_rates
+from amuse_lightning.lightning.planned import fill_planned_steps
 from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
 from amuse_lightning.lightning.schedule_log import schedule_metrics
 from amuse_lightning.lightning.state import Holds, SwapState
@@ -191,6 +192,7 @@ class AmuseCallback(Callback):
             self._swapper.recalibrates(pl_module),
             self.keep_y_in_checkpoint,
         )
+        fill_planned_steps(optimizer, trainer)  # beta_anneal_steps="auto"
         weights = self._swapper.new_swap(optimizer)
         weights.to_y()  # a fresh schedule-free optimizer starts in eval mode
         self._state.manage(weights)

@@ -45,7 +45,9 @@ from .validation import (
     dtype_refused,
     normalise_groups,
     plain_numbers,
+    refuse_unplanned,
     resolve_ns_dtype,
+    resolved_rho,
     validate_group,
 )
 
@@ -70,7 +72,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
         lr: base learning rate of both groups (with ``aux_update_type="adamw"`` the Muon update
             has RMS 0.2, so AdamW-like learning rates serve both).
         beta1: interpolation ``beta`` during warmup, in (0, 1]; ``beta = 1`` evaluates at x.
-        rho: how fast ``beta_t`` rises to 1 after warmup; ``0`` keeps it at ``beta1`` (SFMuon).
+        rho: how fast ``beta_t`` rises to 1 after warmup; ``0`` keeps it at ``beta1`` (SFMuon);
+            ``None`` (default): 0.3, or 0 when ``beta_anneal_steps`` anneals beta instead.
         warmup_steps: ``T0 >= 1``, linear learning-rate warmup and the anchor of ``beta_t``.
         r, weight_lr_power: averaging weights ``w_t = t^r lr_t^weight_lr_power``.
         c_warmup_steps: ``x`` follows ``z`` (``c_t = 1``) for this many steps and averages from
@@ -79,7 +82,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
             shorter window of recent ``z`` in ``x`` (Song et al.'s decoupled window); 1: off.
         beta_anneal_steps, beta_final: instead of the ``rho`` rise (then ``rho`` must be 0),
             ``1 - beta_t`` moves from ``1 - beta1`` to ``1 - beta_final`` in log space over
-            ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off.
+            ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off; ``"auto"``: the
+            run's planned optimizer steps, filled in by ``AmuseCallback`` when ``fit`` starts.
         momentum, nesterov: Muon's EMA momentum and Nesterov input.
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
@@ -136,13 +140,13 @@ class AMUSE(MatrixMapChoice, Optimizer):
         lr: float = 1e-2,
         *,
         beta1: float = 0.8,
-        rho: float = 0.3,
+        rho: float | None = None,
         warmup_steps: int = 100,
         r: float = 0.0,
         weight_lr_power: float = 2.0,
         c_warmup_steps: int = 0,
         c_scale: float = 1.0,
-        beta_anneal_steps: int = 0,
+        beta_anneal_steps: int | str = 0,
         beta_final: float = 0.965,
         momentum: float = 0.95,
         nesterov: bool = True,
@@ -212,6 +216,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         for offset, group in enumerate(groups):  # check every part before adding any
             group.setdefault("train_mode", mode)
             candidate = {**self.defaults, **group}
+            group["rho"] = candidate["rho"] = resolved_rho(candidate)
             validate_group(candidate, len(self.param_groups) + offset)
             check_dtensor_layout(candidate["params"])
             if any(id(p) in taken for p in candidate["params"]):
@@ -283,6 +288,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
                 "AMUSE.step() was called in eval mode (parameters hold the average x). Call "
                 "optimizer.train() before training steps; AmuseCallback does this for Lightning."
             )
+        refuse_unplanned(self.param_groups)
         loss = None
         if closure is not None:
             with torch.enable_grad():

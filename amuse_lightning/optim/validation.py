@@ -152,6 +152,34 @@ def _number(group: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+PLANNED = "auto"
+"""``beta_anneal_steps="auto"``: the run's planned optimizer steps, filled in by
+``AmuseCallback`` from the Trainer when ``fit`` starts (``fill_planned_steps``)."""
+
+DEFAULT_RHO = 0.3
+"""``rho`` of a group that sets neither ``rho`` nor beta annealing."""
+
+
+def resolved_rho(group: dict[str, Any]) -> Any:
+    """``rho=None`` (the default) -> 0.3, or 0 when the group anneals beta (which replaces the
+    ``rho`` rise); an explicit value is returned as it is (:func:`validate_group` checks it)."""
+    if group.get("rho") is not None:
+        return group["rho"]
+    return 0.0 if group.get("beta_anneal_steps", 0) != 0 else DEFAULT_RHO
+
+
+def refuse_unplanned(groups: list[dict[str, Any]]) -> None:
+    """Before any group moves: ``beta_anneal_steps="auto"`` must have been replaced by a count."""
+    for index, group in enumerate(groups):
+        if group.get("beta_anneal_steps") == PLANNED:
+            raise ValueError(
+                f"beta_anneal_steps='auto' (param group {index}) is the run's planned number of "
+                "optimizer steps, which AmuseCallback fills in from the Trainer when fit starts; "
+                "without it, pass that number yourself (e.g. beta_anneal_steps=10000), or "
+                "beta_anneal_steps=0 for the rho rise"
+            )
+
+
 def validate_group(group: dict[str, Any], index: int) -> None:
     """Raise ValueError naming the argument, the allowed values and the group."""
     where = f" (param group {index})"
@@ -205,9 +233,11 @@ def _check_mechanisms(group: dict[str, Any], where: str) -> None:
     annealing target; beta annealing replaces the ``rho`` rise, so both at once is refused."""
     for key in ("c_warmup_steps", "beta_anneal_steps"):
         value = group[key]
+        planned = " or 'auto' (the Trainer's planned steps)" if key == "beta_anneal_steps" else ""
         _check(
-            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-            f"{key} must be an integer >= 0 (0: off), got {value!r}{where}",
+            (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            or (planned != "" and value == PLANNED),
+            f"{key} must be an integer >= 0 (0: off){planned}, got {value!r}{where}",
         )
     c_scale = _number(group, "c_scale")
     _check(c_scale >= 1.0, f"c_scale must be >= 1 (1: the plain average), got {c_scale}{where}")
@@ -216,7 +246,8 @@ def _check_mechanisms(group: dict[str, Any], where: str) -> None:
     _check(
         group["beta_anneal_steps"] == 0 or group["rho"] == 0.0,
         f"beta_anneal_steps={group['beta_anneal_steps']} anneals beta_t instead of the rho "
-        f"rise; set rho=0 with it, or beta_anneal_steps=0 to keep rho={group['rho']}{where}",
+        f"rise; leave rho unset (or 0) with it, or beta_anneal_steps=0 to keep rho={group['rho']}"
+        f"{where}",
     )
 
 

@@ -1,0 +1,49 @@
+"""``beta_anneal_steps="auto"``: beta annealed over the run's planned optimizer steps.
+
+Beta annealing (``docs/algorithm.md#mechanisms``) needs its length ``A`` up front. The round-3
+studies annealed over the longest budget of the run and scored ``x`` at every budget up to it;
+a Lightning ``Trainer`` knows that number before the first step
+(``trainer.estimated_stepping_batches``: ``max_steps``, or ``max_epochs`` times the optimizer
+steps per epoch, after ``limit_train_batches``, gradient accumulation and the devices).
+:class:`~amuse_lightning.AmuseCallback` calls :func:`fill_planned_steps` when ``fit`` starts;
+on a resume the checkpoint's optimizer state, loaded right after, brings the count the run
+started with, so a resumed run keeps its schedule even when ``max_epochs`` grew.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch.optim import Optimizer
+
+from amuse_lightning.lightning.errors import ConfigError
+from amuse_lightning.optim.validation import PLANNED
+
+__all__ = ["fill_planned_steps"]
+
+
+def fill_planned_steps(optimizer: Optimizer, trainer: Trainer) -> int | None:
+    """Replace ``beta_anneal_steps="auto"`` in ``optimizer``'s groups by the Trainer's planned
+    optimizer steps and return that count (``None`` where no group asks for it).
+
+    Raises :class:`ConfigError` when the run has no planned end (``max_epochs=-1`` and no
+    ``max_steps``), naming the settings that give it one.
+    """
+    groups = [g for g in optimizer.param_groups if g.get("beta_anneal_steps") == PLANNED]
+    if not groups:
+        return None
+    total = trainer.estimated_stepping_batches
+    if not math.isfinite(total) or total < 1:
+        raise ConfigError(
+            f"'auto' anneals beta over the run's planned optimizer steps, but this run has "
+            f"none ({total}); set trainer max_steps or max_epochs, or give the number of steps",
+            key="beta_anneal_steps",
+        )
+    steps = int(total)
+    for group in groups:
+        group["beta_anneal_steps"] = steps
+    if trainer.ckpt_path is None:  # a resume takes the count saved in its checkpoint
+        rank_zero_info(f"beta_anneal_steps={steps}: the run's planned optimizer steps ('auto')")
+    return steps

@@ -1,0 +1,112 @@
+"""``beta_anneal_steps="auto"``: beta annealed over the Trainer's planned optimizer steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from amuse_lightning import AMUSE, AmuseCallback, partition_parameters
+from amuse_lightning.lightning.errors import ConfigError
+from tests.callback_testkit import Recorder, optimizer_state_equal, trainer
+
+
+class Annealed(Recorder):
+    """The recording MLP with AMUSE annealing beta over ``anneal`` steps (rho left unset)."""
+
+    def __init__(self, anneal: int | str = "auto", **kwargs: Any) -> None:
+        super().__init__(record=False, **kwargs)
+        self.anneal = anneal
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = partition_parameters(self).param_groups()
+        return AMUSE(groups, lr=0.05, warmup_steps=2, beta_anneal_steps=self.anneal,
+                     ns_dtype=torch.float32)  # fmt: skip
+
+
+def fit(tmp_path: Path, anneal: int | str, ckpt_path: Path | None = None, **trainer_kwargs: Any):
+    pl.seed_everything(0)
+    model = Annealed(anneal)
+    run = trainer(tmp_path, [AmuseCallback()], **trainer_kwargs)
+    run.fit(model, ckpt_path=ckpt_path)
+    return model, run
+
+
+def counts(run: pl.Trainer) -> set[Any]:
+    return {g["beta_anneal_steps"] for g in run.optimizers[0].param_groups}
+
+
+def test_auto_is_the_trainers_planned_steps_and_runs_as_that_number(tmp_path: Path) -> None:
+    # 48 samples in batches of 8: 6 batches, 4 of them per epoch, 2 per optimizer step, 3 epochs
+    plan = dict(max_epochs=3, limit_train_batches=4, accumulate_grad_batches=2)
+    auto, auto_run = fit(tmp_path / "auto", "auto", **plan)
+    assert counts(auto_run) == {6} and auto_run.global_step == 6
+    assert {g["rho"] for g in auto_run.optimizers[0].param_groups} == {0.0}
+    number, number_run = fit(tmp_path / "number", 6, **plan)
+    for (name, a), b in zip(auto.named_parameters(), number.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    optimizer_state_equal(
+        auto_run.optimizers[0].state_dict(), number_run.optimizers[0].state_dict()
+    )
+    betas = [g["beta_t"] for g in auto_run.optimizers[0].param_groups]
+    assert betas == pytest.approx([0.965] * len(betas))  # annealed to the end by the last step
+
+
+def test_a_resume_keeps_the_count_its_run_started_with(tmp_path: Path) -> None:
+    _, first = fit(tmp_path / "first", "auto", max_epochs=1)  # 6 steps planned
+    assert counts(first) == {6}
+    ckpt = tmp_path / "one_epoch.ckpt"
+    first.save_checkpoint(ckpt)
+    resumed, resumed_run = fit(tmp_path / "resumed", "auto", ckpt_path=ckpt, max_epochs=3)
+    assert counts(resumed_run) == {6}, "the checkpoint's count, not the longer run's 18"
+    straight, straight_run = fit(tmp_path / "straight", 6, max_epochs=3)
+    for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
+        assert torch.equal(a, b)
+    optimizer_state_equal(
+        resumed_run.optimizers[0].state_dict(), straight_run.optimizers[0].state_dict()
+    )
+
+
+def test_a_run_without_a_planned_end_is_refused_before_any_step(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = Annealed("auto")
+    before = [p.detach().clone() for p in model.parameters()]
+    run = trainer(tmp_path, [AmuseCallback()], max_epochs=-1, max_steps=-1)
+    with pytest.raises(ConfigError, match=r"^beta_anneal_steps: 'auto' anneals beta .* max_steps"):
+        run.fit(model)
+    assert run.global_step == 0
+    for a, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_without_the_callback_the_first_step_says_what_to_pass() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    opt = AMUSE(partition_parameters(model).param_groups(), beta_anneal_steps="auto")
+    model(torch.randn(4, 6)).sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"AmuseCallback fills in .* beta_anneal_steps=10000"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before, strict=True))
+    assert not opt.state, "no state was created"
+
+
+def test_rho_left_unset_with_annealing_is_the_rho_zero_run() -> None:
+    def run(**kwargs: Any) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        opt = AMUSE(partition_parameters(model).param_groups(), lr=0.05, warmup_steps=2,
+                    beta_anneal_steps=5, ns_dtype=torch.float32, **kwargs)  # fmt: skip
+        for step in range(7):
+            gen = torch.Generator().manual_seed(step)
+            model.zero_grad()
+            model(torch.randn(4, 6, generator=gen)).square().mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    unset, zero = run(), run(rho=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(unset, zero, strict=True))
+    assert AMUSE([torch.nn.Parameter(torch.zeros(3))]).param_groups[0]["rho"] == 0.3
