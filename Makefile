@@ -69,10 +69,21 @@ bench: $(STAMP) fashion-mnist
 	# 1.7 h here; --resume keeps what a JSON already holds), and the step against the limit
 	for task in horizon vision lm vit; do \
 	  $(PY) benchmarks/run_anytime.py $$task --study peers --workers 2 --resume || exit 1; done
-	$(PY) benchmarks/step_time.py --device cpu --models vit_s16 resnet18 \
-	    --optimizers amuse amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_cpu.json
-	ONEDNN_MAX_CPU_ISA=AVX2 $(PY) benchmarks/step_time.py --device cpu --quick --rounds 7 \
-	    --optimizers amuse amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_avx2.json
+	# with native bf16: the full sets against torch Muon, then oneDNN held to AVX2; where bf16
+	# is emulated (one torch Muon step on the full sets takes over a minute: anchor_step.py):
+	# AMUSE alone on the full sets, and the quick sets against torch Muon
+	if $(PY) -c "from amuse_lightning.optim.hardware import native_bf16_matmul as n; exit(not n())"; then \
+	  $(PY) benchmarks/step_time.py --device cpu --models vit_s16 resnet18 --optimizers amuse \
+	    amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_cpu.json && \
+	  ONEDNN_MAX_CPU_ISA=AVX2 $(PY) benchmarks/step_time.py --device cpu --quick --rounds 7 \
+	    --optimizers amuse amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_avx2.json; \
+	else \
+	  $(PY) benchmarks/step_time.py --device cpu --no-anchor --optimizers amuse \
+	    --output benchmarks/results/step_time_limit_avx2_native.json && \
+	  $(PY) benchmarks/step_time.py --device cpu --quick --rounds 7 --optimizers amuse \
+	    amuse_float32 amuse_bf16 --output benchmarks/results/step_time_limit_avx2_native_pairs.json && \
+	  $(PY) benchmarks/anchor_step.py --model vit_s16 --steps 1; \
+	fi
 
 tables: $(STAMP)
 	$(PY) benchmarks/make_tables.py --readme README.md

@@ -150,7 +150,13 @@ def round3_readme(folder: Path) -> str:
 SPEED_FILES = (
     ("step_time_limit_cpu.json", "native bf16 (AVX512-BF16)"),
     ("step_time_limit_avx2.json", "bf16 emulated (oneDNN held to AVX2)"),
+    ("step_time_limit_avx2_native.json", "AVX2-only CPU (bf16 emulated), full sets"),
+    ("step_time_limit_avx2_native_pairs.json", "AVX2-only CPU (bf16 emulated), quick sets"),
 )
+"""The speed table's runs: a CPU with native bf16 products, the same CPU with oneDNN held to
+AVX2, and a CPU that has only AVX2 (where the full sets run without the torch Muon anchor, whose
+emulated bf16 step on the full ViT-S/16 set takes over a minute there: ``anchor_step.py``,
+and ``step_time.py --no-anchor``)."""
 
 
 def speed_compact(folder: Path) -> str:
@@ -159,14 +165,21 @@ def speed_compact(folder: Path) -> str:
              if (folder / f).is_file()]  # fmt: skip
     if not found:
         return "<!-- step_time_limit_*.json not found: the speed table is skipped -->"
+    anchor = folder / "anchor_step_vit_s16.json"
+    anchor_cost = ""
+    if anchor.is_file():
+        seconds = min(json.loads(anchor.read_text())["step_seconds"])
+        anchor_cost = (f"; one torch Muon step on the full ViT-S/16 set took {seconds:.0f} s "
+                       "on the AVX2-only CPU, `benchmarks/anchor_step.py`")  # fmt: skip
     lines = [
         "The optimizer step on the 2-core CPU, each path against `torch.optim.Muon` as a pair "
         "alone in a fresh process, and against this machine's limit for the step (the "
         "Newton-Schulz FLOPs at the best matrix-product rate measured in the same run, bf16 or "
         "float32, plus the unavoidable float32 passes at the measured memory bandwidth; "
         "`benchmarks/machine_limit.py`). ViT-S/16's 48 hidden matrices and ResNet-18's conv "
-        "kernels; with bf16 emulated, their quick subsets (torch Muon's emulated bf16 step on the "
-        "full sets takes tens of seconds). No GPU was lent: every GPU figure is unmeasured.\n",
+        "kernels; with bf16 emulated, torch Muon is timed on their quick subsets only (its "
+        f"emulated bf16 Newton-Schulz is slow{anchor_cost}), and the full sets run without it "
+        "(`step_time.py --no-anchor`). No GPU was lent: every GPU figure is unmeasured.\n",
         compact_limit_table(found),
         "",
         *(provenance(data.get("meta", {})) + "\n" for _, data in found),
@@ -182,6 +195,10 @@ def speed_readme(folder: Path) -> str:
         ("step_time_limit_cpu.json", "this CPU (native bf16 products: AVX512-BF16)"),
         ("step_time_limit_avx2.json", "the same CPU with ONEDNN_MAX_CPU_ISA=AVX2 (bf16 "
          "emulated, as on an AVX2-only CPU; the quick matrix sets)"),
+        ("step_time_limit_avx2_native.json", "an AVX2-only CPU (bf16 emulated; the full sets, "
+         "AMUSE alone)"),
+        ("step_time_limit_avx2_native_pairs.json", "an AVX2-only CPU (bf16 emulated; the quick "
+         "matrix sets, against torch Muon)"),
     ):  # fmt: skip
         path = folder / file
         if path.is_file():
