@@ -80,7 +80,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
             then on (ScheduleFree+'s c warm-up); ``0`` (default) averages from the first step.
         c_scale: ``kappa >= 1`` scales the averaging weight, ``c_t <- min(1, kappa c_t)``: a
             shorter window of recent ``z`` in ``x`` (Song et al.'s decoupled window); 1: off.
-        beta_anneal_steps, beta_final: instead of the ``rho`` rise (then ``rho`` must be 0),
+        beta_anneal_steps, beta_final: instead of the ``rho`` rise (``rho`` unset or 0 with it),
             ``1 - beta_t`` moves from ``1 - beta1`` to ``1 - beta_final`` in log space over
             ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off; ``"auto"``: the
             run's planned optimizer steps, filled in by ``AmuseCallback`` when ``fit`` starts.
