@@ -70,6 +70,20 @@ def test_a_resume_keeps_the_count_its_run_started_with(tmp_path: Path) -> None:
     )
 
 
+def test_the_tuners_lr_find_runs_with_auto_and_the_fit_after_it_keeps_the_plan(tmp_path: Path):
+    """``Tuner.lr_find`` sweeps from its own ``on_fit_start``, before AmuseCallback's."""
+    from lightning.pytorch.tuner import Tuner
+
+    pl.seed_everything(0)
+    model = Annealed("auto", n_train=96)
+    run = trainer(tmp_path, [AmuseCallback()], max_steps=12, max_epochs=None,
+                  num_sanity_val_steps=0)  # fmt: skip
+    result = Tuner(run).lr_find(model, min_lr=1e-4, max_lr=1e-1, num_training=8, update_attr=False)
+    assert len(result.results["lr"]) == 8
+    run.fit(model)
+    assert counts(run) == {12} and run.global_step == 12
+
+
 def test_a_run_without_a_planned_end_is_refused_before_any_step(tmp_path: Path) -> None:
     pl.seed_everything(0)
     model = Annealed("auto")

@@ -20,6 +20,8 @@ from typing import Any
 
 import lightning
 
+from amuse_lightning.lightning.planned import fill_planned_steps
+
 __all__ = ["private_attribute", "remove_lr_finder_wrappers", "sweep_at_applied_rates"]
 
 _WRAPPED = "_amuse_sweeps_applied_rates"
@@ -46,7 +48,8 @@ def sweep_at_applied_rates(callbacks: list[Any]) -> None:
     range test a schedule-free optimizer's warm-up is off (and AMUSE's rise of ``beta_t``,
     anchored at the end of warm-up): the rate applied at every step is then the rate the finder
     sets and records, instead of that rate times ``t / warmup_steps``. The settings come back
-    after the sweep."""
+    after the sweep. The finder sweeps from its own ``on_fit_start``, which may run before
+    AmuseCallback's, so ``beta_anneal_steps="auto"`` is filled in here first."""
     from lightning.pytorch.callbacks import LearningRateFinder
 
     for callback in callbacks:
@@ -54,6 +57,8 @@ def sweep_at_applied_rates(callbacks: list[Any]) -> None:
             original = callback.lr_find
 
             def lr_find(trainer: Any, pl_module: Any, _original: Any = original) -> Any:
+                for optimizer in trainer.optimizers:
+                    fill_planned_steps(unwrap(optimizer), trainer)
                 saved = [_without_warmup(unwrap(o)) for o in trainer.optimizers]
                 try:
                     return _original(trainer, pl_module)
