@@ -18,10 +18,11 @@ import pytest
 import torch
 from lightning.fabric import Fabric
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from amuse_lightning import AMUSE, partition_parameters
 from amuse_lightning.averaging import averaged_weights, finish
+from tests.helpers.data_sources import OwnGeneratorSampler, SelfIterating
 
 N, BATCH, EPOCHS, LR, WARMUP = 64, 8, 2, 0.02, 4  # 8 batches an epoch
 SIDE_AT = {(0, 2), (1, 5)}  # (epoch, step) after which the side work runs: mid-epoch
@@ -35,20 +36,6 @@ def make_model() -> nn.Module:
 def tensors(n: int = N) -> TensorDataset:
     gen = torch.Generator().manual_seed(5)
     return TensorDataset(torch.randn(n, 5, generator=gen), torch.randn(n, 3, generator=gen))
-
-
-class OwnGeneratorSampler(Sampler[int]):
-    """A sampler that shuffles with a torch.Generator of its own, under a name of its own."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.shuffler = torch.Generator().manual_seed(3)
-
-    def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.shuffler).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class NoisyData(Dataset):
@@ -226,28 +213,10 @@ def test_averaged_weights_refuses_a_one_shot_iterator_saying_what_to_pass(source
         averaged_weights(optimizer, model, bn_batches=one_shot)
 
 
-class SelfIterating(IterableDataset):
-    """A dataset that is its own iterator: every pass over it shares one stream."""
-
-    def __init__(self) -> None:
-        self.data = tensors()
-        self.position = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.position >= len(self.data):
-            self.position = 0
-            raise StopIteration
-        self.position += 1
-        return self.data[self.position - 1]
-
-
 def test_a_dataset_that_is_its_own_iterator_is_refused_by_both():
     """Before: the BatchNorm re-estimate took batches out of the training stream."""
     model, optimizer, _ = training_run("shuffle_with_generator")
-    loader = DataLoader(SelfIterating(), batch_size=BATCH)
+    loader = DataLoader(SelfIterating(tensors()), batch_size=BATCH)
     message = r"SelfIterating.__iter__ returns the dataset itself.*Make __iter__ return a new"
     with (
         pytest.raises(ValueError, match=message),

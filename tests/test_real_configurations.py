@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import (
     StochasticWeightAveraging,
 )
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, IterableDataset
 
 from amuse_lightning import AMUSE, AmuseCallback, partition_parameters
 from tests.callback_testkit import (
@@ -28,6 +28,7 @@ from tests.callback_testkit import (
     params_only,
     trainer,
 )
+from tests.helpers.data_sources import OwnGeneratorSampler, SelfIterating
 
 # ---------------------------------------------------------------- 1. other averaging callbacks
 
@@ -64,40 +65,6 @@ class NumpyStream(IterableDataset):
             )
 
 
-class OwnGeneratorSampler(Sampler[int]):
-    """A sampler with its own torch.Generator under a name of its own, and an epoch counter."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.shuffler = torch.Generator().manual_seed(3)
-        self.passes = 0
-
-    def __iter__(self):
-        self.passes += 1
-        return iter(torch.randperm(self.n, generator=self.shuffler).tolist())
-
-    def __len__(self) -> int:
-        return self.n
-
-
-class SelfIterating(IterableDataset):
-    """A dataset that is its own iterator: a second pass would drain the training stream."""
-
-    def __init__(self, n: int = 48) -> None:
-        self.data = make_data(n)
-        self.position = 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.position >= len(self.data):
-            self.position = 0
-            raise StopIteration
-        self.position += 1
-        return self.data[self.position - 1]
-
-
 class DataSourceModel(Recorder):
     def __init__(self, source: str, **kwargs) -> None:
         super().__init__(batchnorm=True, **kwargs)
@@ -107,7 +74,7 @@ class DataSourceModel(Recorder):
         if self.source == "numpy_stream":
             return DataLoader(NumpyStream(), batch_size=8)
         if self.source == "self_iterating":
-            return DataLoader(SelfIterating(), batch_size=8)
+            return DataLoader(SelfIterating(make_data(48)), batch_size=8)
         data = make_data(48)
         return DataLoader(data, batch_size=8, sampler=OwnGeneratorSampler(len(data)))
 
