@@ -14,14 +14,14 @@ def step_time_tables(data: dict) -> str:
     for model, results in data["models"].items():
         rows = []
         for name, r in results.items():
-            anchor = r.get("anchor", r)
+            anchor = r.get("anchor", r if name == "torch_muon" else None)  # None: --no-anchor
             load = r.get("load_average_1m")
             rows.append(
                 [
                     name,
                     _short(r.get("weight_decay")),
                     f"{r['median_ms']:.1f}",
-                    f"{anchor['median_ms']:.1f}",
+                    "-" if anchor is None else f"{anchor['median_ms']:.1f}",
                     _ratio(r.get("ratio_to_torch_muon")),
                     _ratio(r.get("cpu_ratio_to_torch_muon")),
                     f"{r['state_bytes'] / 2**20:.1f}",

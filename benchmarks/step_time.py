@@ -22,8 +22,8 @@ in a fresh process of the same run, plus the unavoidable elementwise passes at t
 memory bandwidth), so a pair that is level with torch Muon but far above what the machine can do
 shows it.
 
-Writes benchmarks/results/step_time.json (``--quick``: step_time_quick.json) and a PNG of the
-ratios beside it.
+Writes benchmarks/results/step_time.json (``--quick``: step_time_quick.json; ``--no-anchor``:
+step_time_alone.json) and a PNG of the ratios beside it.
 """
 
 from __future__ import annotations
@@ -211,7 +211,9 @@ def main() -> None:
                         "anchor's bf16 Newton-Schulz is emulated, a full-size anchor step takes "
                         "minutes; the ratio to the machine's limit remains")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per pair")
-    parser.add_argument("--output", type=Path, default=None, help="default results/step_time.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default results/step_time.json (--no-anchor: "
+                        "step_time_alone.json)")  # fmt: skip
     parser.add_argument("--pair", default=None, help=argparse.SUPPRESS)  # worker mode
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -230,7 +232,8 @@ def main() -> None:
         ))  # fmt: skip
         return
     if args.output is None:
-        args.output = RESULTS / ("step_time_quick.json" if args.quick else "step_time.json")
+        stem = "step_time" if args.anchor else "step_time_alone"  # the pair tables need anchors
+        args.output = RESULTS / (f"{stem}_quick.json" if args.quick else f"{stem}.json")
     start = time.time()
     result = run(args)
     result["meta"]["wall_seconds"] = time.time() - start

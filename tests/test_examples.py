@@ -231,6 +231,19 @@ def test_resnet_learns_synthetic_data_and_ends_holding_x():
     assert result["test_acc"] > 0.9
 
 
+def test_the_example_modules_anneal_over_the_run_also_without_the_callback():
+    """Their default AMUSE says beta_anneal_steps='auto'; configure_optimizers fills the count in
+    (AmuseCallback would at fit start), so a run without the callback still trains, warned."""
+    dm = SyntheticImageDataModule(num_classes=3, image_size=8, num_train=96, val_size=32)
+    model = ResNetClassifier(num_classes=3, width=4, num_blocks=(1, 1, 1, 1))
+    trainer = quiet_trainer(max_steps=3, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="no AmuseCallback"):
+        trainer.fit(model, dm)
+    groups = trainer.optimizers[0].param_groups
+    assert {(g["beta_anneal_steps"], g["rho"]) for g in groups} == {(3, 0.0)}
+    assert trainer.global_step == 3
+
+
 def test_warmup_fraction_none_keeps_the_factory_value():
     dm = SyntheticImageDataModule(num_classes=3, image_size=8, num_train=96, val_size=32)
     model = ResNetClassifier(

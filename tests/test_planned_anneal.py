@@ -8,10 +8,12 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from amuse_lightning import AMUSE, AmuseCallback, partition_parameters
+from amuse_lightning.lightning import finish_checkpoint
 from amuse_lightning.lightning.errors import ConfigError
-from tests.callback_testkit import Recorder, optimizer_state_equal, trainer
+from tests.callback_testkit import Recorder, make_data, optimizer_state_equal, trainer
 
 
 class Annealed(Recorder):
@@ -82,6 +84,61 @@ def test_the_tuners_lr_find_runs_with_auto_and_the_fit_after_it_keeps_the_plan(t
     assert len(result.results["lr"]) == 8
     run.fit(model)
     assert counts(run) == {12} and run.global_step == 12
+
+
+class Unsized(IterableDataset):
+    """The recorder's 48 samples as a stream without a length: Lightning cannot count its steps."""
+
+    def __iter__(self):
+        return iter(make_data(48))
+
+
+class StreamAnnealed(Annealed):
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(Unsized(), batch_size=8)
+
+
+def test_finishing_a_run_on_data_without_a_length_takes_the_checkpoints_count(tmp_path: Path):
+    """The finisher's fit has no planned end of its own (max_steps=-1 on a stream): its
+    checkpoint brings the count, so 'auto' must not need an estimate there."""
+    pl.seed_everything(0)
+    model = StreamAnnealed("auto")
+    run = trainer(tmp_path, [AmuseCallback()], max_steps=6, max_epochs=None)
+    run.fit(model)
+    assert counts(run) == {6}
+    ckpt = tmp_path / "run.ckpt"
+    run.save_checkpoint(ckpt)
+    options = dict(accelerator="cpu", logger=False, enable_progress_bar=False)
+    finished = {}
+    for anneal in ("auto", 6):  # the config says 'auto', or the number it resolved to
+        out = tmp_path / f"finished_{anneal}.ckpt"
+        finish_checkpoint(StreamAnnealed(anneal), ckpt, out, steps=2, trainer_options=options)
+        finished[anneal] = torch.load(out, weights_only=False)["state_dict"]
+    for name, tensor in finished[6].items():
+        assert torch.equal(finished["auto"][name], tensor), name
+
+
+class LateGroup(Annealed):
+    """Trains the last layer from the second epoch on (a group added during fit, as Lightning's
+    BaseFinetuning does when it unfreezes a backbone)."""
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.net.parameters())
+        self.late = params[-2:]
+        early = params[:-2]
+        return AMUSE([{"params": early, "use_muon": False}], lr=0.05, warmup_steps=2,
+                     beta_anneal_steps=self.anneal, ns_dtype=torch.float32)  # fmt: skip
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch == 1:
+            self.trainer.optimizers[0].add_param_group({"params": self.late, "use_muon": False})
+
+
+def test_a_group_added_during_fit_anneals_over_the_runs_count(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    run = trainer(tmp_path, [AmuseCallback()], max_epochs=2, num_sanity_val_steps=0)
+    run.fit(LateGroup("auto"))
+    assert counts(run) == {12} and len(run.optimizers[0].param_groups) == 2
 
 
 def test_a_run_without_a_planned_end_is_refused_before_any_step(tmp_path: Path) -> None:

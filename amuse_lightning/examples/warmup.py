@@ -36,6 +36,7 @@ from amuse_lightning.lightning.factories import (
     with_warmup_steps,
 )
 from amuse_lightning.lightning.mixin import AmuseMixin
+from amuse_lightning.lightning.planned import fill_planned_steps
 
 __all__ = [
     "apply_warmup_fraction",
@@ -120,7 +121,8 @@ def configure_with_warmup(module: Any, defaults: dict[str, float]) -> Optimizer:
     and ``warmup_fraction`` attributes): AmuseMixin's optimizer from ``module.optimizer`` (or
     AMUSE with ``defaults``), with ``warmup_steps`` from ``warmup_fraction`` when set, and the
     warning of :func:`warn_if_warmup_covers_run` when a step count covers the whole run. A fit
-    resumed from a checkpoint skips both: its optimizer state brings the run's own warm-up."""
+    resumed from a checkpoint skips both: its optimizer state brings the run's own warm-up.
+    ``beta_anneal_steps="auto"`` is filled in here as well (:func:`fill_planned_steps`)."""
     trainer = module._trainer
     resuming = trainer is not None and trainer.ckpt_path is not None
     factory = module.optimizer or default_amuse_factory(**defaults)
@@ -141,4 +143,6 @@ def configure_with_warmup(module: Any, defaults: dict[str, float]) -> Optimizer:
         and not trainer.fast_dev_run
     ):  # warm-up given as a step count, inside fit: the run's length is known
         warn_if_warmup_covers_run(optimizer, float(trainer.estimated_stepping_batches))
+    if trainer is not None:  # also without AmuseCallback, which would fill it at fit start
+        fill_planned_steps(optimizer, trainer)
     return optimizer

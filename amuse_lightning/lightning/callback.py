@@ -59,7 +59,7 @@ from amuse_lightning.lightning.checkpoint import (
 )
 from amuse_lightning.lightning.checks import check_fit_start, check_setup
 from amuse_lightning.lightning.compat import remove_lr_finder_wrappers, sweep_at_applied_rates
-from amuse_lightning.lightning.planned import fill_planned_steps
+from amuse_lightning.lightning.planned import fill_planned_steps, settle_planned_steps
 from amuse_lightning.lightning.save_hook import install_module_save_hook, remove_module_save_hook
 from amuse_lightning.lightning.schedule_log import schedule_metrics
 from amuse_lightning.lightning.state import Holds, SwapState
@@ -202,6 +202,8 @@ class AmuseCallback(Callback):
         self._swapper.finish_resume(pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._state.weights is not None:  # the checkpoint, if any, is loaded by now
+            settle_planned_steps(self._state.weights.optimizer)
         self._swapper.finish_resume(pl_module)
         self._swapper.leave_evaluation()
 

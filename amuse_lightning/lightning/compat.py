@@ -79,15 +79,13 @@ def remove_lr_finder_wrappers(callbacks: list[Any]) -> None:
 
 
 def _without_warmup(optimizer: Any) -> list[dict[str, Any]]:
-    """Switch warm-up (and ``rho``) off in every group; returns the values to put back."""
+    """Switch warm-up (and the rise or annealing of ``beta_t``) off in every group; returns the
+    values to put back."""
+    off = {"warmup_steps": 1, "rho": 0.0, "beta_anneal_steps": 0}
     saved = []
     for group in optimizer.param_groups:
-        keys = [k for k in ("warmup_steps", "rho") if k in group]
-        saved.append({k: group[k] for k in keys})
-        if "warmup_steps" in group:
-            group["warmup_steps"] = 1
-        if "rho" in group:
-            group["rho"] = 0.0
+        saved.append({k: group[k] for k in off if k in group})
+        group.update({k: v for k, v in off.items() if k in group})
     return saved
 
 
