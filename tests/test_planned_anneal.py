@@ -64,6 +64,7 @@ def test_a_resume_keeps_the_count_its_run_started_with(tmp_path: Path) -> None:
     first.save_checkpoint(ckpt)
     resumed, resumed_run = fit(tmp_path / "resumed", "auto", ckpt_path=ckpt, max_epochs=3)
     assert counts(resumed_run) == {6}, "the checkpoint's count, not the longer run's 18"
+    assert resumed_run.optimizers[0].defaults["beta_anneal_steps"] == 6  # for groups added later
     straight, straight_run = fit(tmp_path / "straight", 6, max_epochs=3)
     for a, b in zip(resumed.parameters(), straight.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -48,10 +48,11 @@ def fill_planned_steps(optimizer: Optimizer, trainer: Trainer) -> int | None:
     steps = int(total)
     for group in groups:
         group["beta_anneal_steps"] = steps
+    if resuming:  # the checkpoint's groups replace these; settle_planned_steps reads them
+        return steps
     if optimizer.defaults.get("beta_anneal_steps") == PLANNED:
         optimizer.defaults["beta_anneal_steps"] = steps
-    if not resuming:  # a resume takes the count saved in its checkpoint
-        rank_zero_info(f"beta_anneal_steps={steps}: the run's planned optimizer steps ('auto')")
+    rank_zero_info(f"beta_anneal_steps={steps}: the run's planned optimizer steps ('auto')")
     return steps
 
 
