@@ -7,10 +7,11 @@
     python benchmarks/run_anytime.py horizon                   # round 2, 200-6,400 steps
     python benchmarks/run_anytime.py horizon_starts --resume   # its finisher start x / y, lr
     python benchmarks/run_anytime.py horizon --study peers     # round 3 (also vision, lm, vit)
+    python benchmarks/run_anytime.py vision --study annealed   # round 3b (also lm, vit)
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
-``anytime_<task>_peers.json`` for round 3; ``meta``, ``runs``, ``records``; rewritten after
-every finished run) and ``.png`` next to it;
+``anytime_<task>_peers.json`` for round 3, ``anytime_<task>_annealed.json`` for round 3b;
+``meta``, ``runs``, ``records``; rewritten after every finished run) and ``.png`` next to it;
 ``--quick`` writes to ``/tmp`` (CI smoke, < 1 min). The protocols are in
 ``benchmarks/anytime/protocol.py`` and ``benchmarks/anytime/finisher_study.py``;
 ``benchmarks/make_tables.py`` turns the JSON into the README tables.
@@ -37,7 +38,13 @@ from anytime import finisher_study, peers_study, protocol  # noqa: E402
 from anytime.finisher_study import FinisherStudy  # noqa: E402
 from anytime.peers_study import PeersStudy  # noqa: E402
 from anytime.report import plot, plot_finisher  # noqa: E402
-from anytime.round3 import peers_config, reusable_cosine_runs, same_scores  # noqa: E402
+from anytime.round3 import (  # noqa: E402
+    annealed_config,
+    peers_config,
+    reusable_cosine_runs,
+    reusable_peer_runs,
+    same_scores,
+)
 from anytime.study import Study, config_dict  # noqa: E402
 from common import machine_info  # noqa: E402
 
@@ -68,7 +75,7 @@ TASKS = {
         "byte-level GPT (width 64), 200 to 6,400 steps: finisher start and lr",
     ),
 }
-STUDIES = ("anytime", "finisher", "peers")
+STUDIES = ("anytime", "finisher", "peers", "annealed")
 REUSE = {
     "vision": ["anytime_vision_finisher.json"],
     "lm": ["anytime_lm_finisher.json"],
@@ -94,8 +101,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="anytime (round 1: baselines, knob screen), finisher (round 2: finisher, "
         "averages, equal-compute cosine) or peers (round 3: Muon WSD forks, constant-lr Muon, "
-        "Schedule-Free AdamW, the finisher against them, mechanism screen); default anytime, and "
-        "finisher for horizon",
+        "Schedule-Free AdamW, the finisher against them, mechanism screen), annealed (round 3b: "
+        "round 3 with beta annealing in every AMUSE run, its lr, finisher and beta_final chosen "
+        "on annealed runs; the peers reused from round 3 where they reproduce); default "
+        "anytime, and finisher for horizon",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run (CI), under a minute")
     parser.add_argument("--output", type=Path, default=None)
@@ -118,7 +127,12 @@ def main(argv: list[str] | None = None) -> None:
         task.study = dataclasses.replace(task.study, workers=args.workers)
     if kind == "peers":
         task.peers = peers_config(task, args.quick)
-    suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers"}.get(kind, "")
+    if kind == "annealed":
+        if long_runs:
+            parser.error("round 3b runs on the short tasks (vision, lm, vit)")
+        task.peers = annealed_config(task, args.quick)
+    suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
+              "annealed": "_annealed"}.get(kind, "")  # fmt: skip
     default = (Path("/tmp") if args.quick else ROOT / "benchmarks" / "results") / (
         f"anytime_{args.task}{suffix}" + ("_quick" if args.quick else "") + ".json"
     )
@@ -143,14 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     if hasattr(task, "prepare"):
         task.prepare()
-    study = {"anytime": Study, "finisher": FinisherStudy, "peers": PeersStudy}[kind](
-        task, factory, output, meta, args.resume
-    )
+    classes = {"anytime": Study, "finisher": FinisherStudy, "peers": PeersStudy,
+               "annealed": PeersStudy}  # fmt: skip
+    study = classes[kind](task, factory, output, meta, args.resume)
     if kind == "peers" and not args.quick and not args.no_reuse:
         reuse_cosine_runs(study, task, factory)
+    if kind == "annealed" and not args.quick and not args.no_reuse:
+        reuse_peer_runs(study, task, factory)
     study.run()
     payload = json.loads(output.read_text())
-    if not args.no_plot and kind != "peers":
+    if not args.no_plot and kind not in ("peers", "annealed"):
         (plot if kind == "anytime" else plot_finisher)(payload, output.with_suffix(".png"))
     chosen = payload["meta"]["selected" if kind == "anytime" else "selection"]
     if kind != "anytime":
@@ -158,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {output} in {payload['meta']['wall_s']:.0f} s; selected {json.dumps(chosen)}")
 
 
-PROTOCOLS = {"anytime": protocol, "finisher": finisher_study, "peers": peers_study}
+PROTOCOLS = {"anytime": protocol, "finisher": finisher_study, "peers": peers_study,
+             "annealed": peers_study}  # fmt: skip
 
 
 def reuse_cosine_runs(study, task, factory) -> None:
@@ -180,6 +197,35 @@ def reuse_cosine_runs(study, task, factory) -> None:
     study.cache.update({k: v for k, v in runs.items() if k not in study.cache})
     study.meta["reused"] = {"sources": sources, "checked_by_rerunning": probe_id}
     print(f"reusing {len(runs)} Muon + cosine runs (checked: {probe_id} reproduces)", flush=True)
+
+
+def reuse_peer_runs(study, task, factory) -> None:
+    """Seed round 3b's cache with round 3's runs of the peers and references (every method but
+    AMUSE) when the cheapest run of each method reproduces its scores here bit for bit (the same
+    code on the same kind of CPU); otherwise every run is made anew on this machine, so that all
+    methods of the study ran on one machine."""
+    path = ROOT / "benchmarks" / "results" / f"anytime_{task.name}_peers.json"
+    if not path.is_file():
+        return
+    runs = reusable_peer_runs(path)
+    probes = {}
+    for run_id, run in runs.items():
+        method = run["spec"]["method"]
+        if method not in probes or run["spec"]["steps"] < probes[method][1]["spec"]["steps"]:
+            probes[method] = (run_id, run)
+    fresh = factory()
+    fresh.setup()
+    torch.set_num_threads(task.study.threads)
+    for run_id, run in probes.values():
+        again = protocol.train_run(protocol.RunSpec.from_dict(run["spec"]), fresh)
+        if not same_scores(run, again):
+            print(f"not reusing round 3's peers: {run_id} scores differently here", flush=True)
+            study.meta["reused"] = {"source": path.name, "differs": run_id}
+            return
+    study.cache.update({k: v for k, v in runs.items() if k not in study.cache})
+    checked = sorted(run_id for run_id, _ in probes.values())
+    study.meta["reused"] = {"source": path.name, "runs": len(runs), "checked_by_rerunning": checked}
+    print(f"reusing {len(runs)} runs of round 3 (checked: {len(probes)} reproduce)", flush=True)
 
 
 def _git_commit() -> str | None:

@@ -9,6 +9,7 @@ screened on the horizon and the vision task, at AMUSE's chosen lr, on every seed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,39 @@ def peers_config(task: Any, quick: bool) -> PeersConfig:
     raise ValueError(f"no round-3 settings for task {name!r}")
 
 
+ANNEALED_VARIANTS = (
+    "x/linear/f=0.2/lr_x0.1",
+    "x/linear/f=0.2/lr_x0.3",
+    "x/linear/f=0.2/lr_x1",
+    "x/linear/f=0.2/lr_x0.3/fresh",
+    "y/linear/f=0.2/lr_x0.3",
+)
+"""The finishers screened on annealed runs: round 3 chose them on runs with the ``rho`` rise,
+whose ``y`` sits further from ``x``; with ``beta`` annealed to 0.965 the gradient point is
+``x`` within 3.5 % of ``z - x`` late in the run, so a larger lr factor may pay."""
+
+BETA_FINALS = (0.9, 0.99)
+"""``beta_final`` around the 0.965 of ScheduleFree+ (``1 - beta`` of 0.1 and 0.01 at the end)."""
+
+
+def annealed_config(task: Any, quick: bool) -> PeersConfig:
+    """Round 3b: the round-3 study with beta annealing as every AMUSE run's setting (what the
+    shipped configs and ``AmuseCallback`` run), so that AMUSE's lr and the finisher are chosen
+    on annealed runs, with ``beta_final`` screened (each knob run finished by the chosen
+    variant). The peers, their grids and the references are round 3's."""
+    base = peers_config(task, quick)
+    anneal = beta_annealing(max(task.study.budgets))[1]
+    if quick:
+        return dataclasses.replace(
+            base, amuse_settings=anneal, knobs=(("beta_final=0.9", (("beta_final", 0.9),)),),
+            knob_finisher=True,
+        )  # fmt: skip
+    knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in BETA_FINALS)
+    return dataclasses.replace(
+        base, amuse_settings=anneal, variants=ANNEALED_VARIANTS, knobs=knobs, knob_finisher=True
+    )
+
+
 def reusable_cosine_runs(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Muon + cosine runs of earlier studies by ``run_id`` (the same task, code path and spec),
     and where they came from (for ``meta.reused``)."""
@@ -119,6 +153,17 @@ def reusable_cosine_runs(paths: list[Path]) -> tuple[dict[str, dict], dict[str, 
                 found += 1
         sources[path.name] = {"git_commit": payload["meta"].get("git_commit"), "runs": found}
     return runs, sources
+
+
+def reusable_peer_runs(path: Path) -> dict[str, dict]:
+    """Every run of a round-3 study that is not AMUSE's (the peers and the cosine references),
+    by ``run_id``: round 3b runs the same specs."""
+    payload = json.loads(path.read_text())
+    return {
+        RunSpec.from_dict(run["spec"]).run_id: run
+        for run in payload["runs"]
+        if run["spec"]["method"] != "amuse"
+    }
 
 
 def same_scores(a: dict, b: dict) -> bool:
