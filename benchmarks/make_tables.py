@@ -27,10 +27,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anytime import finisher_summary, finisher_tables, peers_tables
+from anytime.round3_tables import (
+    PEERS_TASKS,
+    ROUND3_STUDIES,
+    round3_readme,
+    round3_summary,
+)
 from anytime.tables import gap_table as anytime_gap_table
 from anytime.tables import render as render_anytime
 from device_tables import render as render_devices
-from md_tables import provenance, table
+from md_tables import load_all, provenance, table
 from speed_tables import (
     compact_limit_table,
     distributed_tables,
@@ -53,14 +59,6 @@ FINISHER_TASKS = {
     "horizon": ("anytime_horizon.json", "byte GPT, width 64, 200-6,400 steps, the LM's finisher"),
     "horizon_starts": ("anytime_horizon_starts.json", "byte GPT, width 64, 200-6,400 steps"),
 }
-PEERS_TASKS = {
-    "horizon": "byte GPT, width 64, 200-6,400 steps",
-    "vision": "Fashion-MNIST ResNet from scratch",
-    "lm": "byte GPT, width 128",
-    "vit": "ViT fine-tuning",
-}
-# The README's round-2 summary and recipes: a finisher chosen on each task's own validation
-# (``horizon`` only carried the LM's choice over; its tables are in docs/results.md).
 SUMMARY_TASKS = ("vision", "lm", "vit", "horizon_starts")
 
 
@@ -97,54 +95,6 @@ def section(title: str, path: Path, render: Callable[[dict], str], level: str = 
 
 
 # ----------------------------------------------------------------------------- anytime summaries
-
-
-def _load_all(folder: Path, names: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
-    """name -> JSON for the files that exist; notes for those that do not."""
-    found, notes = {}, []
-    for name, file in names.items():
-        path = folder / file
-        if path.is_file():
-            found[name] = json.loads(path.read_text())
-        else:
-            notes.append(f"<!-- {file} not found: its rows are skipped -->")
-    return found, notes
-
-
-def round3_readme(folder: Path) -> str:
-    """The README's results: round 3 in one table across tasks, the knob screen, the finisher's
-    lr factor and the horizon's gap plot (every per-task table is in docs/results.md)."""
-    data, notes = _load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
-    if not data:
-        return "\n".join(notes)
-    parts = [
-        "**AMUSE against what an anytime user runs** (test, 3 seeds, every learning rate and "
-        "choice made on validation; `+` = AMUSE better, in nats of loss or points of accuracy; "
-        "the verdict is `ahead` / `behind` when every seed agrees, else `level`). *Constant-lr "
-        "Muon*: Muon + AdamW at a constant rate after the same warm-up, scored at `t` (no extra "
-        "steps). *WSD fork*: that run with a linear cooldown to zero over `0.2 t` steps forked at "
-        "`t`; *finished x*: `finish()` from `x` over the same `0.2 t` steps. *cosine(t)*: Muon + "
-        "cosine tuned for `t`, a reference that needs the budget in advance. *β-annealed*: AMUSE "
-        "with `rho=0, beta_anneal_steps=<longest budget>, beta_final=0.965`, the knob the screen "
-        "below chose, run again with the finisher on every seed.\n",
-        peers_tables.headline_table(data, table),
-        "",
-        "**Knob screen** (validation, the knob minus the chosen AMUSE run seed by seed; mean over "
-        "the budgets, then the budgets where it was ahead / level / behind; per budget with the "
-        "seed range in [docs/results.md](docs/results.md)):\n",
-        peers_tables.knob_summary_table(data, table),
-        "",
-        "**The finisher's learning rate** (validation, sweep seed: finished `x` minus the WSD "
-        "fork, mean over the budgets, for a cooldown from `x` at a constant factor of the run's "
-        'rate, and for `lr_factor="auto"`, `0.3 min(1, 800 / t)`, fitted on the horizon and LM '
-        "rows and checked on the other two):\n",
-        peers_tables.factor_rule_table(data, table),
-        "",
-    ]
-    png = folder / "anytime_horizon_peers.png"
-    if png.is_file():
-        parts.append(f"![horizon: gap to cosine](benchmarks/results/{png.name})\n")
-    return "\n".join(parts + notes)
 
 
 SPEED_FILES = (
@@ -208,44 +158,10 @@ def speed_readme(folder: Path) -> str:
     return "\n\n".join(parts)
 
 
-def round3_summary(folder: Path, full: bool = False) -> str:
-    """Round 3: AMUSE against Muon WSD forks, constant-lr Muon and Schedule-Free AdamW per task
-    (and, with ``full``, the knob screens, the finisher variants and provenance)."""
-    data, notes = _load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
-    if not data:
-        return "\n".join(notes)
-    root = "../" if full else ""
-    parts = [
-        "### Round 3: against what an anytime user runs\n",
-        "Per task and budget `t`: AMUSE's `x` against Muon at a constant learning rate (no extra "
-        "steps), AMUSE's `x` finished by `finish()` against a warmup-stable-decay (WSD) fork of "
-        "that constant-lr run (both cost `f t = 0.2 t` extra steps), Schedule-Free AdamW, and "
-        "Muon + cosine tuned for `t` and for `t + f t` as references. Test scores, mean ± half "
-        "the seed range over 3 seeds; differences per seed with their verdict (level = the "
-        "seeds disagree). Every learning rate and the finisher were chosen on validation.\n",
-    ]
-    for task, payload in data.items():
-        parts += [f"**{task}: {PEERS_TASKS[task]}** ({peers_tables.goal_line(payload)})\n",
-                  peers_tables.main_table(payload, table), ""]  # fmt: skip
-        png = folder / f"anytime_{task}_peers.png"
-        if png.is_file():
-            parts.append(f"![{task} gaps]({root}benchmarks/results/{png.name})\n")
-        if full:
-            parts += ["Finisher variants (validation, sweep seed, finished − WSD fork):\n",
-                      peers_tables.variant_table(payload, table), ""]  # fmt: skip
-            if payload["meta"]["config"]["peers"]["knobs"]:
-                parts += ["Knob screen (validation, knob − chosen AMUSE, every seed):\n",
-                          peers_tables.knob_table(payload, table), "",
-                          "Same, test:\n", peers_tables.knob_table(payload, table, "test"),
-                          ""]  # fmt: skip
-            parts.append(provenance(payload["meta"]) + "\n")
-    return "\n".join(parts + notes)
-
-
 def round1_summary(folder: Path) -> str:
     """Round 1 in one table: x (and the best screened setting) minus budget-tuned Muon + cosine,
     per task and budget."""
-    data, notes = _load_all(folder, {t: f"anytime_{t}.json" for t in ANYTIME_TASKS})
+    data, notes = load_all(folder, {t: f"anytime_{t}.json" for t in ANYTIME_TASKS})
     if not data:
         return "\n".join(notes)
     parts = [
@@ -266,7 +182,7 @@ def round1_summary(folder: Path) -> str:
 
 def round2_summary(folder: Path) -> str:
     """Round 2: the finisher per task and budget, and the averages on the vision tasks."""
-    data, notes = _load_all(folder, summary_files(folder))
+    data, notes = load_all(folder, summary_files(folder))
     if not data:
         return "\n".join(notes)
     named = {f"{label(k)}: {FINISHER_TASKS[k][1]}": v for k, v in data.items()}
@@ -293,7 +209,7 @@ def round2_summary(folder: Path) -> str:
 def averages_section(folder: Path) -> str:
     """Round 2: the power-EMAs of the trajectory on the vision tasks (docs/results.md)."""
     files = {k: v[0] for k, v in FINISHER_TASKS.items()}
-    data, notes = _load_all(folder, files)
+    data, notes = load_all(folder, files)
     named = {f"{label(k)}: {FINISHER_TASKS[k][1]}": v for k, v in data.items()}
     parts: list[str] = []
     averaged = {k: v for k, v in named.items() if finisher_tables.has_averages(v)}
@@ -328,7 +244,7 @@ def speed_sections(folder: Path) -> list[str]:
 
 def recipes_block(folder: Path) -> str:
     """The Recipes section's finisher table (round 2's choices and what they bought)."""
-    data, notes = _load_all(folder, summary_files(folder))
+    data, notes = load_all(folder, summary_files(folder))
     if not data:
         return "\n".join(notes)
     named = {f"{label(k)}: {FINISHER_TASKS[k][1]}": v for k, v in data.items()}
@@ -354,7 +270,7 @@ def full_document(folder: Path) -> str:
     parts = [head, "## Round 3: AMUSE against the practical peers\n", round3_readme(folder)
              .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
              .replace("](benchmarks/", "](../benchmarks/"),
-             round3_summary(folder, True)]  # fmt: skip
+             round3_summary(folder, True), round3_summary(folder, True, "annealed")]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
     parts.append(round2_summary(folder).replace("](benchmarks/", "](../benchmarks/"))
     for task, (file, title) in FINISHER_TASKS.items():
@@ -406,10 +322,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"where --readme also writes the full anytime tables (default {FULL})",
     )
     args = parser.parse_args(argv)
-    for task in PEERS_TASKS:  # the gap plots of round 3, from the same JSON
-        path = args.results / f"anytime_{task}_peers.json"
-        if path.is_file():
-            peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
+    for task in PEERS_TASKS:  # the gap plots of round 3 and 3b, from the same JSON
+        for study in ROUND3_STUDIES:
+            path = args.results / f"anytime_{task}_{study}.json"
+            if path.is_file():
+                peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
     parts = [round3_readme(args.results), "### Speed\n", speed_compact(args.results)]
     text = "\n\n".join(parts) + "\n"
     full = full_document(args.results)

@@ -1,8 +1,11 @@
-"""Markdown pieces every benchmark table shares: a GitHub table and a provenance line."""
+"""Markdown pieces every benchmark table shares: a GitHub table, a provenance line, and the
+loading of the result files a section reads."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def table(header: Iterable[str], rows: Iterable[Iterable[object]], left: int = 1) -> str:
@@ -36,3 +39,15 @@ def provenance(meta: dict) -> str:
     if "status" in meta:
         parts.append(f"status {meta['status']}")
     return "_" + "; ".join(p for p in parts if p) + "._"
+
+
+def load_all(folder: Path, names: dict[str, str]) -> tuple[dict[str, dict], list[str]]:
+    """name -> JSON for the files that exist; notes for those that do not."""
+    found, notes = {}, []
+    for name, file in names.items():
+        path = folder / file
+        if path.is_file():
+            found[name] = json.loads(path.read_text())
+        else:
+            notes.append(f"<!-- {file} not found: its rows are skipped -->")
+    return found, notes

@@ -94,3 +94,35 @@ def test_a_quick_peers_study_fills_every_row(tmp_path: Path) -> None:
     if best is not None:  # step 5: a knob with a validation gain runs again with the finisher
         assert best["mean_val_gain"] > 0 and best["name"] == "r=1"
         assert {"best_x", "best_finished"} <= methods
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+def test_a_quick_annealed_study_anneals_every_amuse_run_and_finishes_its_knobs(
+    tmp_path: Path,
+) -> None:
+    """Round 3b: every AMUSE run carries the annealing (its lr and finisher are chosen on
+    annealed runs), a knob overrides only ``beta_final``, and each knob run is finished by the
+    chosen variant, so its finished rows exist."""
+    out = tmp_path / "annealed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "lm", "--study",
+           "annealed", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    longest = max(payload["meta"]["config"]["budgets"])
+    finals = set()
+    for run in payload["runs"]:
+        if run["spec"]["method"] != "amuse":
+            continue
+        settings = dict(run["spec"]["settings"])
+        assert settings["beta_anneal_steps"] == longest and settings["rho"] == 0.0
+        assert settings["beta_final"] == (0.9 if run["spec"]["phase"] == "screen" else 0.965)
+        finals.add(settings["beta_final"])
+    assert finals == {0.9, 0.965}
+    methods = {r["method"] for r in payload["records"]}
+    assert {"amuse_x", "amuse_finished", "muon_wsd", "knob:beta_final=0.9",
+            "knob:beta_final=0.9:finished"} <= methods  # fmt: skip
+    chosen = payload["meta"]["selection"]["variant"]
+    screened = [r for r in payload["runs"] if r["spec"]["phase"] == "screen"]
+    assert screened and all(dict(r["spec"]["settings"])["finishers"] == chosen for r in screened)

@@ -207,14 +207,15 @@ class PeersStudy(FinisherStudy):
         unique = {s.run_id: s for s in specs}
         return sorted(unique.values(), key=lambda s: (s.seed, -s.steps))
 
-    def _knob_specs(self) -> list[RunSpec]:
-        lr = self.chosen.specs["amuse"].lr
+    def _knob_spec(self, seed: int, settings: tuple) -> RunSpec:
+        """A knob's screen run at AMUSE's chosen lr (finished by the chosen variant with
+        ``knob_finisher``)."""
         variants = [self.chosen.variant] if self.peers.knob_finisher else []
-        return [
-            self.amuse("screen", lr, seed, variants, settings)
-            for _, settings in self.peers.knobs
-            for seed in self.study.seeds
-        ]
+        return self.amuse("screen", self.chosen.specs["amuse"].lr, seed, variants, settings)
+
+    def _knob_specs(self) -> list[RunSpec]:
+        return [self._knob_spec(seed, settings) for _, settings in self.peers.knobs
+                for seed in self.study.seeds]  # fmt: skip
 
     def _confirm_specs(self) -> list[RunSpec]:
         """Step 5: the best knob by mean validation gain (over budgets, then seeds) against the
@@ -224,7 +225,7 @@ class PeersStudy(FinisherStudy):
         lr, gains = self.chosen.specs["amuse"].lr, {}
         base = self._by_setting().get(_key(self.chosen.specs["amuse"]), {})
         for name, settings in self.peers.knobs:
-            runs = self._by_setting().get(_key(self.amuse("screen", lr, 0, [], settings)), {})
+            runs = self._by_setting().get(_key(self._knob_spec(0, settings)), {})
             per_seed = [self._gain(runs[seed], base[seed]) for seed in runs if seed in base]
             if per_seed:
                 gains[name] = sum(per_seed) / len(per_seed)
@@ -235,6 +236,8 @@ class PeersStudy(FinisherStudy):
         self.selection["best_knob"] = {"name": best, "settings": dict(settings),
                                        "mean_val_gain": gains[best], "gains": gains}  # fmt: skip
         self.save()
+        if self.peers.knob_finisher:  # the screen runs were finished already: no second run
+            return [self._knob_spec(seed, settings) for seed in self.study.seeds]
         return [self.amuse("confirm", lr, seed, [self.chosen.variant], settings)
                 for seed in self.study.seeds]  # fmt: skip
 
@@ -291,7 +294,7 @@ class PeersStudy(FinisherStudy):
         if amuse is not None:
             rows += self._amuse_rows("amuse", by_setting.get(_key(amuse), {}))
             for knob, settings in self.peers.knobs:
-                spec = self.amuse("screen", amuse.lr, 0, [], settings)
+                spec = self._knob_spec(0, settings)
                 rows += self._amuse_rows(f"knob:{knob}", by_setting.get(_key(spec), {}))
             best = sel.get("best_knob")
             if best is not None:

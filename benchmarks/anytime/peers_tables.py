@@ -177,8 +177,18 @@ HEADLINE = (
 )
 
 
-def headline_table(tasks: dict[str, dict], table: Table) -> str:
-    """One row per task and budget: the comparisons of :data:`HEADLINE` on test, per seed, with
+HEADLINE_ANNEALED = (
+    ("amuse_x", "muon_constant", "x − constant-lr Muon"),
+    ("amuse_finished", "muon_wsd", "finished x − WSD fork"),
+    ("amuse_finished_default", "muon_wsd", "finished x (lr factor 0.1) − WSD fork"),
+    ("amuse_x", "muon_cosine", "x − cosine(t)"),
+)
+"""Round 3b's headline (``anytime_<task>_annealed.json``): every AMUSE run is beta-annealed, its
+finisher the one chosen on annealed runs, and ``finish()``'s default factor beside it."""
+
+
+def headline_table(tasks: dict[str, dict], table: Table, columns: tuple = HEADLINE) -> str:
+    """One row per task and budget: the comparisons of ``columns`` on test, per seed, with
     the verdict (``—`` where a task has no confirmed knob)."""
     rows = []
     for task, data in tasks.items():
@@ -188,10 +198,10 @@ def headline_table(tasks: dict[str, dict], table: Table) -> str:
             cells = [
                 "—" if own.startswith("best") and best != BETA_ANNEALED
                 else gap_text(comparison(data, own, ref, t), digits, False)
-                for own, ref, _ in HEADLINE
+                for own, ref, _ in columns
             ]  # fmt: skip
             rows.append([f"{task} ({unit(data['meta'])})", f"{t:,}", *cells])
-    return table(["task", "budget t", *(label for _, _, label in HEADLINE)], rows, left=2)
+    return table(["task", "budget t", *(label for _, _, label in columns)], rows, left=2)
 
 
 def knob_summary_table(tasks: dict[str, dict], table: Table) -> str:
@@ -245,18 +255,22 @@ def factor_rule_row(data: dict) -> dict[str, float]:
     return out
 
 
-def factor_rule_table(tasks: dict[str, dict], table: Table) -> str:
-    """:func:`factor_rule_row` per task (points or nats, positive = the finisher ahead)."""
+def factor_rule_table(
+    tasks: dict[str, dict], table: Table, factors: tuple[float, ...] = (0.03, 0.1, 0.3)
+) -> str:
+    """:func:`factor_rule_row` per task (points or nats, positive = the finisher ahead), for the
+    lr ``factors`` of the grid and the ``auto`` rule."""
     rows = []
+    keys = [f"lr_x{f:g}" for f in factors] + ["auto"]
     for task, data in tasks.items():
         row = factor_rule_row(data)
         if not row:
             continue
         _, scale, digits, _ = metric(data["meta"])
         rows.append([f"{task} ({unit(data['meta'])})",
-                     *(_fmt(scale * row.get(k, math.nan), digits)
-                       for k in ("lr_x0.03", "lr_x0.1", "lr_x0.3", "auto"))])  # fmt: skip
-    return table(["task", "lr factor 0.03", "0.1 (default)", "0.3", "auto"], rows)
+                     *(_fmt(scale * row.get(k, math.nan), digits) for k in keys)])  # fmt: skip
+    header = [f"lr factor {f:g}" + (" (default)" if f == 0.1 else "") for f in factors]
+    return table(["task", *header, "auto"], rows)
 
 
 def _fmt(value: float, digits: int) -> str:

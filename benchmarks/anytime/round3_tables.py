@@ -1,0 +1,135 @@
+"""Round 3's Markdown (``anytime_<task>_peers.json``) and round 3b's
+(``anytime_<task>_annealed.json``): the README's summary tables and docs/results.md's sections
+(``benchmarks/make_tables.py`` assembles them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from md_tables import load_all, provenance, table
+
+from . import peers_tables
+
+PEERS_TASKS = {
+    "horizon": "byte GPT, width 64, 200-6,400 steps",
+    "vision": "Fashion-MNIST ResNet from scratch",
+    "lm": "byte GPT, width 128",
+    "vit": "ViT fine-tuning",
+}
+
+
+# The README's round-2 summary and recipes: a finisher chosen on each task's own validation
+# (``horizon`` only carried the LM's choice over; its tables are in docs/results.md).
+def round3_readme(folder: Path) -> str:
+    """The README's results: round 3 in one table across tasks, the knob screen, the finisher's
+    lr factor and the horizon's gap plot (every per-task table is in docs/results.md)."""
+    data, notes = load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
+    if not data:
+        return "\n".join(notes)
+    parts = [
+        "**AMUSE against what an anytime user runs** (test, 3 seeds, every learning rate and "
+        "choice made on validation; `+` = AMUSE better, in nats of loss or points of accuracy; "
+        "the verdict is `ahead` / `behind` when every seed agrees, else `level`). *Constant-lr "
+        "Muon*: Muon + AdamW at a constant rate after the same warm-up, scored at `t` (no extra "
+        "steps). *WSD fork*: that run with a linear cooldown to zero over `0.2 t` steps forked at "
+        "`t`; *finished x*: `finish()` from `x` over the same `0.2 t` steps. *cosine(t)*: Muon + "
+        "cosine tuned for `t`, a reference that needs the budget in advance. *β-annealed*: AMUSE "
+        "with `rho=0, beta_anneal_steps=<longest budget>, beta_final=0.965`, the knob the screen "
+        "below chose, run again with the finisher on every seed.\n",
+        peers_tables.headline_table(data, table),
+        "",
+        "**Knob screen** (validation, the knob minus the chosen AMUSE run seed by seed; mean over "
+        "the budgets, then the budgets where it was ahead / level / behind; per budget with the "
+        "seed range in [docs/results.md](docs/results.md)):\n",
+        peers_tables.knob_summary_table(data, table),
+        "",
+        "**The finisher's learning rate** (validation, sweep seed: finished `x` minus the WSD "
+        "fork, mean over the budgets, for a cooldown from `x` at a constant factor of the run's "
+        'rate, and for `lr_factor="auto"`, `0.3 min(1, 800 / t)`, fitted on the horizon and LM '
+        "rows and checked on the other two):\n",
+        peers_tables.factor_rule_table(data, table),
+        "",
+    ]
+    png = folder / "anytime_horizon_peers.png"
+    if png.is_file():
+        parts.append(f"![horizon: gap to cosine](benchmarks/results/{png.name})\n")
+    return "\n".join(parts + notes)
+
+
+def round3b_readme(folder: Path) -> str:
+    """The README's round 3b: the annealed AMUSE of the shipped configs against the peers, the
+    ``beta_final`` screen and the finisher's lr factor on annealed runs."""
+    data, notes = load_all(folder, {t: f"anytime_{t}_annealed.json" for t in ANNEALED_TASKS})
+    if not data:
+        return "\n".join(notes)
+    parts = [
+        "**Round 3b: AMUSE as the shipped configs run it** (every AMUSE run with beta annealed "
+        'over the run, `rho=0, beta_final=0.965`, which `beta_anneal_steps="auto"` gives under '
+        "Lightning; its learning rate and finisher chosen on validation on annealed runs; the "
+        "peers run again beside it with round 3's grids; test, 3 seeds, same conventions):\n",
+        peers_tables.headline_table(data, table, peers_tables.HEADLINE_ANNEALED),
+        "",
+        "**`beta_final` and the finisher's learning rate on annealed runs** (validation: "
+        "`beta_final` minus 0.965 seed by seed, mean over the budgets with the budgets ahead / "
+        "level / behind; the finisher's factor as in the table above, sweep seed):\n",
+        peers_tables.knob_summary_table(data, table),
+        "",
+        peers_tables.factor_rule_table(data, table, (0.1, 0.3, 1.0)),
+        "",
+    ]
+    return "\n".join(parts + notes)
+
+
+ROUND3_STUDIES = {
+    "peers": (
+        "Round 3: against what an anytime user runs",
+        "Per task and budget `t`: AMUSE's `x` against Muon at a constant learning rate (no extra "
+        "steps), AMUSE's `x` finished by `finish()` against a warmup-stable-decay (WSD) fork of "
+        "that constant-lr run (both cost `f t = 0.2 t` extra steps), Schedule-Free AdamW, and "
+        "Muon + cosine tuned for `t` and for `t + f t` as references. Test scores, mean ± half "
+        "the seed range over 3 seeds; differences per seed with their verdict (level = the "
+        "seeds disagree). Every learning rate and the finisher were chosen on validation.\n",
+    ),
+    "annealed": (
+        "Round 3b: AMUSE with beta annealed, its lr and finisher chosen on annealed runs",
+        "Round 3 again on the three short tasks with beta annealing as every AMUSE run's setting "
+        "(`rho=0, beta_anneal_steps=<longest budget>, beta_final=0.965`: what "
+        '`beta_anneal_steps="auto"` gives under Lightning), so that AMUSE\'s learning rate and '
+        "the finisher (from `x` at lr factor 0.1, 0.3 or 1, with fresh momentum, or from `y`) "
+        "are chosen on validation on annealed runs, and `beta_final` (0.9, 0.99) is screened "
+        "with each run finished by the chosen finisher. The peers ran again on the same machine "
+        "with round 3's grids. Same layout as round 3.\n",
+    ),
+}
+"""Round 3's studies in docs/results.md: the JSON suffix, its heading and its introduction."""
+
+ANNEALED_TASKS = {t: title for t, title in PEERS_TASKS.items() if t != "horizon"}
+
+
+def round3_summary(folder: Path, full: bool = False, study: str = "peers") -> str:
+    """Round 3 (``study="peers"``; ``"annealed"``: round 3b): AMUSE against Muon WSD forks,
+    constant-lr Muon and Schedule-Free AdamW per task (and, with ``full``, the knob screens, the
+    finisher variants and provenance)."""
+    tasks = PEERS_TASKS if study == "peers" else ANNEALED_TASKS
+    data, notes = load_all(folder, {t: f"anytime_{t}_{study}.json" for t in tasks})
+    if not data:
+        return "\n".join(notes)
+    root = "../" if full else ""
+    heading, intro = ROUND3_STUDIES[study]
+    parts = [f"### {heading}\n", intro]
+    for task, payload in data.items():
+        parts += [f"**{task}: {tasks[task]}** ({peers_tables.goal_line(payload)})\n",
+                  peers_tables.main_table(payload, table), ""]  # fmt: skip
+        png = folder / f"anytime_{task}_{study}.png"
+        if png.is_file():
+            parts.append(f"![{task} gaps]({root}benchmarks/results/{png.name})\n")
+        if full:
+            parts += ["Finisher variants (validation, sweep seed, finished − WSD fork):\n",
+                      peers_tables.variant_table(payload, table), ""]  # fmt: skip
+            if payload["meta"]["config"]["peers"]["knobs"]:
+                parts += ["Knob screen (validation, knob − chosen AMUSE, every seed):\n",
+                          peers_tables.knob_table(payload, table), "",
+                          "Same, test:\n", peers_tables.knob_table(payload, table, "test"),
+                          ""]  # fmt: skip
+            parts.append(provenance(payload["meta"]) + "\n")
+    return "\n".join(parts + notes)
