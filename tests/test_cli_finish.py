@@ -244,6 +244,24 @@ def test_finish_prints_no_warning_the_user_did_not_cause(run, capfd, caplog, mon
         assert words not in logged, words  # the warm-up comes back with the optimizer state
 
 
+def test_finish_prints_the_device_lines_once(run, capfd, caplog):
+    """finish builds a Trainer for each of its three passes; Lightning's device lines (``GPU
+    available: ...``) come once, as from one fit, and its other lines stay."""
+    settings, last = run
+    capfd.readouterr()
+    caplog.clear()
+    assert main(["finish", *settings, "--ckpt_path", str(last), "--steps", "2"]) == 0
+    out, err = capfd.readouterr()
+    logged = "\n".join([out, err, *caplog.messages])
+    assert logged.count("GPU available: ") == 1, logged
+    assert logged.count("TPU available: ") == 1, logged
+    assert "Restored all states from the checkpoint" in logged
+    caplog.clear()  # a second finish in the same process prints them again, once
+    assert main(["finish", *settings, "--ckpt_path", str(last), "--steps", "2",
+                 "--output", "again.ckpt"]) == 0  # fmt: skip
+    assert sum("GPU available: " in m for m in caplog.messages) == 1
+
+
 def test_the_mid_epoch_resume_warning_is_dropped_only_for_the_example_datamodules():
     """The examples' batches are functions of the epoch and step, so they resume exactly; a
     user's loader may really restart the epoch, and then the warning is the user's to see."""

@@ -46,7 +46,7 @@ from amuse_lightning.cli.options import (
     non_negative_int,
     positive_int,
 )
-from amuse_lightning.cli.quiet import quiet_finish
+from amuse_lightning.cli.quiet import device_lines_once, quiet_finish
 from amuse_lightning.cli.run_files import (
     CheckpointInfo,
     check_model_class,
@@ -169,6 +169,19 @@ def run_finish(argv: Sequence[str], build: Callable[..., Any] | None = None) -> 
         raise ConfigError(str(error), "--ckpt_path") from error
     output = output_path(source, options.output, options.overwrite)
     rest, hint = _with_run_config(rest, source)
+    with device_lines_once():  # three Trainers: the CLI's, the cooldown's, the validator
+        result = _finish_and_report(options=options, rest=rest, info=info, hint=hint,
+                                    source=source, output=output, build=build)  # fmt: skip
+    print(f"Wrote {result.path}", flush=True)
+    return 0
+
+
+def _finish_and_report(
+    *, options: Any, rest: list[str], info: CheckpointInfo, hint: str, source: Path,
+    output: Path, build: Callable[..., Any] | None,
+) -> Any:  # fmt: skip
+    """Build the run, finish the checkpoint into ``output``, print what ran and the before /
+    after validation; returns the finisher's result."""
     cli = (build or _build)(rest, lambda config: check_model_class(info, config, hint))
     check_weights_fit(info, cli.model, hint)
     _quiet_partition_report(cli)
@@ -194,8 +207,7 @@ def run_finish(argv: Sequence[str], build: Callable[..., Any] | None = None) -> 
     )
     if options.validate and cli.datamodule is not None:
         print(_before_and_after(cli, info, result, trainer_options), flush=True)
-    print(f"Wrote {result.path}", flush=True)
-    return 0
+    return result
 
 
 def _build(rest: list[str], before_build: Callable[[Any], None]) -> Any:

@@ -16,6 +16,9 @@ None of them is caused by the user's settings:
   middle of an epoch with a loader that saves no position (their samplers and batches are
   functions of the epoch and the step, so they resume exactly: :data:`EXAMPLE_RESUME_WARNING`).
   A datamodule of the user's keeps that warning: its loader may really restart the epoch.
+  ``finish`` builds a Trainer for each of its three passes (the validation of ``x``, the
+  cooldown, the validation of the finished model), and each would print Lightning's device
+  lines (``GPU available: ...``) again: :data:`DEVICE_LINES` are printed once per ``finish``.
 
 Every other warning and log line still reaches the user.
 """
@@ -29,10 +32,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "DEVICE_LINES",
     "EXAMPLE_RESUME_WARNING",
     "FINISH_LOG_LINES",
     "FINISH_WARNINGS",
     "LIGHTNING_TIP",
+    "device_lines_once",
     "quiet_finish",
     "quiet_lightning",
 ]
@@ -55,6 +60,9 @@ FINISH_WARNINGS = (
     r"provided during `Trainer` instantiation",
 )
 
+#: Lightning's device lines (one per accelerator kind), printed by every Trainer it builds.
+DEVICE_LINES = re.compile(r"^(GPU|TPU|HPU|IPU|MPS) available: ")
+
 #: Lightning's mid-epoch resume warning, dropped in ``finish`` for the example datamodules.
 EXAMPLE_RESUME_WARNING = r"You're resuming from a checkpoint that ended before the epoch ended"
 
@@ -67,6 +75,24 @@ _RANK_ZERO_LOGGERS = (
     "lightning.pytorch.utilities.rank_zero",
     "lightning.fabric.utilities.rank_zero",
 )
+
+
+class _Repeats(logging.Filter):
+    """Drops a record whose message matches ``pattern`` and was already let through."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not self.pattern.match(message):
+            return True
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
 
 
 class _Drop(logging.Filter):
@@ -112,3 +138,18 @@ def quiet_finish(datamodule: object = None) -> Iterator[None]:
         finally:
             for logger, drop in filters:
                 logger.removeFilter(drop)
+
+
+@contextmanager
+def device_lines_once() -> Iterator[None]:
+    """Inside the block, each of :data:`DEVICE_LINES` is printed once, however many Trainers
+    are built."""
+    repeats = _Repeats(DEVICE_LINES)
+    loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(repeats)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(repeats)
