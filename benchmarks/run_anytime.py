@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     if kind == "peers":
         task.peers = peers_config(task, args.quick)
     if kind == "annealed":
-        if long_runs:
-            parser.error("round 3b runs on the short tasks (vision, lm, vit)")
+        if args.task != "horizon" and long_runs:
+            parser.error("round 3b runs on vision, lm, vit and horizon")
         task.peers = annealed_config(task, args.quick)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
               "annealed": "_annealed"}.get(kind, "")  # fmt: skip
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     study = classes[kind](task, factory, output, meta, args.resume)
     if kind == "peers" and not args.quick and not args.no_reuse:
         reuse_cosine_runs(study, task, factory)
-    if kind == "annealed" and not args.quick and not args.no_reuse:
+    screen = kind == "annealed" and task.peers.screen_lr is not None  # nothing to reuse
+    if kind == "annealed" and not (args.quick or args.no_reuse or screen):
         reuse_peer_runs(study, task, factory)
     study.run()
     payload = json.loads(output.read_text())

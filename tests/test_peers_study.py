@@ -3,6 +3,7 @@ constant-lr run exactly as it was, and a quick study fills every row the README 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -50,7 +51,6 @@ def test_a_fork_leaves_batchnorm_and_the_run_as_they_were() -> None:
 
 def test_a_fork_decays_the_rate_linearly_to_zero(lm_task: LMTask, monkeypatch) -> None:
     """The lrs the fork's optimizers step with: ``lr_t (1 - i / k)``, i = 0 .. k-1."""
-    import dataclasses
 
     import torch
 
@@ -126,3 +126,56 @@ def test_a_quick_annealed_study_anneals_every_amuse_run_and_finishes_its_knobs(
     chosen = payload["meta"]["selection"]["variant"]
     screened = [r for r in payload["runs"] if r["spec"]["phase"] == "screen"]
     assert screened and all(dict(r["spec"]["settings"])["finishers"] == chosen for r in screened)
+
+
+def test_a_finisher_variant_with_the_auto_factor_runs_the_librarys_rule(lm_task: LMTask) -> None:
+    """``lr_xauto`` is ``finish(lr_factor="auto")``: at step 4 its factor is 0.3 (0.3 min(1,
+    800 / 4)), so it finishes exactly as the constant 0.3 does and not as 0.1 does."""
+    from anytime.finishing import Variant
+
+    auto = Variant.parse("x/linear/f=0.5/lr_xauto")
+    assert auto.lr_factor == "auto" and auto.id == "x/linear/f=0.5/lr_xauto"
+    spec = RunSpec("sweep", "amuse", 1e-2, 0, 4, (
+        ("finishers", "x/linear/f=0.5/lr_xauto|x/linear/f=0.5/lr_x0.3|x/linear/f=0.5/lr_x0.1"),
+    ))  # fmt: skip
+    task = lm_task
+    original = task.study
+    task.study = dataclasses.replace(original, budgets=(4,))
+    try:
+        finished = train_run(spec, task)["evals"][-1]["finished"]
+    finally:
+        task.study = original
+    scores = {v: finished[v]["val"]["score"] for v in finished}
+    assert scores["x/linear/f=0.5/lr_xauto"] == scores["x/linear/f=0.5/lr_x0.3"]
+    assert scores["x/linear/f=0.5/lr_xauto"] != scores["x/linear/f=0.5/lr_x0.1"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+def test_the_horizon_screen_runs_every_seed_at_fixed_lrs_without_sweeps(tmp_path: Path) -> None:
+    """Round 3b on the horizon is a screen: the base setting, each knob and the WSD fork on
+    every seed at fixed lrs, every run finished by both variants (auto first, as the chosen
+    one), and no Schedule-Free or cosine runs."""
+    out = tmp_path / "screen.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "horizon", "--study",
+           "annealed", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(out.read_text())
+    seeds = set(payload["meta"]["config"]["seeds"])
+    runs = [r["spec"] for r in payload["runs"]]
+    assert {s["method"] for s in runs} == {"amuse", "muon_wsd"}
+    for method, phases in (
+        ("amuse", {"sweep", "final", "screen"}),
+        ("muon_wsd", {"sweep", "final"}),
+    ):
+        assert {s["phase"] for s in runs if s["method"] == method} == phases
+        assert {s["seed"] for s in runs if s["method"] == method} == seeds
+        assert len({s["lr"] for s in runs if s["method"] == method}) == 1
+    assert payload["meta"]["selection"]["variant"] == "x/linear/f=0.2/lr_xauto"
+    methods = {r["method"] for r in payload["records"]}
+    assert {"amuse_finished", "amuse_finished_default", "knob:beta_final=0.9:finished",
+            "knob:beta_final=0.9:finished_default", "muon_wsd"} <= methods  # fmt: skip
+    assert set(payload["meta"]["selection"]["variants"]) == {
+        "x/linear/f=0.2/lr_xauto", "x/linear/f=0.2/lr_x0.1"
+    }  # fmt: skip

@@ -25,26 +25,28 @@ from amuse_lightning.averaging import Cooldown, finish
 @dataclass(frozen=True)
 class Variant:
     """One finisher: cooldown of ``fraction`` of the steps so far from ``start``, lr decayed to 0
-    along ``shape`` from ``lr_factor`` times the run's current lr, momentum carried over or
-    ``"fresh"`` (``Cooldown`` in the library). Its id is ``start/shape/f=../lr_x..`` with
-    ``/fresh`` appended for fresh momentum."""
+    along ``shape`` from ``lr_factor`` times the run's current lr (``"auto"``: the library's rule
+    of the steps so far), momentum carried over or ``"fresh"`` (``Cooldown`` in the library).
+    Its id is ``start/shape/f=../lr_x..`` with ``/fresh`` appended for fresh momentum."""
 
     start: str
     shape: str
     fraction: float
-    lr_factor: float
+    lr_factor: float | str
     momentum: str = "carried"
 
     @property
     def id(self) -> str:
-        text = f"{self.start}/{self.shape}/f={self.fraction:g}/lr_x{self.lr_factor:g}"
+        factor = self.lr_factor if isinstance(self.lr_factor, str) else f"{self.lr_factor:g}"
+        text = f"{self.start}/{self.shape}/f={self.fraction:g}/lr_x{factor}"
         return text + ("/fresh" if self.momentum == "fresh" else "")
 
     @staticmethod
     def parse(text: str) -> Variant:
         start, shape, fraction, factor, *rest = text.split("/")
         momentum = rest[0] if rest else "carried"
-        return Variant(start, shape, float(fraction[2:]), float(factor[4:]), momentum)
+        lr_factor = factor[4:] if factor[4:] == "auto" else float(factor[4:])
+        return Variant(start, shape, float(fraction[2:]), lr_factor, momentum)
 
     def steps(self, t: int) -> int:
         """The cooldown's length from step ``t`` (the library's rounding)."""

@@ -69,6 +69,10 @@ class PeersConfig:
     equal_lr_from_t: bool = False
     #: knob runs also finish ``x`` with the chosen variant (off: a compute cut, x only)
     knob_finisher: bool = False
+    #: a screen without sweeps (a compute cut for the horizon, whose lrs round 3 chose): AMUSE at
+    #: this lr with every variant on every seed (the first variant plays the chosen one), each
+    #: knob the same way, and the WSD fork at ``wsd_lrs[0]`` beside them; no SF-AdamW, no cosine
+    screen_lr: float | None = None
 
 
 def fork_score(result: dict, step: int, split: str = "val") -> float:
@@ -118,6 +122,9 @@ class PeersStudy(FinisherStudy):
 
     # ------------------------------------------------------------------ run
     def run(self) -> None:
+        if self.peers.screen_lr is not None:
+            self._run_screen()
+            return
         st, p = self.study, self.peers
         seed = st.sweep_seed
         wsd = [self.spec("sweep", "muon_wsd", lr, seed, {}) for lr in p.wsd_lrs]
@@ -151,6 +158,43 @@ class PeersStudy(FinisherStudy):
             runner.close()
         self.save("complete")
 
+    def _run_screen(self) -> None:
+        """``screen_lr``: the base setting, each knob and the WSD fork on every seed."""
+        st, p, c = self.study, self.peers, self.chosen
+        variants = list(p.variants)
+        phase = {seed: "sweep" if seed == st.sweep_seed else "final" for seed in st.seeds}
+        base = [self.amuse(phase[seed], p.screen_lr, seed, variants) for seed in st.seeds]
+        wsd = [self.spec(phase[seed], "muon_wsd", p.wsd_lrs[0], seed, {}) for seed in st.seeds]
+        c.specs.update(amuse=base[0], muon_wsd=wsd[0], muon_constant=wsd[0])
+        c.variant = variants[0]
+        self.selection = {
+            "criterion": f"none (a screen at the lrs round 3 chose: AMUSE {p.screen_lr:g}, "
+            f"Muon WSD {p.wsd_lrs[0]:g}); the first variant plays the chosen one",
+            **{role: spec.setting_id for role, spec in c.specs.items()},
+            "runs": {role: spec.run_id for role, spec in c.specs.items()},
+            "variant": c.variant,
+        }
+        knobs = self._knob_specs()
+        runner = self._runner()
+        try:
+            runner.submit(base + wsd + knobs)
+            runner.wait_for(base + wsd)
+            self.selection["variants"] = self._variant_gaps(base[0], wsd[0])
+            runner.wait_for(knobs)
+            runner.wait_for(self._confirm_specs())
+        finally:
+            runner.close()
+        self.save("complete")
+
+    def _variant_gaps(self, amuse: RunSpec, wsd: RunSpec) -> dict[str, dict]:
+        """Per variant: val(finished) − val(WSD fork) at every budget and their mean."""
+        run, forks = self.results[amuse.run_id], self.results[wsd.run_id]
+        table = {}
+        for v in self.peers.variants:
+            gaps = {t: finished_score(run, t, v) - fork_score(forks, t) for t in self.study.budgets}
+            table[v] = {"per_budget": gaps, "mean": mean(list(gaps.values()))}
+        return table
+
     def _runner(self):
         from .study import Runner
 
@@ -168,12 +212,7 @@ class PeersStudy(FinisherStudy):
         c.specs["muon_constant"] = max(wsd, key=lambda s: self._mean(s, score_at))
         c.specs["sf_adamw"] = max(sf, key=lambda s: self._mean(s, score_at))
         c.specs["amuse"] = max(amuse, key=lambda s: self._mean(s, score_at))
-        run = self.results[c.specs["amuse"].run_id]
-        forks = self.results[c.specs["muon_wsd"].run_id]
-        table = {}
-        for v in self.peers.variants:
-            gaps = {t: finished_score(run, t, v) - fork_score(forks, t) for t in self.study.budgets}
-            table[v] = {"per_budget": gaps, "mean": mean(list(gaps.values()))}
+        table = self._variant_gaps(c.specs["amuse"], c.specs["muon_wsd"])
         c.variant = max(self.peers.variants, key=lambda v: table[v]["mean"])
         self.selection = {
             "criterion": "anytime: mean validation score over the budgets (x, live, fork); "
@@ -209,8 +248,10 @@ class PeersStudy(FinisherStudy):
 
     def _knob_spec(self, seed: int, settings: tuple) -> RunSpec:
         """A knob's screen run at AMUSE's chosen lr (finished by the chosen variant with
-        ``knob_finisher``)."""
+        ``knob_finisher``, by every variant in a ``screen_lr`` study)."""
         variants = [self.chosen.variant] if self.peers.knob_finisher else []
+        if self.peers.screen_lr is not None:
+            variants = list(self.peers.variants)
         return self.amuse("screen", self.chosen.specs["amuse"].lr, seed, variants, settings)
 
     def _knob_specs(self) -> list[RunSpec]:

@@ -238,18 +238,26 @@ def auto_factor(t: int) -> float:
 
 def factor_rule_row(data: dict) -> dict[str, float]:
     """Mean over budgets of val(finished) − val(WSD fork) on the sweep seed for the ``x``
-    starts at each lr factor of the grid, and for the ``auto`` rule (at each budget the grid
-    factor nearest to the rule's in log scale)."""
+    starts at each lr factor of the grid, and for the ``auto`` rule (run as a variant of its
+    own where the study ran it, else at each budget the grid factor nearest to the rule's in
+    log scale)."""
     variants = data["meta"]["selection"].get("variants", {})
-    by_factor = {}
+    by_factor, auto = {}, None
     for vid, entry in variants.items():
         start, shape, _fraction, factor, *rest = vid.split("/")
         if start == "x" and shape == "linear" and not rest:
-            by_factor[float(factor[4:])] = {int(t): g for t, g in entry["per_budget"].items()}
+            gaps = {int(t): g for t, g in entry["per_budget"].items()}
+            if factor == "lr_xauto":
+                auto = sum(gaps.values()) / len(gaps)
+            else:
+                by_factor[float(factor[4:])] = gaps
     if not by_factor:
         return {}
     budgets = sorted(next(iter(by_factor.values())))
     out = {f"lr_x{f:g}": sum(g.values()) / len(g) for f, g in sorted(by_factor.items())}
+    if auto is not None:  # the rule itself was run
+        out["auto"] = auto
+        return out
     nearest = [min(by_factor, key=lambda f: abs(math.log(f / auto_factor(t)))) for t in budgets]
     out["auto"] = sum(by_factor[f][t] for f, t in zip(nearest, budgets, strict=True)) / len(budgets)
     return out

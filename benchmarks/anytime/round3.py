@@ -115,23 +115,37 @@ ANNEALED_VARIANTS = (
 whose ``y`` sits further from ``x``; with ``beta`` annealed to 0.965 the gradient point is
 ``x`` within 3.5 % of ``z - x`` late in the run, so a larger lr factor may pay."""
 
-BETA_FINALS = (0.9, 0.99)
-"""``beta_final`` around the 0.965 of ScheduleFree+ (``1 - beta`` of 0.1 and 0.01 at the end)."""
+BETA_FINALS = (0.8, 0.9, 0.99)
+"""``beta_final`` around the 0.965 of ScheduleFree+ (``1 - beta`` of 0.1 and 0.01 at the end;
+0.8 is ``beta1``: a constant ``beta``, no annealing and no ``rho`` rise). 0.8 was added after
+0.9 beat 0.965 and 0.99 lost on the vision and LM screens, to see where the trend ends."""
+
+HORIZON_SCREEN = ("x/linear/f=0.2/lr_xauto", "x/linear/f=0.2/lr_x0.1")
+"""The horizon's finishers in round 3b: ``finish()``'s ``lr_factor="auto"`` (which the short
+tasks' annealed runs favoured, at 0.3 there) and its default 0.1."""
 
 
 def annealed_config(task: Any, quick: bool) -> PeersConfig:
     """Round 3b: the round-3 study with beta annealing as every AMUSE run's setting (what the
     shipped configs and ``AmuseCallback`` run), so that AMUSE's lr and the finisher are chosen
     on annealed runs, with ``beta_final`` screened (each knob run finished by the chosen
-    variant). The peers, their grids and the references are round 3's."""
+    variant). The peers, their grids and the references are round 3's. The horizon (whose
+    round 3 took 104 minutes) runs a screen only: AMUSE and the WSD fork at round 3's lrs on
+    every seed, the finisher's ``"auto"`` and 0.1 factors, and the ``beta_final`` knobs."""
     base = peers_config(task, quick)
     anneal = beta_annealing(max(task.study.budgets))[1]
+    knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in BETA_FINALS)
+    if task.name == "horizon":  # a compute cut: no sweeps, round 3's lrs (AMUSE 0.03, WSD 0.01)
+        lr, wsd_lr = (base.amuse_lrs[0], base.wsd_lrs[0]) if quick else (0.03, 0.01)
+        return dataclasses.replace(
+            base, amuse_settings=anneal, variants=HORIZON_SCREEN, knob_finisher=True,
+            knobs=knobs[1:2] if quick else knobs, screen_lr=lr, wsd_lrs=(wsd_lr,),
+        )  # fmt: skip
     if quick:
         return dataclasses.replace(
             base, amuse_settings=anneal, knobs=(("beta_final=0.9", (("beta_final", 0.9),)),),
             knob_finisher=True,
         )  # fmt: skip
-    knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in BETA_FINALS)
     return dataclasses.replace(
         base, amuse_settings=anneal, variants=ANNEALED_VARIANTS, knobs=knobs, knob_finisher=True
     )
