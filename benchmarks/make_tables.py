@@ -32,6 +32,7 @@ from anytime.round3_tables import (
     ROUND3_STUDIES,
     round3_readme,
     round3_summary,
+    round3b_readme,
 )
 from anytime.tables import gap_table as anytime_gap_table
 from anytime.tables import render as render_anytime
@@ -59,6 +60,8 @@ FINISHER_TASKS = {
     "horizon": ("anytime_horizon.json", "byte GPT, width 64, 200-6,400 steps, the LM's finisher"),
     "horizon_starts": ("anytime_horizon_starts.json", "byte GPT, width 64, 200-6,400 steps"),
 }
+# The README's round-2 summary and recipes: a finisher chosen on each task's own validation
+# (``horizon`` only carried the LM's choice over; its tables are in docs/results.md).
 SUMMARY_TASKS = ("vision", "lm", "vit", "horizon_starts")
 
 
@@ -267,7 +270,8 @@ def full_document(folder: Path) -> str:
         "`benchmarks/anytime/finisher_study.py` (round 2); they are repeated at the end of "
         "this page from the JSON that each study wrote.\n"
     )
-    parts = [head, "## Round 3: AMUSE against the practical peers\n", round3_readme(folder)
+    readme = round3_readme(folder, True) + "\n\n" + round3b_readme(folder)
+    parts = [head, "## Round 3: AMUSE against the practical peers\n", readme
              .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
              .replace("](benchmarks/", "](../benchmarks/"),
              round3_summary(folder, True), round3_summary(folder, True, "annealed")]  # fmt: skip
@@ -327,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
             path = args.results / f"anytime_{task}_{study}.json"
             if path.is_file():
                 peers_tables.plot_gaps(json.loads(path.read_text()), path.with_suffix(".png"))
-    parts = [round3_readme(args.results), "### Speed\n", speed_compact(args.results)]
+    parts = [round3_readme(args.results), round3b_readme(args.results), "### Speed\n",
+             speed_compact(args.results)]  # fmt: skip
     text = "\n\n".join(parts) + "\n"
     full = full_document(args.results)
     if args.readme is None:

@@ -7,7 +7,7 @@
     python benchmarks/run_anytime.py horizon                   # round 2, 200-6,400 steps
     python benchmarks/run_anytime.py horizon_starts --resume   # its finisher start x / y, lr
     python benchmarks/run_anytime.py horizon --study peers     # round 3 (also vision, lm, vit)
-    python benchmarks/run_anytime.py vision --study annealed   # round 3b (also lm, vit)
+    python benchmarks/run_anytime.py vision --study annealed   # round 3b (also lm, vit, horizon)
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
 ``anytime_<task>_peers.json`` for round 3, ``anytime_<task>_annealed.json`` for round 3b;
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-reuse",
         action="store_true",
-        help="peers: run every Muon + cosine reference anew instead of reusing round 2's",
+        help="peers: run every Muon + cosine reference anew instead of reusing round 2's; "
+        "annealed: run every peer anew instead of reusing round 3's where they reproduce",
     )
     args = parser.parse_args(argv)
     long_runs = args.task.startswith("horizon")
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if kind == "peers":
         task.peers = peers_config(task, args.quick)
     if kind == "annealed":
-        if args.task != "horizon" and long_runs:
-            parser.error("round 3b runs on vision, lm, vit and horizon")
+        if args.task == "horizon_starts":
+            parser.error("round 3b runs on vision, lm, vit and horizon, not horizon_starts")
         task.peers = annealed_config(task, args.quick)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
               "annealed": "_annealed"}.get(kind, "")  # fmt: skip
@@ -149,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         mode="quick" if args.quick else "full",
         command=f"python benchmarks/run_anytime.py {args.task}"
         + (f" --study {kind}" if args.study else "")
-        + " --quick" * args.quick,
+        + " --quick" * args.quick
+        + " --resume" * args.resume
+        + " --no-reuse" * args.no_reuse,
         schedulefree=version("schedulefree"),
         git_commit=_git_commit(),
         config=config_dict(task),

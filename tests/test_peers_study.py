@@ -124,6 +124,8 @@ def test_a_quick_annealed_study_anneals_every_amuse_run_and_finishes_its_knobs(
     assert {"amuse_x", "amuse_finished", "muon_wsd", "knob:beta_final=0.9",
             "knob:beta_final=0.9:finished"} <= methods  # fmt: skip
     chosen = payload["meta"]["selection"]["variant"]
+    # a knob run already finished by the chosen variant is not run a second time to confirm it
+    assert all(r["spec"]["phase"] != "confirm" for r in payload["runs"])
     screened = [r for r in payload["runs"] if r["spec"]["phase"] == "screen"]
     assert screened and all(dict(r["spec"]["settings"])["finishers"] == chosen for r in screened)
 

@@ -158,7 +158,7 @@ def recipe_table(datasets: dict[str, dict], table: Table) -> str:
             [
                 name,
                 f"`start={variant.start!r}, shape={variant.shape!r}, "
-                f"fraction={variant.fraction:g}, lr_factor={variant.lr_factor:g}`",
+                f"fraction={variant.fraction:g}, lr_factor={variant.lr_factor!r}`",
                 f"{row['t']:,} (+{row['extra']:,}), {row['seeds']} seeds",
                 _with_unit(row["finished_vs_x"], digits, unit),
                 _with_unit(row["finished_vs_equal"], digits, unit),

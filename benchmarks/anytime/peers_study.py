@@ -165,7 +165,8 @@ class PeersStudy(FinisherStudy):
         phase = {seed: "sweep" if seed == st.sweep_seed else "final" for seed in st.seeds}
         base = [self.amuse(phase[seed], p.screen_lr, seed, variants) for seed in st.seeds]
         wsd = [self.spec(phase[seed], "muon_wsd", p.wsd_lrs[0], seed, {}) for seed in st.seeds]
-        c.specs.update(amuse=base[0], muon_wsd=wsd[0], muon_constant=wsd[0])
+        first = st.seeds.index(st.sweep_seed)  # the sweep seed's runs play the chosen ones
+        c.specs.update(amuse=base[first], muon_wsd=wsd[first], muon_constant=wsd[first])
         c.variant = variants[0]
         self.selection = {
             "criterion": f"none (a screen at the lrs round 3 chose: AMUSE {p.screen_lr:g}, "
@@ -179,9 +180,11 @@ class PeersStudy(FinisherStudy):
         try:
             runner.submit(base + wsd + knobs)
             runner.wait_for(base + wsd)
-            self.selection["variants"] = self._variant_gaps(base[0], wsd[0])
+            self.selection["variants"] = self._variant_gaps(base[first], wsd[first])
             runner.wait_for(knobs)
-            runner.wait_for(self._confirm_specs())
+            confirm = self._confirm_specs()
+            runner.submit(confirm)
+            runner.wait_for(confirm)
         finally:
             runner.close()
         self.save("complete")

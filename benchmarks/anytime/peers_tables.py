@@ -64,9 +64,14 @@ def _split(records: list[dict], method: str, t: int, key: str, split: str) -> di
 
 def _equal_label(meta: dict, label: str) -> str:
     """With ``equal_lr_from_t`` (a compute cut), cosine for ``t + f t`` ran at the lr tuned for
-    ``t``, and the labels say so."""
+    ``t``, and the labels say so; the finished rows name the chosen finisher's start (``x``,
+    or ``y`` where round 3b chose a cooldown from ``y``)."""
     if meta["config"].get("peers", {}).get("equal_lr_from_t"):
-        return label.replace("tuned for t + f t", "for t + f t at the lr tuned for t")
+        label = label.replace("tuned for t + f t", "for t + f t at the lr tuned for t")
+    start = meta.get("selection", {}).get("variant", "x").split("/")[0]
+    if start != "x":
+        label = label.replace("x finished", f"{start} finished")
+        label = label.replace("finished x", f"finished {start}")
     return label
 
 
@@ -85,18 +90,20 @@ def main_table(data: dict, table: Table) -> str:
         [f"**{_equal_label(meta, label)}**",
          *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
         for own, ref, label in COMPARISONS
+        if any(comparison(data, own, ref, t) for t in budgets)  # a screen has no cosine
     ]  # fmt: skip
     knob = meta["selection"].get("best_knob", {}).get("name")
     if knob and any(r["method"] == "best_x" for r in records):
         rows += [
-            [label.format(knob=knob),
+            [_equal_label(meta, label.format(knob=knob)),
              *(cell(list(values(records, m, t, key).values()), scale, digits) for t in budgets)]
             for m, label in BEST_ROWS
         ]  # fmt: skip
         rows += [
-            [f"**{label.format(knob=knob)}**",
+            [f"**{_equal_label(meta, label.format(knob=knob))}**",
              *(gap_text(comparison(data, own, ref, t), digits, False) for t in budgets)]
             for own, ref, label in BEST_COMPARISONS
+            if any(comparison(data, own, ref, t) for t in budgets)
         ]  # fmt: skip
     metric_name = "test accuracy (%)" if meta["metric"] == "accuracy" else "test loss (nats)"
     return table([f"{metric_name} at budget t", *(f"t = {t:,}" for t in budgets)], rows)
@@ -116,10 +123,10 @@ def goal_line(data: dict, prefix: str = "amuse") -> str:
         met.append(any(d and d["verdict"] in ("ahead", "level") for d in best))
     longest = comparison(data, f"{prefix}_x", "muon_cosine", budgets[-1]) if budgets else {}
     level_long = bool(longest) and longest["verdict"] in ("ahead", "level")
+    against = f"{'level with or ahead of' if level_long else 'behind'} cosine tuned for t"
     return (
         f"x or finished x level with or ahead of the WSD fork at {sum(met)} of {len(budgets)} "
-        f"budgets; x {'level with or ahead of' if level_long else 'behind'} cosine tuned for t "
-        "at the longest budget"
+        f"budgets; x {against if longest else 'not run against cosine'} at the longest budget"
     )
 
 
@@ -152,11 +159,13 @@ def variant_table(data: dict, table: Table) -> str:
     _, scale, digits, _ = metric(meta)  # scores are higher-is-better already
     table_data = meta["selection"].get("variants", {})
     budgets = budgets_of(data["records"])
+    screen = meta["selection"].get("criterion", "").startswith("none")
+    mark = " (in the finished rows; not chosen)" if screen else " (chosen)"
     rows = []
     for variant, entry in sorted(table_data.items(), key=lambda kv: -kv[1]["mean"]):
         per = entry["per_budget"]
         rows.append(
-            [f"`{variant}`" + (" (chosen)" if variant == meta["selection"]["variant"] else ""),
+            [f"`{variant}`" + (mark if variant == meta["selection"]["variant"] else ""),
              _fmt(scale * entry["mean"], digits),
              *(_fmt(scale * per.get(str(t), per.get(t, math.nan)), digits)
                for t in budgets)]
@@ -179,7 +188,7 @@ HEADLINE = (
 
 HEADLINE_ANNEALED = (
     ("amuse_x", "muon_constant", "x − constant-lr Muon"),
-    ("amuse_finished", "muon_wsd", "finished x − WSD fork"),
+    ("amuse_finished", "muon_wsd", "finished (chosen finisher) − WSD fork"),
     ("amuse_finished_default", "muon_wsd", "finished x (lr factor 0.1) − WSD fork"),
     ("amuse_x", "muon_cosine", "x − cosine(t)"),
 )
@@ -260,6 +269,8 @@ def factor_rule_row(data: dict) -> dict[str, float]:
         return out
     nearest = [min(by_factor, key=lambda f: abs(math.log(f / auto_factor(t)))) for t in budgets]
     out["auto"] = sum(by_factor[f][t] for f, t in zip(nearest, budgets, strict=True)) / len(budgets)
+    if any(not math.isclose(f, auto_factor(t)) for f, t in zip(nearest, budgets, strict=True)):
+        out["auto_approximate"] = 1.0  # a grid factor stood in for the rule at some budget
     return out
 
 
@@ -267,7 +278,8 @@ def factor_rule_table(
     tasks: dict[str, dict], table: Table, factors: tuple[float, ...] = (0.03, 0.1, 0.3)
 ) -> str:
     """:func:`factor_rule_row` per task (points or nats, positive = the finisher ahead), for the
-    lr ``factors`` of the grid and the ``auto`` rule."""
+    lr ``factors`` of the grid and the ``auto`` rule (``≈``: the nearest grid factor stood in for
+    the rule at a budget where it is none of them)."""
     rows = []
     keys = [f"lr_x{f:g}" for f in factors] + ["auto"]
     for task, data in tasks.items():
@@ -275,8 +287,10 @@ def factor_rule_table(
         if not row:
             continue
         _, scale, digits, _ = metric(data["meta"])
-        rows.append([f"{task} ({unit(data['meta'])})",
-                     *(_fmt(scale * row.get(k, math.nan), digits) for k in keys)])  # fmt: skip
+        cells = [_fmt(scale * row.get(k, math.nan), digits) for k in keys]
+        if "auto_approximate" in row:
+            cells[-1] = "≈ " + cells[-1]
+        rows.append([f"{task} ({unit(data['meta'])})", *cells])
     header = [f"lr factor {f:g}" + (" (default)" if f == 0.1 else "") for f in factors]
     return table(["task", *header, "auto"], rows)
 
@@ -295,11 +309,13 @@ def plot_gaps(data: dict, path) -> None:
 
     meta = data["meta"]
     budgets = budgets_of(data["records"])
+    if not any(r["method"] == "muon_cosine" for r in data["records"]):
+        return  # a screen without cosine references: nothing to draw against
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     series = (
         ("amuse_x", "muon_cosine", "AMUSE x (t)", "C0", "-"),
         ("muon_constant", "muon_cosine", "Muon constant lr (t)", "C1", "-"),
-        ("amuse_finished", "muon_cosine_equal", "AMUSE x finished (t + f t)", "C0", "--"),
+        ("amuse_finished", "muon_cosine_equal", "AMUSE finished (t + f t)", "C0", "--"),
         ("muon_wsd", "muon_cosine_equal", "Muon WSD fork (t + f t)", "C1", "--"),
     )
     for own, ref, label, color, style in series:

@@ -137,9 +137,11 @@ def annealed_config(task: Any, quick: bool) -> PeersConfig:
     knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in BETA_FINALS)
     if task.name == "horizon":  # a compute cut: no sweeps, round 3's lrs (AMUSE 0.03, WSD 0.01)
         lr, wsd_lr = (base.amuse_lrs[0], base.wsd_lrs[0]) if quick else (0.03, 0.01)
+        if quick:
+            knobs = tuple(k for k in knobs if k[0] == "beta_final=0.9")
         return dataclasses.replace(
             base, amuse_settings=anneal, variants=HORIZON_SCREEN, knob_finisher=True,
-            knobs=knobs[1:2] if quick else knobs, screen_lr=lr, wsd_lrs=(wsd_lr,),
+            knobs=knobs, screen_lr=lr, wsd_lrs=(wsd_lr,),
         )  # fmt: skip
     if quick:
         return dataclasses.replace(

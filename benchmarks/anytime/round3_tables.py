@@ -18,11 +18,10 @@ PEERS_TASKS = {
 }
 
 
-# The README's round-2 summary and recipes: a finisher chosen on each task's own validation
-# (``horizon`` only carried the LM's choice over; its tables are in docs/results.md).
-def round3_readme(folder: Path) -> str:
-    """The README's results: round 3 in one table across tasks, the knob screen, the finisher's
-    lr factor and the horizon's gap plot (every per-task table is in docs/results.md)."""
+def round3_readme(folder: Path, full: bool = False) -> str:
+    """Round 3 in one table across tasks, the knob screen and the horizon's gap plot (with
+    ``full``, for docs/results.md, also the finisher's lr factor on round 3's runs; the README
+    shows round 3b's, on annealed runs)."""
     data, notes = load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
     if not data:
         return "\n".join(notes)
@@ -43,13 +42,17 @@ def round3_readme(folder: Path) -> str:
         "seed range in [docs/results.md](docs/results.md)):\n",
         peers_tables.knob_summary_table(data, table),
         "",
-        "**The finisher's learning rate** (validation, sweep seed: finished `x` minus the WSD "
-        "fork, mean over the budgets, for a cooldown from `x` at a constant factor of the run's "
-        'rate, and for `lr_factor="auto"`, `0.3 min(1, 800 / t)`, fitted on the horizon and LM '
-        "rows and checked on the other two):\n",
-        peers_tables.factor_rule_table(data, table),
-        "",
     ]
+    if full:
+        parts += [
+            "**The finisher's learning rate on round 3's runs** (validation, sweep seed: "
+            "finished `x` minus the WSD fork, mean over the budgets, for a cooldown from `x` at a "
+            'constant factor of the run\'s rate, and for `lr_factor="auto"`, '
+            "`0.3 min(1, 800 / t)`, fitted on the horizon and LM rows and checked on the other "
+            "two):\n",
+            peers_tables.factor_rule_table(data, table),
+            "",
+        ]
     png = folder / "anytime_horizon_peers.png"
     if png.is_file():
         parts.append(f"![horizon: gap to cosine](benchmarks/results/{png.name})\n")
@@ -62,18 +65,31 @@ def round3b_readme(folder: Path) -> str:
     data, notes = load_all(folder, {t: f"anytime_{t}_annealed.json" for t in ANNEALED_TASKS})
     if not data:
         return "\n".join(notes)
+    chosen = ", ".join(
+        f"{task} `{payload['meta']['selection']['variant']}`"
+        for task, payload in data.items()
+        if payload["meta"]["config"]["peers"].get("screen_lr") is None
+    )
     parts = [
-        "**Round 3b: AMUSE as the shipped configs run it** (every AMUSE run with beta annealed "
-        'over the run, `rho=0, beta_final=0.965`, which `beta_anneal_steps="auto"` gives under '
-        "Lightning; its learning rate and finisher chosen on validation on annealed runs; the "
-        "peers run again beside it with round 3's grids; test, 3 seeds, same conventions):\n",
+        "**Round 3b: AMUSE as the shipped configs run it** (test, 3 seeds, conventions as above). "
+        "Every AMUSE run anneals beta over the run (`rho=0, beta_final=0.965`: what `beta_anneal_"
+        'steps="auto"` gives under Lightning). On the three short tasks AMUSE\'s learning rate '
+        f"and the finisher were chosen on validation on annealed runs (finisher: {chosen}), and "
+        "the peers ran again beside it with round 3's grids (round 3's runs do not reproduce bit "
+        "for bit on this CPU). The horizon ran a screen instead: AMUSE at lr 0.03 and Muon WSD at "
+        "0.01 (round 3's choices) on every seed, the chosen-finisher column being "
+        '`lr_factor="auto"`; no cosine runs there (round 3\'s β-annealed columns have them):\n',
         peers_tables.headline_table(data, table, peers_tables.HEADLINE_ANNEALED),
         "",
-        "**`beta_final` and the finisher's learning rate on annealed runs** (validation: "
-        "`beta_final` minus 0.965 seed by seed, mean over the budgets with the budgets ahead / "
-        "level / behind; the finisher's factor as in the table above, sweep seed):\n",
+        "**`beta_final` on annealed runs** (validation: each value minus 0.965 seed by seed, mean "
+        "over the budgets, then the budgets where it was ahead / level / behind; 0.8 is `beta1`, "
+        "a constant beta without annealing, added after 0.9 won on the vision and GPT tasks):\n",
         peers_tables.knob_summary_table(data, table),
         "",
+        "**The finisher's learning rate on annealed runs** (validation, sweep seed: the model "
+        "finished from `x` minus the WSD fork, mean over the budgets, at a constant factor of the "
+        'run\'s rate and with `lr_factor="auto"`, `0.3 min(1, 800 / t)`, which is 0.3 up to 800 '
+        "steps):\n",
         peers_tables.factor_rule_table(data, table, (0.1, 0.3, 1.0)),
         "",
     ]
@@ -92,18 +108,25 @@ ROUND3_STUDIES = {
     ),
     "annealed": (
         "Round 3b: AMUSE with beta annealed, its lr and finisher chosen on annealed runs",
-        "Round 3 again on the three short tasks with beta annealing as every AMUSE run's setting "
-        "(`rho=0, beta_anneal_steps=<longest budget>, beta_final=0.965`: what "
-        '`beta_anneal_steps="auto"` gives under Lightning), so that AMUSE\'s learning rate and '
-        "the finisher (from `x` at lr factor 0.1, 0.3 or 1, with fresh momentum, or from `y`) "
-        "are chosen on validation on annealed runs, and `beta_final` (0.9, 0.99) is screened "
-        "with each run finished by the chosen finisher. The peers ran again on the same machine "
-        "with round 3's grids. Same layout as round 3.\n",
+        "Round 3 again with beta annealing as every AMUSE run's setting (`rho=0, "
+        'beta_anneal_steps=<longest budget>, beta_final=0.965`: what `beta_anneal_steps="auto"` '
+        "gives under Lightning), so that AMUSE's learning rate and the finisher (from `x` at lr "
+        "factor 0.1, 0.3 or 1, with fresh momentum, or from `y`) are chosen on validation on "
+        "annealed runs, and `beta_final` is screened (0.9 and 0.99, then 0.8 after 0.9 won on "
+        "the vision and GPT tasks: 0.8 is `beta1`, a constant beta without annealing), each "
+        "knob run finished by the chosen finisher. The peers ran again beside "
+        "AMUSE with round 3's grids: round 3 ran on an AVX2-only CPU whose runs do not reproduce "
+        "bit for bit on this one (native bf16 products). The horizon, whose round 3 took 104 "
+        "minutes, runs a screen instead of the sweeps: AMUSE at lr 0.03 and Muon WSD at 0.01 "
+        "(round 3's choices on validation) on every seed, every AMUSE run finished by "
+        '`lr_factor="auto"` (in the rows of the chosen finisher) and by 0.1; no Schedule-Free '
+        "or cosine runs there. Same layout as round 3.\n",
     ),
 }
 """Round 3's studies in docs/results.md: the JSON suffix, its heading and its introduction."""
 
-ANNEALED_TASKS = {t: title for t, title in PEERS_TASKS.items() if t != "horizon"}
+ANNEALED_TASKS = PEERS_TASKS
+"""Round 3b's tasks: the short three, and the horizon as a screen."""
 
 
 def round3_summary(folder: Path, full: bool = False, study: str = "peers") -> str:
