@@ -213,31 +213,44 @@ def headline_table(tasks: dict[str, dict], table: Table, columns: tuple = HEADLI
     return table(["task", "budget t", *(label for _, _, label in columns)], rows, left=2)
 
 
-def knob_summary_table(tasks: dict[str, dict], table: Table) -> str:
+def knob_summary_table(
+    tasks: dict[str, dict], table: Table, later: dict[str, dict] | None = None, mark: str = ""
+) -> str:
     """Per knob and task (validation, knob − chosen AMUSE per seed): the mean gain over the
-    budgets and at how many budgets it was ahead / level / behind."""
+    budgets and at how many budgets it was ahead / level / behind; then the knobs of the
+    ``later`` study's payloads (named with ``mark``), in the same task columns."""
+    screened = [t for t, d in tasks.items() if d["meta"]["config"]["peers"]["knobs"]]
+    rows = _knob_rows(tasks, screened)
+    if later:
+        rows += [[name + mark, *cells] for name, *cells in _knob_rows(later, screened)]
+    header = [f"{t} ({unit(tasks[t]['meta'])})" for t in screened]
+    return table(["knob", *header], rows)
+
+
+def _knob_rows(tasks: dict[str, dict], columns: list[str]) -> list[list[str]]:
     knobs: list[str] = []
     for data in tasks.values():
         knobs += [k for k, _ in data["meta"]["config"]["peers"]["knobs"] if k not in knobs]
-    screened = {t: d for t, d in tasks.items() if d["meta"]["config"]["peers"]["knobs"]}
     rows = []
     for knob in knobs:
         cells = []
-        for data in screened.values():
-            _, _, digits, _ = metric(data["meta"])
-            diffs = [comparison(data, f"knob:{knob}", "amuse_x", t, "val")
-                     for t in budgets_of(data["records"])]  # fmt: skip
+        for task in columns:
+            data = tasks.get(task)
+            diffs = [] if data is None else [
+                comparison(data, f"knob:{knob}", "amuse_x", t, "val")
+                for t in budgets_of(data["records"])
+            ]  # fmt: skip
             diffs = [d for d in diffs if d]
             if not diffs:
                 cells.append("not screened")
                 continue
+            _, _, digits, _ = metric(data["meta"])
             count = {v: sum(d["verdict"] == v for d in diffs) for v in ("ahead", "level", "behind")}
             mean = sum(d["mean"] for d in diffs) / len(diffs)
             cells.append(f"{mean:+.{digits}f} ({count['ahead']} / {count['level']} / "
                          f"{count['behind']})")  # fmt: skip
         rows.append([knob, *cells])
-    header = [f"{t} ({unit(d['meta'])})" for t, d in screened.items()]
-    return table(["knob", *header], rows)
+    return rows
 
 
 def auto_factor(t: int) -> float:

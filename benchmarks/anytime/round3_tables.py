@@ -18,6 +18,10 @@ PEERS_TASKS = {
 }
 
 
+ANNEALED_TASKS = PEERS_TASKS
+"""Round 3b's tasks: the short three, and the horizon as a screen."""
+
+
 def round3_readme(folder: Path, full: bool = False) -> str:
     """Round 3 in one table across tasks, the knob screen and the horizon's gap plot (with
     ``full``, for docs/results.md, also the finisher's lr factor on round 3's runs; the README
@@ -25,6 +29,7 @@ def round3_readme(folder: Path, full: bool = False) -> str:
     data, notes = load_all(folder, {t: f"anytime_{t}_peers.json" for t in PEERS_TASKS})
     if not data:
         return "\n".join(notes)
+    annealed, _ = load_all(folder, {t: f"anytime_{t}_annealed.json" for t in ANNEALED_TASKS})
     parts = [
         "**AMUSE against what an anytime user runs** (test, 3 seeds, every learning rate and "
         "choice made on validation; `+` = AMUSE better, in nats of loss or points of accuracy; "
@@ -39,8 +44,11 @@ def round3_readme(folder: Path, full: bool = False) -> str:
         "",
         "**Knob screen** (validation, the knob minus the chosen AMUSE run seed by seed; mean over "
         "the budgets, then the budgets where it was ahead / level / behind; per budget with the "
-        "seed range in [docs/results.md](docs/results.md)):\n",
-        peers_tables.knob_summary_table(data, table),
+        "seed range in [docs/results.md](docs/results.md)). Round 3's knobs against the `rho` "
+        "rise; round 3b's `beta_final` values (*on annealed runs*) against `beta_final=0.965`, "
+        "0.8 being `beta1`, a constant beta without annealing, added after 0.9 won on the "
+        "vision and GPT tasks:\n",
+        peers_tables.knob_summary_table(data, table, annealed, " (on annealed runs)"),
         "",
     ]
     if full:
@@ -81,11 +89,6 @@ def round3b_readme(folder: Path) -> str:
         '`lr_factor="auto"`; no cosine runs there (round 3\'s β-annealed columns have them):\n',
         peers_tables.headline_table(data, table, peers_tables.HEADLINE_ANNEALED),
         "",
-        "**`beta_final` on annealed runs** (validation: each value minus 0.965 seed by seed, mean "
-        "over the budgets, then the budgets where it was ahead / level / behind; 0.8 is `beta1`, "
-        "a constant beta without annealing, added after 0.9 won on the vision and GPT tasks):\n",
-        peers_tables.knob_summary_table(data, table),
-        "",
         "**The finisher's learning rate on annealed runs** (validation, sweep seed: the model "
         "finished from `x` minus the WSD fork, mean over the budgets, at a constant factor of the "
         'run\'s rate and with `lr_factor="auto"`, `0.3 min(1, 800 / t)`, which is 0.3 up to 800 '
@@ -124,9 +127,6 @@ ROUND3_STUDIES = {
     ),
 }
 """Round 3's studies in docs/results.md: the JSON suffix, its heading and its introduction."""
-
-ANNEALED_TASKS = PEERS_TASKS
-"""Round 3b's tasks: the short three, and the horizon as a screen."""
 
 
 def round3_summary(folder: Path, full: bool = False, study: str = "peers") -> str:
