@@ -40,7 +40,8 @@ PEER_ROLES = (("muon_wsd", "muon_wsd"), ("muon_constant", "muon_wsd"), ("sf_adam
 """(role, method): the constant-lr peer is the live iterate of a ``muon_wsd`` run."""
 
 DEFAULT_VARIANT = "x/linear/f=0.2/lr_x0.1"
-"""The finisher the library shipped before this round (``finish()``'s defaults)."""
+"""The finisher the library shipped before round 3 (``finish()``'s defaults then); round 3b's
+studies set ``PeersConfig.default_variant`` to the ``"auto"`` factor it ships since."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class PeersConfig:
     equal_lr_from_t: bool = False
     #: knob runs also finish ``x`` with the chosen variant (off: a compute cut, x only)
     knob_finisher: bool = False
+    #: ``finish()``'s defaults: the finals run it beside the chosen variant (the
+    #: ``finished_default`` rows)
+    default_variant: str = DEFAULT_VARIANT
     #: a screen without sweeps (a compute cut for the horizon, whose lrs round 3 chose): AMUSE at
     #: this lr with every variant on every seed (the first variant plays the chosen one), each
     #: knob the same way, and the WSD fork at ``wsd_lrs[0]`` beside them; no SF-AdamW, no cosine
@@ -232,7 +236,7 @@ class PeersStudy(FinisherStudy):
 
     def _final_specs_round3(self) -> list[RunSpec]:
         st, c = self.study, self.chosen
-        variants = sorted({c.variant, DEFAULT_VARIANT})
+        variants = sorted({c.variant, self.peers.default_variant})
         lrs = {int(s): lr for s, lr in self.selection["cosine"].items()}
         cap = self.peers.final_max_budget or max(st.budgets)
         steps = [
@@ -363,8 +367,9 @@ class PeersStudy(FinisherStudy):
                 t = e["step"]
                 knob = name.startswith("knob:")
                 rows.append(_row(name if knob else f"{name}_x", t, t, seed, run, e))
-                for label, variant in (("finished", self.chosen.variant),
-                                       ("finished_default", DEFAULT_VARIANT)):  # fmt: skip
+                pairs = (("finished", self.chosen.variant),
+                         ("finished_default", self.peers.default_variant))  # fmt: skip
+                for label, variant in pairs:
                     done = e.get("finished", {}).get(variant)
                     if done is not None:
                         total = t + Variant.parse(variant).steps(t)

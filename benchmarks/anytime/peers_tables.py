@@ -188,12 +188,13 @@ HEADLINE = (
 
 HEADLINE_ANNEALED = (
     ("amuse_x", "muon_constant", "x − constant-lr Muon"),
+    ("amuse_finished_default", "muon_wsd", "finished x (`finish()` defaults) − WSD fork"),
     ("amuse_finished", "muon_wsd", "finished (chosen finisher) − WSD fork"),
-    ("amuse_finished_default", "muon_wsd", "finished x (lr factor 0.1) − WSD fork"),
     ("amuse_x", "muon_cosine", "x − cosine(t)"),
 )
-"""Round 3b's headline (``anytime_<task>_annealed.json``): every AMUSE run is beta-annealed, its
-finisher the one chosen on annealed runs, and ``finish()``'s default factor beside it."""
+"""Round 3b's headline (``anytime_<task>_annealed.json``): every AMUSE run is beta-annealed,
+finished by ``finish()``'s defaults (``lr_factor="auto"``) and by the finisher chosen on
+annealed runs."""
 
 
 def headline_table(tasks: dict[str, dict], table: Table, columns: tuple = HEADLINE) -> str:

@@ -104,9 +104,13 @@ def peers_config(task: Any, quick: bool) -> PeersConfig:
     raise ValueError(f"no round-3 settings for task {name!r}")
 
 
+AUTO_VARIANT = "x/linear/f=0.2/lr_xauto"
+"""``finish()``'s defaults since round 3b (``lr_factor="auto"``, 0.3 up to 800 steps: on the
+short tasks the same cooldown as ``x/linear/f=0.2/lr_x0.3``, which it replaced in the grid)."""
+
 ANNEALED_VARIANTS = (
     "x/linear/f=0.2/lr_x0.1",
-    "x/linear/f=0.2/lr_x0.3",
+    AUTO_VARIANT,
     "x/linear/f=0.2/lr_x1",
     "x/linear/f=0.2/lr_x0.3/fresh",
     "y/linear/f=0.2/lr_x0.3",
@@ -120,7 +124,7 @@ BETA_FINALS = (0.8, 0.9, 0.99)
 0.8 is ``beta1``: a constant ``beta``, no annealing and no ``rho`` rise). 0.8 was added after
 0.9 beat 0.965 and 0.99 lost on the vision and LM screens, to see where the trend ends."""
 
-HORIZON_SCREEN = ("x/linear/f=0.2/lr_xauto", "x/linear/f=0.2/lr_x0.1")
+HORIZON_SCREEN = (AUTO_VARIANT, "x/linear/f=0.2/lr_x0.1")
 """The horizon's finishers in round 3b: ``finish()``'s ``lr_factor="auto"`` (which the short
 tasks' annealed runs favoured, at 0.3 there) and its default 0.1."""
 
@@ -141,16 +145,17 @@ def annealed_config(task: Any, quick: bool) -> PeersConfig:
             knobs = tuple(k for k in knobs if k[0] == "beta_final=0.9")
         return dataclasses.replace(
             base, amuse_settings=anneal, variants=HORIZON_SCREEN, knob_finisher=True,
-            knobs=knobs, screen_lr=lr, wsd_lrs=(wsd_lr,),
+            knobs=knobs, screen_lr=lr, wsd_lrs=(wsd_lr,), default_variant=AUTO_VARIANT,
         )  # fmt: skip
     if quick:
         return dataclasses.replace(
             base, amuse_settings=anneal, knobs=(("beta_final=0.9", (("beta_final", 0.9),)),),
-            knob_finisher=True,
+            knob_finisher=True, default_variant=AUTO_VARIANT,
         )  # fmt: skip
     return dataclasses.replace(
-        base, amuse_settings=anneal, variants=ANNEALED_VARIANTS, knobs=knobs, knob_finisher=True
-    )
+        base, amuse_settings=anneal, variants=ANNEALED_VARIANTS, knobs=knobs, knob_finisher=True,
+        default_variant=AUTO_VARIANT,
+    )  # fmt: skip
 
 
 def reusable_cosine_runs(paths: list[Path]) -> tuple[dict[str, dict], dict[str, Any]]:
