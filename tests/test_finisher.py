@@ -126,7 +126,7 @@ def test_schedule_and_start_point_match_a_hand_written_loop(start, shape, moment
     ("options", "steps", "factor"),
     [
         (dict(fraction=0.15, lr_factor=1.0), 3, 1.0),  # round(0.15 * 20)
-        ({}, 4, 0.1),  # the defaults: x, linear, fraction 0.2, lr_factor 0.1
+        ({}, 4, 0.3),  # the defaults: x, linear, fraction 0.2, lr_factor "auto": 0.3 at t=20
     ],
 )
 def test_fraction_sets_the_length_from_the_steps_so_far(options, steps, factor):

@@ -119,8 +119,8 @@ def finish_parser() -> argparse.ArgumentParser:
         type=lr_factor,
         default=DEFAULT_LR_FACTOR,
         help="the cooldown starts at lr_factor times the run's rate (default "
-        f"{DEFAULT_LR_FACTOR}; the studies' best shrank as runs grew: 0.3 up "
-        "to 800 steps, 0.03 at 6,400); auto: 0.3 * min(1, 800 / steps so far)",
+        f"{DEFAULT_LR_FACTOR}: 0.3 * min(1, 800 / steps so far), as the studies' best factor "
+        "shrank when runs grew; or a number, e.g. 0.1, the earlier default)",
     )
     parser.add_argument(
         "--bn_batches",
