@@ -156,8 +156,8 @@ def test_a_finisher_variant_with_the_auto_factor_runs_the_librarys_rule(lm_task:
 @pytest.mark.xdist_group("multiprocess")
 def test_the_horizon_screen_runs_every_seed_at_fixed_lrs_without_sweeps(tmp_path: Path) -> None:
     """Round 3b on the horizon is a screen: the base setting, each knob and the WSD fork on
-    every seed at fixed lrs, every run finished by both variants (auto first, as the chosen
-    one), and no Schedule-Free or cosine runs."""
+    every seed at fixed lrs, every run finished by both variants (auto, finish()'s default, and
+    the earlier 0.1), and no Schedule-Free or cosine runs."""
     out = tmp_path / "screen.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "horizon", "--study",
            "annealed", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
@@ -174,7 +174,9 @@ def test_the_horizon_screen_runs_every_seed_at_fixed_lrs_without_sweeps(tmp_path
         assert {s["phase"] for s in runs if s["method"] == method} == phases
         assert {s["seed"] for s in runs if s["method"] == method} == seeds
         assert len({s["lr"] for s in runs if s["method"] == method}) == 1
-    assert payload["meta"]["selection"]["variant"] == "x/linear/f=0.2/lr_xauto"
+    # finish()'s default ("auto") fills the finished_default rows, the earlier 0.1 the others
+    assert payload["meta"]["config"]["peers"]["default_variant"] == "x/linear/f=0.2/lr_xauto"
+    assert payload["meta"]["selection"]["variant"] == "x/linear/f=0.2/lr_x0.1"
     methods = {r["method"] for r in payload["records"]}
     assert {"amuse_finished", "amuse_finished_default", "knob:beta_final=0.9:finished",
             "knob:beta_final=0.9:finished_default", "muon_wsd"} <= methods  # fmt: skip

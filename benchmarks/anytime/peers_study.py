@@ -77,6 +77,8 @@ class PeersConfig:
     #: this lr with every variant on every seed (the first variant plays the chosen one), each
     #: knob the same way, and the WSD fork at ``wsd_lrs[0]`` beside them; no SF-AdamW, no cosine
     screen_lr: float | None = None
+    #: the variant of a screen's chosen-finisher rows (default: the first of ``variants``)
+    screen_variant: str | None = None
 
 
 def fork_score(result: dict, step: int, split: str = "val") -> float:
@@ -171,10 +173,10 @@ class PeersStudy(FinisherStudy):
         wsd = [self.spec(phase[seed], "muon_wsd", p.wsd_lrs[0], seed, {}) for seed in st.seeds]
         first = st.seeds.index(st.sweep_seed)  # the sweep seed's runs play the chosen ones
         c.specs.update(amuse=base[first], muon_wsd=wsd[first], muon_constant=wsd[first])
-        c.variant = variants[0]
+        c.variant = p.screen_variant or variants[0]
         self.selection = {
             "criterion": f"none (a screen at the lrs round 3 chose: AMUSE {p.screen_lr:g}, "
-            f"Muon WSD {p.wsd_lrs[0]:g}); the first variant plays the chosen one",
+            f"Muon WSD {p.wsd_lrs[0]:g}); {c.variant} fills the chosen finisher's rows",
             **{role: spec.setting_id for role, spec in c.specs.items()},
             "runs": {role: spec.run_id for role, spec in c.specs.items()},
             "variant": c.variant,

@@ -289,11 +289,15 @@ def factor_rule_row(data: dict) -> dict[str, float]:
 
 
 def factor_rule_table(
-    tasks: dict[str, dict], table: Table, factors: tuple[float, ...] = (0.03, 0.1, 0.3)
+    tasks: dict[str, dict],
+    table: Table,
+    factors: tuple[float, ...] = (0.03, 0.1, 0.3),
+    default: str = "lr_x0.1",
 ) -> str:
     """:func:`factor_rule_row` per task (points or nats, positive = the finisher ahead), for the
     lr ``factors`` of the grid and the ``auto`` rule (``≈``: the nearest grid factor stood in for
-    the rule at a budget where it is none of them)."""
+    the rule at a budget where it is none of them); ``default`` names the column of ``finish()``'s
+    default in the study's time."""
     rows = []
     keys = [f"lr_x{f:g}" for f in factors] + ["auto"]
     for task, data in tasks.items():
@@ -305,8 +309,9 @@ def factor_rule_table(
         if "auto_approximate" in row:
             cells[-1] = "≈ " + cells[-1]
         rows.append([f"{task} ({unit(data['meta'])})", *cells])
-    header = [f"lr factor {f:g}" + (" (default)" if f == 0.1 else "") for f in factors]
-    return table(["task", *header, "auto"], rows)
+    header = [f"lr factor {f:g}" for f in factors] + ["auto"]
+    header = [h + (" (default)" if k == default else "") for h, k in zip(header, keys, strict=True)]
+    return table(["task", *header], rows)
 
 
 def _fmt(value: float, digits: int) -> str:

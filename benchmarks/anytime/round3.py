@@ -126,7 +126,8 @@ BETA_FINALS = (0.8, 0.9, 0.99)
 
 HORIZON_SCREEN = (AUTO_VARIANT, "x/linear/f=0.2/lr_x0.1")
 """The horizon's finishers in round 3b: ``finish()``'s ``lr_factor="auto"`` (which the short
-tasks' annealed runs favoured, at 0.3 there) and its default 0.1."""
+tasks' annealed runs favoured, at 0.3 there; the ``finished_default`` rows) and the earlier
+default 0.1 (the rows of the chosen finisher)."""
 
 
 def annealed_config(task: Any, quick: bool) -> PeersConfig:
@@ -146,6 +147,7 @@ def annealed_config(task: Any, quick: bool) -> PeersConfig:
         return dataclasses.replace(
             base, amuse_settings=anneal, variants=HORIZON_SCREEN, knob_finisher=True,
             knobs=knobs, screen_lr=lr, wsd_lrs=(wsd_lr,), default_variant=AUTO_VARIANT,
+            screen_variant=HORIZON_SCREEN[1],
         )  # fmt: skip
     if quick:
         return dataclasses.replace(

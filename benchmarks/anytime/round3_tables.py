@@ -55,10 +55,10 @@ def round3_readme(folder: Path, full: bool = False) -> str:
         parts += [
             "**The finisher's learning rate on round 3's runs** (validation, sweep seed: "
             "finished `x` minus the WSD fork, mean over the budgets, for a cooldown from `x` at a "
-            'constant factor of the run\'s rate, and for `lr_factor="auto"`, '
-            "`0.3 min(1, 800 / t)`, fitted on the horizon and LM rows and checked on the other "
-            "two):\n",
-            peers_tables.factor_rule_table(data, table),
+            "constant factor of the run's rate (0.1 was `finish()`'s default then), and for "
+            '`lr_factor="auto"`, `0.3 min(1, 800 / t)`, fitted on the horizon and LM rows and '
+            "checked on the other two):\n",
+            peers_tables.factor_rule_table(data, table, default=""),
             "",
         ]
     png = folder / "anytime_horizon_peers.png"
@@ -85,15 +85,15 @@ def round3b_readme(folder: Path) -> str:
         f"and the finisher were chosen on validation on annealed runs (finisher: {chosen}), and "
         "the peers ran again beside it with round 3's grids (round 3's runs do not reproduce bit "
         "for bit on this CPU). The horizon ran a screen instead: AMUSE at lr 0.03 and Muon WSD at "
-        "0.01 (round 3's choices) on every seed, the chosen-finisher column being "
-        '`lr_factor="auto"`; no cosine runs there (round 3\'s β-annealed columns have them):\n',
+        "0.01 (round 3's choices) on every seed, its chosen-finisher column being the earlier "
+        "default factor 0.1; no cosine runs there (round 3's β-annealed columns have them):\n",
         peers_tables.headline_table(data, table, peers_tables.HEADLINE_ANNEALED),
         "",
         "**The finisher's learning rate on annealed runs** (validation, sweep seed: the model "
         "finished from `x` minus the WSD fork, mean over the budgets, at a constant factor of the "
         'run\'s rate and with `lr_factor="auto"`, `0.3 min(1, 800 / t)`, which is 0.3 up to 800 '
         "steps):\n",
-        peers_tables.factor_rule_table(data, table, (0.1, 0.3, 1.0)),
+        peers_tables.factor_rule_table(data, table, (0.1, 1.0), default="auto"),
         "",
     ]
     return "\n".join(parts + notes)
@@ -122,7 +122,7 @@ ROUND3_STUDIES = {
         "bit for bit on this one (native bf16 products). The horizon, whose round 3 took 104 "
         "minutes, runs a screen instead of the sweeps: AMUSE at lr 0.03 and Muon WSD at 0.01 "
         "(round 3's choices on validation) on every seed, every AMUSE run finished by "
-        '`lr_factor="auto"` (in the rows of the chosen finisher) and by 0.1; no Schedule-Free '
+        '`lr_factor="auto"` and by 0.1 (in the rows of the chosen finisher); no Schedule-Free '
         "or cosine runs there. Same layout as round 3.\n",
     ),
 }
