@@ -114,7 +114,8 @@ ROUND3_STUDIES = {
         "Round 3 again with beta annealing as every AMUSE run's setting (`rho=0, "
         'beta_anneal_steps=<longest budget>, beta_final=0.965`: what `beta_anneal_steps="auto"` '
         "gives under Lightning), so that AMUSE's learning rate and the finisher (from `x` at lr "
-        "factor 0.1, 0.3 or 1, with fresh momentum, or from `y`) are chosen on validation on "
+        'factor 0.1, `"auto"` (0.3 up to 800 steps) or 1, at 0.3 with fresh momentum, or from '
+        "`y` at 0.3) are chosen on validation on "
         "annealed runs, and `beta_final` is screened (0.9 and 0.99, then 0.8 after 0.9 won on "
         "the vision and GPT tasks: 0.8 is `beta1`, a constant beta without annealing), each "
         "knob run finished by the chosen finisher. The peers ran again beside "
