@@ -117,6 +117,21 @@ def main(argv: list[str] | None = None) -> None:
         help="peers: run every Muon + cosine reference anew instead of reusing round 2's; "
         "annealed: run every peer anew instead of reusing round 3's where they reproduce",
     )
+    parser.add_argument(
+        "--budgets",
+        type=int,
+        nargs="+",
+        default=None,
+        help="annealed: the task's budgets up to this list's last one only (a shorter run, "
+        "annealed over its own length: a held-out run length for beta_final)",
+    )
+    parser.add_argument(
+        "--beta-finals",
+        type=float,
+        nargs="+",
+        default=None,
+        help="annealed: the beta_final values to screen instead of round 3b's",
+    )
     args = parser.parse_args(argv)
     long_runs = args.task.startswith("horizon")
     kind = args.study or ("finisher" if long_runs else "anytime")
@@ -128,10 +143,16 @@ def main(argv: list[str] | None = None) -> None:
         task.study = dataclasses.replace(task.study, workers=args.workers)
     if kind == "peers":
         task.peers = peers_config(task, args.quick)
+    if (args.budgets or args.beta_finals) and (kind != "annealed" or not args.output):
+        parser.error("--budgets and --beta-finals go with --study annealed and an --output")
+    if args.budgets:
+        if not set(args.budgets) <= set(task.study.budgets):
+            parser.error(f"--budgets must be among the task's {task.study.budgets}")
+        task.study = dataclasses.replace(task.study, budgets=tuple(sorted(args.budgets)))
     if kind == "annealed":
         if args.task == "horizon_starts":
             parser.error("round 3b runs on vision, lm, vit and horizon, not horizon_starts")
-        task.peers = annealed_config(task, args.quick)
+        task.peers = annealed_config(task, args.quick, args.beta_finals)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
               "annealed": "_annealed"}.get(kind, "")  # fmt: skip
     default = (Path("/tmp") if args.quick else ROOT / "benchmarks" / "results") / (
@@ -152,7 +173,13 @@ def main(argv: list[str] | None = None) -> None:
         + (f" --study {kind}" if args.study else "")
         + " --quick" * args.quick
         + " --resume" * args.resume
-        + " --no-reuse" * args.no_reuse,
+        + " --no-reuse" * args.no_reuse
+        + (" --budgets " + " ".join(map(str, args.budgets)) if args.budgets else "")
+        + (
+            " --beta-finals " + " ".join(f"{b:g}" for b in args.beta_finals)
+            if args.beta_finals
+            else ""
+        ),
         schedulefree=version("schedulefree"),
         git_commit=_git_commit(),
         config=config_dict(task),

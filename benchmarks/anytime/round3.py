@@ -124,22 +124,35 @@ BETA_FINALS = (0.8, 0.9, 0.99)
 0.8 is ``beta1``: a constant ``beta``, no annealing and no ``rho`` rise). 0.8 was added after
 0.9 beat 0.965 and 0.99 lost on the vision and LM screens, to see where the trend ends."""
 
+HELD_OUT_LENGTH = """A held-out run length for a length-aware ``beta_final`` (written before the
+run): 0.9 was the safe winner on the 128-200-step tasks and 0.965 on the 6,400-step horizon;
+``1 - beta_final = 0.1 min(1, (200 / A)^0.3)`` for a run of ``A`` planned steps passes through
+both (it was fitted on them) and predicts 0.946 for ``A = 1,600``. The check: the horizon
+annealed over 1,600 steps, ``beta_final`` 0.9, 0.946 and 0.99 against 0.965 on every seed
+
+    python benchmarks/run_anytime.py horizon --study annealed --budgets 200 400 800 1600 \\
+        --beta-finals 0.9 0.946 0.99 --output benchmarks/results/anytime_horizon_annealed_1600.json
+
+The rule holds there if 0.946 is level with or ahead of every other value on validation."""
+
 HORIZON_SCREEN = (AUTO_VARIANT, "x/linear/f=0.2/lr_x0.1")
 """The horizon's finishers in round 3b: ``finish()``'s ``lr_factor="auto"`` (which the short
 tasks' annealed runs favoured, at 0.3 there; the ``finished_default`` rows) and the earlier
 default 0.1 (the rows of the chosen finisher)."""
 
 
-def annealed_config(task: Any, quick: bool) -> PeersConfig:
+def annealed_config(task: Any, quick: bool, beta_finals: list[float] | None = None) -> PeersConfig:
     """Round 3b: the round-3 study with beta annealing as every AMUSE run's setting (what the
     shipped configs and ``AmuseCallback`` run), so that AMUSE's lr and the finisher are chosen
     on annealed runs, with ``beta_final`` screened (each knob run finished by the chosen
     variant). The peers, their grids and the references are round 3's. The horizon (whose
     round 3 took 104 minutes) runs a screen only: AMUSE and the WSD fork at round 3's lrs on
-    every seed, the finisher's ``"auto"`` and 0.1 factors, and the ``beta_final`` knobs."""
+    every seed, the finisher's ``"auto"`` and 0.1 factors, and the ``beta_final`` knobs
+    (``beta_finals`` instead of :data:`BETA_FINALS` where given)."""
     base = peers_config(task, quick)
     anneal = beta_annealing(max(task.study.budgets))[1]
-    knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in BETA_FINALS)
+    values = BETA_FINALS if beta_finals is None else tuple(beta_finals)
+    knobs = tuple((f"beta_final={b:g}", (("beta_final", b),)) for b in values)
     if task.name == "horizon":  # a compute cut: no sweeps, round 3's lrs (AMUSE 0.03, WSD 0.01)
         lr, wsd_lr = (base.amuse_lrs[0], base.wsd_lrs[0]) if quick else (0.03, 0.01)
         if quick:
