@@ -30,6 +30,7 @@ from anytime import finisher_summary, finisher_tables, peers_tables
 from anytime.round3_tables import (
     PEERS_TASKS,
     ROUND3_STUDIES,
+    held_out_section,
     round3_readme,
     round3_summary,
     round3b_readme,
@@ -274,7 +275,8 @@ def full_document(folder: Path) -> str:
     parts = [head, "## Round 3: AMUSE against the practical peers\n", readme
              .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
              .replace("](benchmarks/", "](../benchmarks/"),
-             round3_summary(folder, True), round3_summary(folder, True, "annealed")]  # fmt: skip
+             round3_summary(folder, True), round3_summary(folder, True, "annealed"),
+             held_out_section(folder)]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
     parts.append(round2_summary(folder).replace("](benchmarks/", "](../benchmarks/"))
     for task, (file, title) in FINISHER_TASKS.items():

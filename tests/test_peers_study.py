@@ -183,3 +183,29 @@ def test_the_horizon_screen_runs_every_seed_at_fixed_lrs_without_sweeps(tmp_path
     assert set(payload["meta"]["selection"]["variants"]) == {
         "x/linear/f=0.2/lr_xauto", "x/linear/f=0.2/lr_x0.1"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--study", "annealed", "--budgets", "300"], "--budgets must be among the task's"),
+        (["--study", "peers", "--budgets", "200"], "go with --study annealed and an --output"),
+        (
+            ["--study", "annealed", "--beta-finals", "0.9"],
+            "go with --study annealed and an --output",
+        ),
+    ],
+)
+def test_a_held_out_length_is_a_prefix_of_the_budgets_and_writes_its_own_file(
+    extra: list[str], words: str, tmp_path: Path, capsys
+) -> None:
+    """``--budgets`` / ``--beta-finals`` (round 3b's held-out run length) take budgets the task
+    has and a file of their own, so they never overwrite the main study's JSON."""
+    import run_anytime
+
+    output = [] if "--beta-finals" in extra else ["--output", str(tmp_path / "held_out.json")]
+    with pytest.raises(SystemExit) as stop:
+        run_anytime.main(["horizon", "--quick", *extra, *output])
+    assert stop.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "held_out.json").exists()
