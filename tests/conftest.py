@@ -13,11 +13,24 @@
   rendezvous ports at the same time.
 * No test module sets global state at import; the ``warnings`` filters for Lightning's
   small-data messages live in ``pyproject.toml``.
+* torch.compile's on-disk cache (Inductor's) is kept apart per ``ATEN_CPU_CAPABILITY``:
+  torch 2.14 reuses kernels across that setting, and on an AVX-512 CPU a kernel cached under
+  ``ATEN_CPU_CAPABILITY=avx2`` crashed a later run without it (and one cached without it made
+  the avx2 run's compiled steps NaN: ``tests/test_captured.py``). A ``TORCHINDUCTOR_CACHE_DIR``
+  set by the caller is used as given.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
+
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # before torch: Inductor reads it lazily anyway
+    _capability = os.environ.get("ATEN_CPU_CAPABILITY", "default").lower() or "default"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_aten-{_capability}"
+    )
 
 import pytest
 import torch

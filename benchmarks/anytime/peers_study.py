@@ -74,7 +74,7 @@ class PeersConfig:
     #: ``finished_default`` rows)
     default_variant: str = DEFAULT_VARIANT
     #: a screen without sweeps (a compute cut for the horizon, whose lrs round 3 chose): AMUSE at
-    #: this lr with every variant on every seed (the first variant plays the chosen one), each
+    #: this lr with every variant on every seed (``screen_variant`` plays the chosen one), each
     #: knob the same way, and the WSD fork at ``wsd_lrs[0]`` beside them; no SF-AdamW, no cosine
     screen_lr: float | None = None
     #: the variant of a screen's chosen-finisher rows (default: the first of ``variants``)
