@@ -217,11 +217,7 @@ def reuse_cosine_runs(study, task, factory) -> None:
     if not runs:
         return
     probe_id, probe = min(runs.items(), key=lambda kv: (kv[1]["spec"]["steps"], kv[0]))
-    fresh = factory()
-    fresh.setup()
-    torch.set_num_threads(task.study.threads)
-    again = protocol.train_run(protocol.RunSpec.from_dict(probe["spec"]), fresh)
-    if not same_scores(probe, again):
+    if _first_not_reproduced({probe_id: probe}, task, factory) is not None:
         raise SystemExit(
             f"--reuse: {probe_id} no longer reproduces round 2's scores; run with --no-reuse"
         )
@@ -244,19 +240,28 @@ def reuse_peer_runs(study, task, factory) -> None:
         method = run["spec"]["method"]
         if method not in probes or run["spec"]["steps"] < probes[method][1]["spec"]["steps"]:
             probes[method] = (run_id, run)
-    fresh = factory()
-    fresh.setup()
-    torch.set_num_threads(task.study.threads)
-    for run_id, run in probes.values():
-        again = protocol.train_run(protocol.RunSpec.from_dict(run["spec"]), fresh)
-        if not same_scores(run, again):
-            print(f"not reusing round 3's peers: {run_id} scores differently here", flush=True)
-            study.meta["reused"] = {"source": path.name, "differs": run_id}
-            return
+    differs = _first_not_reproduced(dict(probes.values()), task, factory)
+    if differs is not None:
+        print(f"not reusing round 3's peers: {differs} scores differently here", flush=True)
+        study.meta["reused"] = {"source": path.name, "differs": differs}
+        return
     study.cache.update({k: v for k, v in runs.items() if k not in study.cache})
     checked = sorted(run_id for run_id, _ in probes.values())
     study.meta["reused"] = {"source": path.name, "runs": len(runs), "checked_by_rerunning": checked}
     print(f"reusing {len(runs)} runs of round 3 (checked: {len(probes)} reproduce)", flush=True)
+
+
+def _first_not_reproduced(probes: dict[str, dict], task, factory) -> str | None:
+    """Re-run each probe (``run_id -> result``) on a fresh task; the first ``run_id`` whose
+    scores differ from its stored ones, or ``None`` when all reproduce bit for bit."""
+    fresh = factory()
+    fresh.setup()
+    torch.set_num_threads(task.study.threads)
+    for run_id, run in probes.items():
+        again = protocol.train_run(protocol.RunSpec.from_dict(run["spec"]), fresh)
+        if not same_scores(run, again):
+            return run_id
+    return None
 
 
 def _git_commit() -> str | None:

@@ -20,6 +20,16 @@ from anytime.protocol import RunSpec, train_run  # noqa: E402
 from tests.helpers.anytime_tasks import tiny_vision  # noqa: E402
 
 
+def quick_study(task: str, study: str, tmp_path: Path) -> dict:
+    """``run_anytime.py <task> --study <study> --quick`` in a subprocess (one worker): its JSON."""
+    out = tmp_path / f"{task}_{study}.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), task, "--study", study,
+           "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.fixture(scope="module")
 def lm_task() -> LMTask:
     task = LMTask(quick=True)
@@ -71,12 +81,7 @@ def test_a_fork_decays_the_rate_linearly_to_zero(lm_task: LMTask, monkeypatch) -
 @pytest.mark.slow
 @pytest.mark.xdist_group("multiprocess")
 def test_a_quick_peers_study_fills_every_row(tmp_path: Path) -> None:
-    out = tmp_path / "peers.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "horizon", "--study",
-           "peers", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    payload = json.loads(out.read_text())
+    payload = quick_study("horizon", "peers", tmp_path)
     methods = {r["method"] for r in payload["records"]}
     assert methods >= {
         "amuse_x", "amuse_finished", "amuse_finished_default", "muon_constant", "muon_wsd",
@@ -104,12 +109,7 @@ def test_a_quick_annealed_study_anneals_every_amuse_run_and_finishes_its_knobs(
     """Round 3b: every AMUSE run carries the annealing (its lr and finisher are chosen on
     annealed runs), a knob overrides only ``beta_final``, and each knob run is finished by the
     chosen variant, so its finished rows exist."""
-    out = tmp_path / "annealed.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "lm", "--study",
-           "annealed", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    payload = json.loads(out.read_text())
+    payload = quick_study("lm", "annealed", tmp_path)
     longest = max(payload["meta"]["config"]["budgets"])
     finals = set()
     for run in payload["runs"]:
@@ -158,12 +158,7 @@ def test_the_horizon_screen_runs_every_seed_at_fixed_lrs_without_sweeps(tmp_path
     """Round 3b on the horizon is a screen: the base setting, each knob and the WSD fork on
     every seed at fixed lrs, every run finished by both variants (auto, finish()'s default, and
     the earlier 0.1), and no Schedule-Free or cosine runs."""
-    out = tmp_path / "screen.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "run_anytime.py"), "horizon", "--study",
-           "annealed", "--quick", "--output", str(out), "--workers", "1"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    payload = json.loads(out.read_text())
+    payload = quick_study("horizon", "annealed", tmp_path)
     seeds = set(payload["meta"]["config"]["seeds"])
     runs = [r["spec"] for r in payload["runs"]]
     assert {s["method"] for s in runs} == {"amuse", "muon_wsd"}

@@ -157,9 +157,7 @@ class PeersStudy(FinisherStudy):
             knobs = self._knob_specs()
             runner.submit(knobs)
             runner.wait_for(finals + knobs)
-            confirm = self._confirm_specs()
-            runner.submit(confirm)
-            runner.wait_for(confirm)
+            self._confirm(runner)
         finally:
             runner.close()
         self.save("complete")
@@ -188,12 +186,16 @@ class PeersStudy(FinisherStudy):
             runner.wait_for(base + wsd)
             self.selection["variants"] = self._variant_gaps(base[first], wsd[first])
             runner.wait_for(knobs)
-            confirm = self._confirm_specs()
-            runner.submit(confirm)
-            runner.wait_for(confirm)
+            self._confirm(runner)
         finally:
             runner.close()
         self.save("complete")
+
+    def _confirm(self, runner) -> None:
+        """Step 5 once the knobs are in: run (or find in the cache) the best knob's runs."""
+        confirm = self._confirm_specs()
+        runner.submit(confirm)
+        runner.wait_for(confirm)
 
     def _variant_gaps(self, amuse: RunSpec, wsd: RunSpec) -> dict[str, dict]:
         """Per variant: val(finished) − val(WSD fork) at every budget and their mean."""
