@@ -135,6 +135,25 @@ annealed over 1,600 steps, ``beta_final`` 0.9, 0.946 and 0.99 against 0.965 on e
 
 The rule holds there if 0.946 is level with or ahead of every other value on validation."""
 
+HELD_OUT_LENGTH_2 = """A second held-out run length (written before the run, after the first check
+failed its criterion): at 1,600 steps 0.9 was best (0.946 behind it by 0.007 nats, 0.965 by
+0.034), at 6,400 steps 0.965 (0.9 behind by 0.015, 0.99 by 0.033); on the three short tasks
+0.9 beat 0.965 or was level with it (0.8 beat it on two and lost on the ViT). The second
+rule keeps 0.9 up to 1,600 planned steps, moves ``1 - beta`` log-linearly in ``log A`` to
+0.035 at 6,400 and holds 0.965 beyond (no run was longer):
+``1 - beta_final = 0.1 * 0.35^u``, ``u = clamp(log2(A / 1600) / 2, 0, 1)``; 0.941 at
+``A = 3,200``. The check: the horizon annealed over 3,200 steps, ``beta_final`` 0.9, 0.941 and
+0.9565 (the first rule's value) against 0.965, 3 seeds
+
+    python benchmarks/run_anytime.py horizon --study annealed \\
+        --budgets 200 400 800 1600 3200 --beta-finals 0.9 0.941 0.9565 \\
+        --output benchmarks/results/anytime_horizon_annealed_3200.json
+
+The rule holds there if, on validation, (a) at every budget the mean loss of 0.941 is above the
+best value's by no more than ``s``, half the seed range of 0.965's loss at that budget, and (b)
+at 3,200 steps 0.941 is not behind 0.965 on every seed. Then ``beta_final="auto"`` (this rule,
+resolved with ``beta_anneal_steps``) becomes the default; otherwise 0.965 stays."""
+
 HORIZON_SCREEN = (AUTO_VARIANT, "x/linear/f=0.2/lr_x0.1")
 """The horizon's finishers in round 3b: ``finish()``'s ``lr_factor="auto"`` (which the short
 tasks' annealed runs favoured, at 0.3 there; the ``finished_default`` rows) and the earlier
