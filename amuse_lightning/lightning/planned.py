@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from amuse_lightning.lightning.errors import ConfigError
-from amuse_lightning.optim.validation import PLANNED
+from amuse_lightning.optim.validation import PLANNED, resolve_beta_final
 
 __all__ = ["fill_planned_steps", "settle_planned_steps"]
 
@@ -48,11 +48,15 @@ def fill_planned_steps(optimizer: Optimizer, trainer: Trainer) -> int | None:
     steps = int(total)
     for group in groups:
         group["beta_anneal_steps"] = steps
+        resolve_beta_final(group)  # beta_final="auto": from the length, stored as a number
     if resuming:  # the checkpoint's groups replace these; settle_planned_steps reads them
         return steps
     if optimizer.defaults.get("beta_anneal_steps") == PLANNED:
         optimizer.defaults["beta_anneal_steps"] = steps
-    rank_zero_info(f"beta_anneal_steps={steps}: the run's planned optimizer steps ('auto')")
+        resolve_beta_final(optimizer.defaults)
+    finals = sorted({g["beta_final"] for g in groups if g["beta_final"] != PLANNED})
+    ends = f", beta_final={'/'.join(f'{b:.4g}' for b in finals)}" if finals else ""
+    rank_zero_info(f"beta_anneal_steps={steps}: the run's planned optimizer steps ('auto'){ends}")
     return steps
 
 
@@ -72,3 +76,4 @@ def settle_planned_steps(optimizer: Optimizer) -> None:
     if optimizer.defaults.get("beta_anneal_steps") == PLANNED:
         counts = [g.get("beta_anneal_steps", 0) for g in optimizer.param_groups]
         optimizer.defaults["beta_anneal_steps"] = max(counts, default=0)
+        resolve_beta_final(optimizer.defaults)

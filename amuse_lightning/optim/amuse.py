@@ -41,21 +41,17 @@ from .schedule import ScheduleStep, advance_group_schedule, store_schedule, warn
 from .validation import (
     LOW_PRECISION,
     NONFINITE_POLICIES,
+    add_missing_group_keys,
     check_param_dtype,
     dtype_refused,
     normalise_groups,
     plain_numbers,
     refuse_unplanned,
+    resolve_beta_final,
     resolve_ns_dtype,
     resolved_rho,
     validate_group,
 )
-
-NEW_GROUP_KEYS = dict(
-    c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0, beta_final=0.965, weight_sum_start=0.0
-)
-"""Group keys added after 0.1.0 (and 0.2's schedule mechanisms) with the values that keep an
-older state_dict's run as it was."""
 
 __all__ = ["AMUSE"]
 
@@ -84,6 +80,9 @@ class AMUSE(MatrixMapChoice, Optimizer):
             ``1 - beta_t`` moves from ``1 - beta1`` to ``1 - beta_final`` in log space over
             ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off; ``"auto"``: the
             run's planned optimizer steps, filled in by ``AmuseCallback`` when ``fit`` starts.
+            ``beta_final="auto"``: chosen from that length (0.9 up to 1,600 steps, 0.965 from
+            6,400 on; :func:`~amuse_lightning.optim.schedule.length_aware_beta_final`), stored
+            as that number once the length is known.
         momentum, nesterov: Muon's EMA momentum and Nesterov input.
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
@@ -147,7 +146,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         c_warmup_steps: int = 0,
         c_scale: float = 1.0,
         beta_anneal_steps: int | str = 0,
-        beta_final: float = 0.965,
+        beta_final: float | str = 0.965,
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,
@@ -231,6 +230,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         for group in groups:
             super().add_param_group(group)
             resolve_ns_dtype(self.param_groups[-1])
+            resolve_beta_final(self.param_groups[-1])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
@@ -244,10 +244,8 @@ class AMUSE(MatrixMapChoice, Optimizer):
         attributes.update(_workspace=Workspace())
         for name, value in attributes.items():
             self.__dict__.setdefault(name, value)
-        for group in self.param_groups:  # keys added after 0.1.0 take their defaults
-            group.setdefault("ns_coefficients", "quintic")
-            for key, value in NEW_GROUP_KEYS.items():
-                group.setdefault(key, value)
+        for group in self.param_groups:
+            add_missing_group_keys(group)
 
     # ----------------------------------------------------------------- modes
     @torch.no_grad()
@@ -339,6 +337,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         Parameters without a gradient keep y, z and the beta that built y, so their x stays exact.
         """
         resolve_ns_dtype(group)  # parameters that were on the meta device when added
+        resolve_beta_final(group)  # a count set on the group by hand after it was added
         schedule = advance_group_schedule(group)
         if params:
             self._move(group, params, grads, schedule, self._matrix_map(params))
@@ -392,13 +391,3 @@ class AMUSE(MatrixMapChoice, Optimizer):
         keeps its own buffers inside torch.compile's caches; they are not counted here.
         """
         return self._workspace.nbytes()
-
-    def rank_splits(self) -> tuple[RankSplit, ...]:
-        """The splits of the Newton-Schulz work across ranks this optimizer has made so far.
-
-        The split over ``process_group`` (DDP) and one per FSDP2 device mesh that is split;
-        empty on one process or with ``distributed=False``. Each reports ``local_matrices``, how
-        many matrices this rank orthogonalised; read them, do not call them.
-        """
-        splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
-        return tuple(split for split in splits if split is not None)

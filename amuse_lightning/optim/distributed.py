@@ -359,3 +359,13 @@ class MatrixMapChoice:
                 split = RankSplit(mesh.get_group())
             self._sharded_maps[key] = ShardedMatrixMap(split)
         return self._sharded_maps[key]
+
+    def rank_splits(self) -> tuple[RankSplit, ...]:
+        """The splits of the Newton-Schulz work across ranks this optimizer has made so far.
+
+        The split over ``process_group`` (DDP) and one per FSDP2 device mesh that is split;
+        empty on one process or with ``distributed=False``. Each reports ``local_matrices``, how
+        many matrices this rank orthogonalised; read them, do not call them.
+        """
+        splits = [self._rank_split] + [m.split for m in self._sharded_maps.values()]
+        return tuple(split for split in splits if split is not None)

@@ -63,6 +63,28 @@ def annealed_beta(t: int, beta1: float, beta_final: float, anneal_steps: int) ->
     return 1.0 - gap if beta1 < 1.0 else 1.0
 
 
+SHORT_RUN_STEPS = 1600
+"""Runs annealed over up to this many steps end at ``beta_final = 0.9`` (``"auto"``)."""
+LONG_RUN_STEPS = 6400
+"""Runs annealed over this many steps or more end at ``beta_final = 0.965`` (``"auto"``)."""
+
+
+def length_aware_beta_final(anneal_steps: int) -> float:
+    """``beta_final="auto"``: the end of beta annealing chosen from its length ``A``::
+
+        1 - beta_final = 0.1 * 0.35^u,    u = clamp(log2(A / 1600) / 2, 0, 1)
+
+    0.9 up to 1,600 steps, ``1 - beta`` log-linear in ``log A`` between, 0.965 from 6,400 steps
+    on (docs/optimizer.md#beta-annealing has the studies it comes from).
+    """
+    if anneal_steps <= SHORT_RUN_STEPS:
+        return 0.9
+    u = min(
+        1.0, math.log2(anneal_steps / SHORT_RUN_STEPS) / math.log2(LONG_RUN_STEPS / SHORT_RUN_STEPS)
+    )
+    return 1.0 - 0.1 * 0.35**u
+
+
 @dataclass(frozen=True)
 class Mechanisms:
     """The optional schedule mechanisms of a group (module docstring); defaults are all off."""

@@ -20,6 +20,7 @@ from .directions import (
 )
 from .hardware import fastest_ns_dtype
 from .polar import AUTO_NS_DTYPE, NS_COEFFICIENT_SETS, SUPPORTED_POWERS, ns_dtype_name
+from .schedule import length_aware_beta_final
 
 NONFINITE_POLICIES = ("raise", "skip", "off")
 
@@ -241,14 +242,43 @@ def _check_mechanisms(group: dict[str, Any], where: str) -> None:
         )
     c_scale = _number(group, "c_scale")
     _check(c_scale >= 1.0, f"c_scale must be >= 1 (1: the plain average), got {c_scale}{where}")
-    beta_final = _number(group, "beta_final")
-    _check(0.0 < beta_final <= 1.0, f"beta_final must be in (0, 1], got {beta_final}{where}")
+    if group["beta_final"] != PLANNED:
+        beta_final = _number(group, "beta_final")
+        _check(
+            0.0 < beta_final <= 1.0,
+            f"beta_final must be in (0, 1] or 'auto' (from the annealing length), got "
+            f"{beta_final}{where}",
+        )
     _check(
         group["beta_anneal_steps"] == 0 or group["rho"] == 0.0,
         f"beta_anneal_steps={group['beta_anneal_steps']} anneals beta_t instead of the rho "
         f"rise; leave rho unset (or 0) with it, or beta_anneal_steps=0 to keep rho={group['rho']}"
         f"{where}",
     )
+
+
+NEW_GROUP_KEYS = dict(
+    ns_coefficients="quintic", c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0,
+    beta_final=0.965, weight_sum_start=0.0,
+)  # fmt: skip
+"""Group keys added after 0.1.0 (and 0.2's schedule mechanisms) with the values that keep an
+older state_dict's run as it was."""
+
+
+def add_missing_group_keys(group: dict[str, Any]) -> None:
+    """A group unpickled from an older version gets :data:`NEW_GROUP_KEYS` it lacks."""
+    for key, value in NEW_GROUP_KEYS.items():
+        group.setdefault(key, value)
+
+
+def resolve_beta_final(group: dict[str, Any]) -> None:
+    """``beta_final="auto"`` -> the number :func:`~.schedule.length_aware_beta_final` gives for
+    the group's ``beta_anneal_steps``, once that is a count above 0 (left ``"auto"`` before:
+    without annealing ``beta_final`` is not used). Stored as a number, so a state_dict resumes
+    with the value the run started with."""
+    steps = group.get("beta_anneal_steps", 0)
+    if group.get("beta_final") == PLANNED and steps != PLANNED and steps > 0:
+        group["beta_final"] = length_aware_beta_final(steps)
 
 
 def resolve_ns_dtype(group: dict[str, Any]) -> None:
