@@ -11,8 +11,9 @@ but no Lightning, and ``from amuse_lightning import AmuseCallback`` loads Lightn
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from amuse_lightning._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -52,16 +53,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.partition import Partition, layer_decay_scales, partition_parameters
 
 
-def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"amuse_lightning.{name}")
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'amuse_lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | _SUBPACKAGES)
+__getattr__, __dir__ = lazy_names("amuse_lightning", _LAZY, globals(), _SUBPACKAGES)

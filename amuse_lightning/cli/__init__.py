@@ -14,9 +14,9 @@ resolved on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from amuse_lightning._lazy import lazy_names
 from amuse_lightning.cli.commands import EXTRA_COMMANDS, Command, main
 
 __all__ = [
@@ -41,14 +41,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.cli.summary import fit_summary, prediction_summary
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'amuse_lightning.cli' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("amuse_lightning.cli", _LAZY, globals())

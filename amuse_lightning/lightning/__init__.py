@@ -15,8 +15,9 @@ loads only what it needs.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from amuse_lightning._lazy import lazy_names
 
 __all__ = [
     "AmuseCallback",
@@ -41,14 +42,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from amuse_lightning.lightning.mixin import AmuseMixin
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'amuse_lightning.lightning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("amuse_lightning.lightning", _LAZY, globals())
