@@ -33,6 +33,8 @@ def provenance(meta: dict) -> str:
             f"{k} {meta[k]}" for k in ("torch", "lightning", "timm", "schedulefree") if meta.get(k)
         ),
     ]
+    if meta.get("resumed"):
+        parts.append("resumed " + ", ".join(str(r.get("date")) for r in meta["resumed"]))
     wall = meta.get("wall_s", meta.get("wall_seconds"))
     if wall is not None:
         parts.append(f"wall time {wall / 60:.1f} min")

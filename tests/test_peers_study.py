@@ -204,3 +204,26 @@ def test_a_held_out_length_is_a_prefix_of_the_budgets_and_writes_its_own_file(
     assert stop.value.code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "held_out.json").exists()
+
+
+def test_a_resumed_study_keeps_its_first_date_and_lists_each_resume(tmp_path: Path) -> None:
+    """``--resume`` must not pass the last invocation off as the study's start: the date, load
+    and commit stay the first invocation's and each resume is listed under ``resumed``."""
+    from anytime.study import Study
+    from md_tables import provenance
+
+    output = tmp_path / "study.json"
+    first = {"date": "2026-12-07T20:00:00", "load_average_1m": 0.3, "git_commit": "aaa",
+             "config": {"budgets": [1, 2]}, "wall_s": 60.0}  # fmt: skip
+    output.write_text(json.dumps({"meta": first, "runs": [], "records": []}))
+    task = dataclasses.make_dataclass("T", [("study", object)])(study=None)
+    for date, commit in (("2026-12-08T01:00:00", "bbb"), ("2026-12-08T02:00:00", "ccc")):
+        meta = {"date": date, "load_average_1m": 1.7, "git_commit": commit,
+                "config": {"budgets": [1, 2]}}  # fmt: skip
+        study = Study(task, None, output, meta, resume=True)
+        output.write_text(json.dumps({"meta": study.meta, "runs": [], "records": []}))
+    assert (meta["date"], meta["git_commit"], meta["load_average_1m"]) == (
+        "2026-12-07T20:00:00", "aaa", 0.3)  # fmt: skip
+    assert [r["date"] for r in meta["resumed"]] == ["2026-12-08T01:00:00", "2026-12-08T02:00:00"]
+    assert [r["git_commit"] for r in meta["resumed"]] == ["bbb", "ccc"]
+    assert "resumed 2026-12-08T01:00:00, 2026-12-08T02:00:00" in provenance(meta)

@@ -173,7 +173,7 @@ class PeersStudy(FinisherStudy):
         c.specs.update(amuse=base[first], muon_wsd=wsd[first], muon_constant=wsd[first])
         c.variant = p.screen_variant or variants[0]
         self.selection = {
-            "criterion": f"none (a screen at the lrs round 3 chose: AMUSE {p.screen_lr:g}, "
+            "criterion": f"none (a screen at fixed lrs: AMUSE {p.screen_lr:g}, "
             f"Muon WSD {p.wsd_lrs[0]:g}); {c.variant} fills the chosen finisher's rows",
             **{role: spec.setting_id for role, spec in c.specs.items()},
             "runs": {role: spec.run_id for role, spec in c.specs.items()},

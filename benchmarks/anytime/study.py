@@ -97,6 +97,10 @@ class Runner:
             self.pool.shutdown(cancel_futures=True)
 
 
+RESUME_KEYS = ("date", "load_average_1m", "git_commit")
+"""Kept from a study's first invocation on ``--resume``; each resume's own go to ``resumed``."""
+
+
 class Study:
     """The phases of :mod:`.protocol` for one task, and the JSON they fill."""
 
@@ -116,6 +120,9 @@ class Study:
             if _comparable(previous["meta"]["config"]) != _comparable(meta["config"]):
                 raise SystemExit("--resume: the JSON was made with another config; remove it")
             self.previous_wall_s = float(previous["meta"].get("wall_s", 0.0))
+            first = previous["meta"]  # the provenance is the first invocation's, plus resumes
+            resumed = [*first.get("resumed", []), {k: meta.get(k) for k in RESUME_KEYS}]
+            meta.update({k: first[k] for k in RESUME_KEYS if k in first}, resumed=resumed)
             self.cache = {RunSpec.from_dict(r["spec"]).run_id: r for r in previous["runs"]}
             print(f"resuming: {len(self.cache)} runs done before", flush=True)
 
