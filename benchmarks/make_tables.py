@@ -27,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anytime import finisher_summary, finisher_tables, peers_tables
+from anytime.held_out import held_out_section
 from anytime.round3_tables import (
     PEERS_TASKS,
     ROUND3_STUDIES,
-    held_out_section,
     round3_readme,
     round3_summary,
     round3b_readme,

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from md_tables import load_all, provenance, table
@@ -158,27 +157,3 @@ def round3_summary(folder: Path, full: bool = False, study: str = "peers") -> st
                           ""]  # fmt: skip
             parts.append(provenance(payload["meta"]) + "\n")
     return "\n".join(parts + notes)
-
-
-HELD_OUT_FILE = "anytime_horizon_annealed_1600.json"
-"""Round 3b's held-out run length (``round3.HELD_OUT_LENGTH``)."""
-
-
-def held_out_section(folder: Path) -> str:
-    """docs/results.md: the length-aware ``beta_final`` rule checked on a run length it was not
-    fitted on (validation, then test; knob − ``beta_final=0.965`` per seed)."""
-    path = folder / HELD_OUT_FILE
-    if not path.is_file():
-        return f"<!-- {HELD_OUT_FILE} not found: the held-out run length is skipped -->"
-    data = json.loads(path.read_text())
-    return "\n".join([
-        "#### Held-out run length: the horizon annealed over 1,600 steps\n",
-        "Written down before the run (`benchmarks/anytime/round3.py`, `HELD_OUT_LENGTH`): "
-        "`1 - beta_final = 0.1 min(1, (200 / A)^0.3)` for a run of `A` planned steps goes "
-        "through the screens' winners at 200 steps (0.9) and 6,400 steps (0.965), which it was "
-        "fitted on, and predicts 0.946 for 1,600 steps; it holds if 0.946 is level with or "
-        "ahead of 0.9, 0.965 and 0.99 on validation. Each value minus 0.965, every seed, "
-        "validation:\n",
-        peers_tables.knob_table(data, table), "", "Same, test:\n",
-        peers_tables.knob_table(data, table, "test"), "", provenance(data["meta"]) + "\n",
-    ])  # fmt: skip

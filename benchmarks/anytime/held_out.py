@@ -1,0 +1,163 @@
+"""The held-out run lengths of a length-aware ``beta_final`` (round 3b and after).
+
+Each check anneals the horizon over a run length no rule was fitted on and screens
+``beta_final`` values against 0.965 (``round3.HELD_OUT_LENGTH``, ``HELD_OUT_LENGTH_2``: the
+rules and the pass criteria, committed before the runs). :func:`second_criterion` evaluates the
+second check's criterion from the JSON, and applies it to the first check for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from md_tables import provenance, table
+
+from . import peers_tables
+
+DEFAULT = 0.965
+"""``beta_final`` of the chosen AMUSE run (``amuse_x`` rows) in every check."""
+
+
+@dataclass(frozen=True)
+class Check:
+    file: str
+    title: str
+    rule: float
+    """The value the rule under test gives for this run length."""
+    text: str
+
+
+CHECKS = (
+    Check(
+        "anytime_horizon_annealed_1600.json", "the horizon annealed over 1,600 steps", 0.946,
+        "Written down before the run (`benchmarks/anytime/round3.py`, `HELD_OUT_LENGTH`): "
+        "`1 - beta_final = 0.1 min(1, (200 / A)^0.3)` for a run of `A` planned steps goes "
+        "through the screens' winners at 200 steps (0.9) and 6,400 steps (0.965), which it was "
+        "fitted on, and predicts 0.946 for 1,600 steps; it holds if 0.946 is level with or "
+        "ahead of 0.9, 0.965 and 0.99 on validation.",
+    ),
+    Check(
+        "anytime_horizon_annealed_3200.json", "the horizon annealed over 3,200 steps", 0.941,
+        "Written down before the run (`benchmarks/anytime/round3.py`, `HELD_OUT_LENGTH_2`), "
+        "after the first check: 0.9 up to 1,600 planned steps, `1 - beta_final` log-linear in "
+        "`log A` to 0.035 at 6,400 steps and 0.965 beyond, which predicts 0.941 for 3,200 "
+        "steps; it holds if (a) at every budget the validation loss of 0.941 is above the best "
+        "value's by no more than `s`, half the seed range of 0.965's loss there, and (b) at "
+        "3,200 steps 0.941 is not behind 0.965 on every seed.",
+    ),
+)  # fmt: skip
+
+
+def losses(data: dict, split: str = "val") -> dict[float, dict[int, dict[int, float]]]:
+    """``beta_final -> budget -> seed -> loss`` of ``x`` (no finisher)."""
+    values: dict[float, dict[int, dict[int, float]]] = {}
+    for record in data["records"]:
+        method = record["method"]
+        if method == "amuse_x":
+            value = DEFAULT
+        elif method.startswith("knob:beta_final=") and method.count(":") == 1:
+            value = float(method.split("=")[1])
+        else:
+            continue
+        by_budget = values.setdefault(value, {}).setdefault(record["budget_steps"], {})
+        by_budget[record["seed"]] = record[split]["loss"]
+    return values
+
+
+def second_criterion(data: dict, rule: float) -> tuple[list[list[str]], bool]:
+    """``HELD_OUT_LENGTH_2``'s criterion for ``rule``: one row per budget (each value's mean
+    validation loss minus the best mean, ``s``, whether (a) holds) and whether (a) and (b)
+    hold; (b) is whether ``rule`` is not behind 0.965 on every seed at the longest budget."""
+    table = losses(data)
+    budgets = sorted(table[DEFAULT])
+    values = sorted(table)
+    rows, holds = [], True
+    for t in budgets:
+        means = {v: sum(table[v][t].values()) / len(table[v][t]) for v in values}
+        best = min(means.values())
+        base = table[DEFAULT][t].values()
+        s = (max(base) - min(base)) / 2
+        ok = means[rule] - best <= s
+        holds &= ok
+        rows.append([f"{t:,}", *(f"{means[v] - best:+.4f}" for v in values), f"{s:.4f}",
+                     "yes" if ok else "no"])  # fmt: skip
+    last = budgets[-1]
+    behind = all(table[rule][last][k] > table[DEFAULT][last][k] for k in table[DEFAULT][last])
+    rows.append([f"(b) at {last:,}", *[""] * len(values), "",
+                 "no: behind on every seed" if behind else "yes"])  # fmt: skip
+    return rows, holds and not behind
+
+
+def criterion_table(data: dict, rule: float) -> str:
+    values = sorted(losses(data))
+    rows, holds = second_criterion(data, rule)
+    header = ["budget t", *(f"{v:g} − best" for v in values), "s", f"(a): {rule:g} within s"]
+    verdict = "holds" if holds else "does not hold"
+    return table(header, rows) + f"\n\nThe second check's criterion for {rule:g} {verdict}."
+
+
+def held_out_section(folder: Path) -> str:
+    """docs/results.md: each held-out check (validation, then test; each value − 0.965 per
+    seed), with the second check's criterion evaluated on both."""
+    parts = []
+    for check in CHECKS:
+        path = folder / check.file
+        if not path.is_file():
+            parts.append(f"<!-- {check.file} not found: the held-out check is skipped -->")
+            continue
+        data = json.loads(path.read_text())
+        parts += [
+            f"#### Held-out run length: {check.title}\n",
+            check.text + " Each value minus 0.965, every seed, validation:\n",
+            peers_tables.knob_table(data, table), "", "Same, test:\n",
+            peers_tables.knob_table(data, table, "test"), "",
+            "The second check's criterion (validation; mean loss minus the best value's mean, "
+            "lower is better):\n",
+            criterion_table(data, check.rule), "", provenance(data["meta"]) + "\n",
+        ]  # fmt: skip
+    return "\n".join(parts)
+
+
+AUTO_COLUMNS = (
+    ("x", "muon_constant", "x − constant-lr Muon"),
+    ("finished", "muon_wsd", "finished − WSD fork"),
+    ("x", "muon_cosine", "x − cosine(t)"),
+)
+
+
+def auto_rows(task: str, data: dict) -> dict[str, str]:
+    """The records of round 3b's run with the ``beta_final`` that ``"auto"`` gives for the
+    task's annealing length (its longest budget): ``amuse_x`` where that is 0.965, else the
+    knob run with that value; finished by the finisher validation preferred (the chosen one on
+    the short tasks; ``finish()``'s ``"auto"`` factor on the horizon screen, ahead of 0.1 there
+    on the sweep seed)."""
+    from amuse_lightning.optim.schedule import length_aware_beta_final
+
+    value = length_aware_beta_final(max(peers_tables.budgets_of(data["records"])))
+    screen = data["meta"]["config"]["peers"].get("screen_lr") is not None
+    if value != DEFAULT:
+        x = f"knob:beta_final={value:g}"
+        finished = f"{x}:finished"
+    else:
+        x, finished = "amuse_x", "amuse_finished_default" if screen else "amuse_finished"
+    return {"x": x, "finished": finished, "value": f"{value:g}"}
+
+
+def auto_headline(tasks: dict[str, dict]) -> str:
+    """Round 3b's headline with ``beta_final="auto"``: test, per seed, with the verdict."""
+    rows = []
+    for task, data in tasks.items():
+        own = auto_rows(task, data)
+        _, _, digits, _ = peers_tables.metric(data["meta"])
+        for t in peers_tables.budgets_of(data["records"]):
+            cells = []
+            for kind, ref, _ in AUTO_COLUMNS:
+                present = any(r["method"] == ref for r in data["records"])
+                gap = peers_tables.comparison(data, own[kind], ref, t) if present else None
+                cells.append("—" if gap is None else peers_tables.gap_text(gap, digits, False))
+            rows.append([f"{task} ({peers_tables.unit(data['meta'])})", own["value"], f"{t:,}",
+                         *cells])  # fmt: skip
+    header = ["task", "beta_final", "budget t", *(label for _, _, label in AUTO_COLUMNS)]
+    return table(header, rows, left=3)
