@@ -271,7 +271,7 @@ def full_document(folder: Path) -> str:
         "`benchmarks/anytime/finisher_study.py` (round 2); they are repeated at the end of "
         "this page from the JSON that each study wrote.\n"
     )
-    readme = round3_readme(folder, True) + "\n\n" + round3b_readme(folder)
+    readme = round3_readme(folder, True) + "\n\n" + round3b_readme(folder, True)
     parts = [head, "## Round 3: AMUSE against the practical peers\n", readme
              .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
              .replace("](benchmarks/", "](../benchmarks/"),

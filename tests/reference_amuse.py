@@ -13,7 +13,8 @@ One step of a group (``t`` 1-based, ``T0 = warmup_steps``)::
     beta_t = beta1 (t <= T0 or rho = 0),  else 1 - S_t^rho (1 - beta1),
              S_t = q_t (1 - q_w) / (q_w (1 - q_t)),  q_w = q_{T0}
              (beta_anneal_steps A > 0: 1 - beta_t = (1 - beta1)^(1 - u) (1 - beta_final)^u,
-              u = min(1, t / A))
+              u = min(1, t / A); beta_final "auto": 1 - beta_final interpolated
+              geometrically from 0.1 at A = 1,600 to 0.035 at A = 6,400, flat outside)
     z      <- z (1 - lr_t wd) - lr_t U_t
     x      <- x + c_t (z - x)
     y      <- beta_t x + (1 - beta_t) z
@@ -39,9 +40,18 @@ DEFAULTS = dict(
     momentum=0.95, nesterov=True, weight_decay=0.0, weight_decay_at_y=0.0, beta2=0.999,
     eps=1e-10, ns_steps=5, aux_update_type="adamw", update_type="adamw", direction="muon",
     spectral_power=0.0, spectral_input="momentum", reference_compat=False, averaging=True,
-    c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0, beta_final=0.965,
+    c_warmup_steps=0, c_scale=1.0, beta_anneal_steps=0, beta_final="auto",
 )  # fmt: skip
 """The optimizer's documented defaults; a group overrides any of them."""
+
+
+def final_beta(beta_final: float | str, A: int) -> float:
+    """``beta_final``, or for ``"auto"`` the geometric interpolation of ``1 - beta_final`` in
+    ``A`` between (1,600, 0.1) and (6,400, 0.035), held flat outside."""
+    if beta_final != "auto":
+        return beta_final
+    a = min(max(A, 1600), 6400)
+    return 1 - 0.1 * (0.035 / 0.1) ** ((math.log(a) - math.log(1600)) / math.log(4))
 
 
 def reference_newton_schulz(G: Tensor, steps: int) -> Tensor:
@@ -145,8 +155,9 @@ class ReferenceAMUSE:
             own = sum(group["weights"][Tc:])  # the steps after the c warm-up
             c = min(1.0, cfg["c_scale"] * (w / own if own > 0 else 1.0))
         if cfg["beta_anneal_steps"] > 0:
-            u = min(1.0, t / cfg["beta_anneal_steps"])
-            beta = 1 - (1 - cfg["beta1"]) ** (1 - u) * (1 - cfg["beta_final"]) ** u
+            A = cfg["beta_anneal_steps"]
+            u = min(1.0, t / A)
+            beta = 1 - (1 - cfg["beta1"]) ** (1 - u) * (1 - final_beta(cfg["beta_final"], A)) ** u
         elif t <= T0 or cfg["rho"] == 0:
             beta = cfg["beta1"]
         else:

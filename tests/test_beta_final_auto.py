@@ -60,8 +60,9 @@ def test_auto_with_a_count_is_the_rules_number_and_runs_as_that_number(anneal: i
         assert all(g["beta_t"] == pytest.approx(0.9) for g in auto_opt.param_groups)
 
 
-def test_auto_without_annealing_is_unused_and_the_rho_rise_runs_as_before() -> None:
-    auto, auto_opt = run(beta_final="auto")
+def test_auto_is_the_default_and_without_annealing_the_rho_rise_runs_as_before() -> None:
+    auto, auto_opt = run()
+    assert auto_opt.defaults["beta_final"] == "auto"
     assert {g["beta_final"] for g in auto_opt.param_groups} == {"auto"}
     number, _ = run(beta_final=0.965)
     assert all(torch.equal(a, b) for a, b in zip(auto, number, strict=True))

@@ -54,7 +54,7 @@ def test_auto_is_the_trainers_planned_steps_and_runs_as_that_number(tmp_path: Pa
         auto_run.optimizers[0].state_dict(), number_run.optimizers[0].state_dict()
     )
     betas = [g["beta_t"] for g in auto_run.optimizers[0].param_groups]
-    assert betas == pytest.approx([0.965] * len(betas))  # annealed to the end by the last step
+    assert betas == pytest.approx([0.9] * len(betas))  # to beta_final="auto" (6 steps) at the end
 
 
 def test_a_resume_keeps_the_count_its_run_started_with(tmp_path: Path) -> None:

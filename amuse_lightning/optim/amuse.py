@@ -146,7 +146,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
         c_warmup_steps: int = 0,
         c_scale: float = 1.0,
         beta_anneal_steps: int | str = 0,
-        beta_final: float | str = 0.965,
+        beta_final: float | str = "auto",
         momentum: float = 0.95,
         nesterov: bool = True,
         weight_decay: float = 0.0,

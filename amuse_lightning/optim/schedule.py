@@ -75,7 +75,7 @@ def length_aware_beta_final(anneal_steps: int) -> float:
         1 - beta_final = 0.1 * 0.35^u,    u = clamp(log2(A / 1600) / 2, 0, 1)
 
     0.9 up to 1,600 steps, ``1 - beta`` log-linear in ``log A`` between, 0.965 from 6,400 steps
-    on (docs/optimizer.md#beta-annealing has the studies it comes from).
+    on (docs/optimizer.md, ``beta_final``, has the studies it comes from).
     """
     if anneal_steps <= SHORT_RUN_STEPS:
         return 0.9
