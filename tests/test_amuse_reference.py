@@ -44,6 +44,7 @@ VARIANTS = {
     "c-scale": dict(c_scale=3.0),
     "beta-anneal": dict(rho=0.0, beta_anneal_steps=20, beta_final=0.95),
     "beta-anneal-to-one": dict(rho=0.0, beta_anneal_steps=10, beta_final=1.0),
+    "beta-final-auto-between": dict(rho=0.0, beta_anneal_steps=3200),  # the rule, log-linear part
     "all-mechanisms": dict(
         rho=0.0, c_warmup_steps=7, c_scale=2.0, beta_anneal_steps=25, r=2.0, weight_decay=0.1
     ),

@@ -80,11 +80,35 @@ def test_a_count_set_by_hand_in_a_plain_loop_resolves_auto_at_the_next_step() ->
     assert {g["beta_final"] for g in opt.param_groups} == {length_aware_beta_final(2000)}
 
 
-@pytest.mark.parametrize("value", ["automatic", 1.5, 0.0])
+@pytest.mark.parametrize("value", ["automatic", "AUTO", 1.5, 0.0, True])
 def test_a_bad_beta_final_names_the_allowed_values(value: Any) -> None:
-    with pytest.raises(ValueError, match=r"beta_final must be .*'auto'|beta_final must be a"):
+    with pytest.raises(ValueError, match=r"beta_final must be a number in \(0, 1\] or 'auto'"):
         params = [torch.nn.Parameter(torch.zeros(3, 3))]
         AMUSE([{"params": params, "use_muon": True}], beta_anneal_steps=10, beta_final=value)
+
+
+def test_a_loaded_state_dict_gives_its_number_to_groups_added_later() -> None:
+    """A run saved with 0.965 (the default before ``"auto"``) and loaded where the rule gives 0.9:
+    the loaded groups keep 0.965, and so does a group added afterwards."""
+    torch.manual_seed(0)
+    first, late = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    saved = AMUSE([{"params": first.parameters(), "use_muon": False}], beta_anneal_steps=50,
+                  beta_final=0.965).state_dict()  # fmt: skip
+    opt = AMUSE([{"params": first.parameters(), "use_muon": False}], beta_anneal_steps=50)
+    assert opt.param_groups[0]["beta_final"] == 0.9
+    opt.load_state_dict(saved)
+    opt.add_param_group({"params": late.parameters(), "use_muon": False})
+    assert [g["beta_final"] for g in opt.param_groups] == [0.965, 0.965]
+
+
+def test_settling_a_resumed_plan_takes_the_checkpoints_beta_final() -> None:
+    from amuse_lightning.lightning.planned import settle_planned_steps
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = AMUSE([{"params": params, "use_muon": False}], beta_anneal_steps="auto")
+    opt.param_groups[0].update(beta_anneal_steps=3000, beta_final=0.965)  # as a checkpoint left
+    settle_planned_steps(opt)
+    assert (opt.defaults["beta_anneal_steps"], opt.defaults["beta_final"]) == (3000, 0.965)
 
 
 class Annealed(Recorder):
@@ -111,9 +135,13 @@ def finals(run_: pl.Trainer) -> set[Any]:
     return {g["beta_final"] for g in run_.optimizers[0].param_groups}
 
 
-def test_under_lightning_auto_is_resolved_with_the_planned_steps(tmp_path: Path) -> None:
-    auto, auto_run = fit(tmp_path / "auto", "auto", max_epochs=2)
+def test_under_lightning_auto_is_resolved_with_the_planned_steps(tmp_path: Path, caplog) -> None:
+    with caplog.at_level("INFO"):
+        auto, auto_run = fit(tmp_path / "auto", "auto", max_epochs=2)
     assert finals(auto_run) == {0.9}  # 12 planned steps
+    assert "beta_anneal_steps=12: the run's planned optimizer steps ('auto'), beta_final=0.9" in (
+        caplog.text
+    )
     number, number_run = fit(tmp_path / "number", 0.9, 12, max_epochs=2)
     for a, b in zip(auto.parameters(), number.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -23,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from amuse_lightning.lightning.errors import ConfigError
-from amuse_lightning.optim.validation import PLANNED, resolve_beta_final
+from amuse_lightning.optim.validation import PLANNED, adopt_beta_final, resolve_beta_final
 
 __all__ = ["fill_planned_steps", "settle_planned_steps"]
 
@@ -76,4 +76,5 @@ def settle_planned_steps(optimizer: Optimizer) -> None:
     if optimizer.defaults.get("beta_anneal_steps") == PLANNED:
         counts = [g.get("beta_anneal_steps", 0) for g in optimizer.param_groups]
         optimizer.defaults["beta_anneal_steps"] = max(counts, default=0)
+        adopt_beta_final(optimizer.defaults, optimizer.param_groups)  # the checkpoint's value
         resolve_beta_final(optimizer.defaults)

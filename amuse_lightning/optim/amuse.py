@@ -42,6 +42,7 @@ from .validation import (
     LOW_PRECISION,
     NONFINITE_POLICIES,
     add_missing_group_keys,
+    adopt_beta_final,
     check_param_dtype,
     dtype_refused,
     normalise_groups,
@@ -80,9 +81,9 @@ class AMUSE(MatrixMapChoice, Optimizer):
             ``1 - beta_t`` moves from ``1 - beta1`` to ``1 - beta_final`` in log space over
             ``beta_anneal_steps`` steps (ScheduleFree+); ``0`` (default): off; ``"auto"``: the
             run's planned optimizer steps, filled in by ``AmuseCallback`` when ``fit`` starts.
-            ``beta_final="auto"``: chosen from that length (0.9 up to 1,600 steps, 0.965 from
-            6,400 on; :func:`~amuse_lightning.optim.schedule.length_aware_beta_final`), stored
-            as that number once the length is known.
+            ``beta_final="auto"`` (default): chosen from that length (0.9 up to 1,600 steps,
+            0.965 from 6,400 on; :func:`~amuse_lightning.optim.schedule.length_aware_beta_final`),
+            stored as that number once the length is known (a count changed later keeps it).
         momentum, nesterov: Muon's EMA momentum and Nesterov input.
         weight_decay: decoupled decay applied to ``z``.
         weight_decay_at_y: decay of ``y`` that keeps ``x`` fixed (applied before the step).
@@ -235,6 +236,7 @@ class AMUSE(MatrixMapChoice, Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as torch's optimizers do; a compiled step is compiled afresh for the new state."""
         super().load_state_dict(state_dict)
+        adopt_beta_final(self.defaults, self.param_groups)
         self._captured = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:

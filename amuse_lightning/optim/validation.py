@@ -242,13 +242,14 @@ def _check_mechanisms(group: dict[str, Any], where: str) -> None:
         )
     c_scale = _number(group, "c_scale")
     _check(c_scale >= 1.0, f"c_scale must be >= 1 (1: the plain average), got {c_scale}{where}")
-    if group["beta_final"] != PLANNED:
-        beta_final = _number(group, "beta_final")
-        _check(
-            0.0 < beta_final <= 1.0,
-            f"beta_final must be in (0, 1] or 'auto' (from the annealing length), got "
-            f"{beta_final}{where}",
-        )
+    beta_final = group["beta_final"]
+    _check(
+        beta_final == PLANNED
+        or (isinstance(beta_final, (int, float)) and not isinstance(beta_final, bool)
+            and 0.0 < beta_final <= 1.0),
+        f"beta_final must be a number in (0, 1] or 'auto' (from the annealing length), got "
+        f"{beta_final!r}{where}",
+    )  # fmt: skip
     _check(
         group["beta_anneal_steps"] == 0 or group["rho"] == 0.0,
         f"beta_anneal_steps={group['beta_anneal_steps']} anneals beta_t instead of the rho "
@@ -279,6 +280,15 @@ def resolve_beta_final(group: dict[str, Any]) -> None:
     steps = group.get("beta_anneal_steps", 0)
     if group.get("beta_final") == PLANNED and steps != PLANNED and steps > 0:
         group["beta_final"] = length_aware_beta_final(steps)
+
+
+def adopt_beta_final(defaults: dict[str, Any], groups: list[dict[str, Any]]) -> None:
+    """After a state_dict is loaded: ``defaults`` still saying ``beta_final="auto"`` take the
+    number the loaded groups hold when they agree on one, so a group added later ends where
+    the run's groups do (a checkpoint saved with 0.965 keeps 0.965 for it too)."""
+    numbers = {g["beta_final"] for g in groups if g.get("beta_final", PLANNED) != PLANNED}
+    if defaults.get("beta_final") == PLANNED and len(numbers) == 1:
+        defaults["beta_final"] = numbers.pop()
 
 
 def resolve_ns_dtype(group: dict[str, Any]) -> None:

@@ -125,7 +125,8 @@ ROUND3_STUDIES = {
         "Round 3b: AMUSE with beta annealed, its lr and finisher chosen on annealed runs",
         "Round 3 again with beta annealing as every AMUSE run's setting (`rho=0, "
         'beta_anneal_steps=<longest budget>, beta_final=0.965`: what `beta_anneal_steps="auto"` '
-        "gives under Lightning), so that AMUSE's learning rate and the finisher (from `x` at lr "
+        'gave under Lightning before `beta_final="auto"`), so that '
+        "AMUSE's learning rate and the finisher (from `x` at lr "
         'factor 0.1, `"auto"` (0.3 up to 800 steps) or 1, at 0.3 with fresh momentum, or from '
         "`y` at 0.3) are chosen on validation on "
         "annealed runs, and `beta_final` is screened (0.9 and 0.99, then 0.8 after 0.9 won on "
