@@ -8,9 +8,11 @@
     python benchmarks/run_anytime.py horizon_starts --resume   # its finisher start x / y, lr
     python benchmarks/run_anytime.py horizon --study peers     # round 3 (also vision, lm, vit)
     python benchmarks/run_anytime.py vision --study annealed   # round 3b (also lm, vit, horizon)
+    python benchmarks/run_anytime.py vision --study auto       # round 3c (also lm, vit)
 
 Writes ``benchmarks/results/anytime_<task>.json`` (``anytime_<task>_finisher.json`` for round 2;
-``anytime_<task>_peers.json`` for round 3, ``anytime_<task>_annealed.json`` for round 3b;
+``anytime_<task>_peers.json`` for round 3, ``anytime_<task>_annealed.json`` for round 3b,
+``anytime_<task>_auto.json`` for round 3c;
 ``meta``, ``runs``, ``records``; rewritten after every finished run) and ``.png`` next to it;
 ``--quick`` writes to ``/tmp`` (CI smoke, < 1 min). The protocols are in
 ``benchmarks/anytime/protocol.py`` and ``benchmarks/anytime/finisher_study.py``;
@@ -40,6 +42,7 @@ from anytime.peers_study import PeersStudy  # noqa: E402
 from anytime.report import plot, plot_finisher  # noqa: E402
 from anytime.round3 import (  # noqa: E402
     annealed_config,
+    auto_config,
     peers_config,
     reusable_cosine_runs,
     reusable_peer_runs,
@@ -75,7 +78,7 @@ TASKS = {
         "byte-level GPT (width 64), 200 to 6,400 steps: finisher start and lr",
     ),
 }
-STUDIES = ("anytime", "finisher", "peers", "annealed")
+STUDIES = ("anytime", "finisher", "peers", "annealed", "auto")
 REUSE = {
     "vision": ["anytime_vision_finisher.json"],
     "lm": ["anytime_lm_finisher.json"],
@@ -103,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         "averages, equal-compute cosine) or peers (round 3: Muon WSD forks, constant-lr Muon, "
         "Schedule-Free AdamW, the finisher against them, mechanism screen), annealed (round 3b: "
         "round 3 with beta annealing in every AMUSE run, its lr, finisher and beta_final chosen "
-        "on annealed runs; the peers reused from round 3 where they reproduce); default "
-        "anytime, and finisher for horizon",
+        "on annealed runs; the peers reused from round 3 where they reproduce), auto (round 3c: "
+        "round 3b with beta_final='auto' on the short tasks, the peers reused from round 3b "
+        "where they reproduce); default anytime, and finisher for horizon",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run (CI), under a minute")
     parser.add_argument("--output", type=Path, default=None)
@@ -153,8 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.task == "horizon_starts":
             parser.error("round 3b runs on vision, lm, vit and horizon, not horizon_starts")
         task.peers = annealed_config(task, args.quick, args.beta_finals)
+    if kind == "auto":
+        if long_runs:
+            parser.error("round 3c runs on vision, lm and vit (over the horizon's 6,400 steps "
+                         "beta_final='auto' is 0.965, which round 3b ran)")  # fmt: skip
+        task.peers = auto_config(task, args.quick)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
-              "annealed": "_annealed"}.get(kind, "")  # fmt: skip
+              "annealed": "_annealed", "auto": "_auto"}.get(kind, "")  # fmt: skip
     default = (Path("/tmp") if args.quick else ROOT / "benchmarks" / "results") / (
         f"anytime_{args.task}{suffix}" + ("_quick" if args.quick else "") + ".json"
     )
@@ -188,16 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(task, "prepare"):
         task.prepare()
     classes = {"anytime": Study, "finisher": FinisherStudy, "peers": PeersStudy,
-               "annealed": PeersStudy}  # fmt: skip
+               "annealed": PeersStudy, "auto": PeersStudy}  # fmt: skip
     study = classes[kind](task, factory, output, meta, args.resume)
     if kind == "peers" and not args.quick and not args.no_reuse:
         reuse_cosine_runs(study, task, factory)
     screen = kind == "annealed" and task.peers.screen_lr is not None  # nothing to reuse
-    if kind == "annealed" and not (args.quick or args.no_reuse or screen):
-        reuse_peer_runs(study, task, factory)
+    if kind in ("annealed", "auto") and not (args.quick or args.no_reuse or screen):
+        source = "peers" if kind == "annealed" else "annealed"  # the round before
+        reuse_peer_runs(study, task, factory, f"anytime_{task.name}_{source}.json")
     study.run()
     payload = json.loads(output.read_text())
-    if not args.no_plot and kind not in ("peers", "annealed"):
+    if not args.no_plot and kind not in ("peers", "annealed", "auto"):
         (plot if kind == "anytime" else plot_finisher)(payload, output.with_suffix(".png"))
     chosen = payload["meta"]["selected" if kind == "anytime" else "selection"]
     if kind != "anytime":
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 PROTOCOLS = {"anytime": protocol, "finisher": finisher_study, "peers": peers_study,
-             "annealed": peers_study}  # fmt: skip
+             "annealed": peers_study, "auto": peers_study}  # fmt: skip
 
 
 def reuse_cosine_runs(study, task, factory) -> None:
@@ -226,12 +236,12 @@ def reuse_cosine_runs(study, task, factory) -> None:
     print(f"reusing {len(runs)} Muon + cosine runs (checked: {probe_id} reproduces)", flush=True)
 
 
-def reuse_peer_runs(study, task, factory) -> None:
-    """Seed round 3b's cache with round 3's runs of the peers and references (every method but
-    AMUSE) when the cheapest run of each method reproduces its scores here bit for bit (the same
-    code on the same kind of CPU); otherwise every run is made anew on this machine, so that all
-    methods of the study ran on one machine."""
-    path = ROOT / "benchmarks" / "results" / f"anytime_{task.name}_peers.json"
+def reuse_peer_runs(study, task, factory, source: str) -> None:
+    """Seed the cache with the runs of the peers and references (every method but AMUSE) of the
+    round before (``source``) when the cheapest run of each method reproduces its scores here
+    bit for bit (the same code on the same kind of CPU); otherwise every run is made anew on
+    this machine, so that all methods of the study ran on one machine."""
+    path = ROOT / "benchmarks" / "results" / source
     if not path.is_file():
         return
     runs = reusable_peer_runs(path)
@@ -242,13 +252,13 @@ def reuse_peer_runs(study, task, factory) -> None:
             probes[method] = (run_id, run)
     differs = _first_not_reproduced(dict(probes.values()), task, factory)
     if differs is not None:
-        print(f"not reusing round 3's peers: {differs} scores differently here", flush=True)
+        print(f"not reusing {source}'s peers: {differs} scores differently here", flush=True)
         study.meta["reused"] = {"source": path.name, "differs": differs}
         return
     study.cache.update({k: v for k, v in runs.items() if k not in study.cache})
     checked = sorted(run_id for run_id, _ in probes.values())
     study.meta["reused"] = {"source": path.name, "runs": len(runs), "checked_by_rerunning": checked}
-    print(f"reusing {len(runs)} runs of round 3 (checked: {len(probes)} reproduce)", flush=True)
+    print(f"reusing {len(runs)} runs of {source} (checked: {len(probes)} reproduce)", flush=True)
 
 
 def _first_not_reproduced(probes: dict[str, dict], task, factory) -> str | None:
