@@ -276,6 +276,7 @@ def full_document(folder: Path) -> str:
              .replace("](docs/results.md)", "](#round-3-against-what-an-anytime-user-runs)")
              .replace("](benchmarks/", "](../benchmarks/"),
              round3_summary(folder, True), round3_summary(folder, True, "annealed"),
+             round3_summary(folder, True, "auto"),
              held_out_section(folder)]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
     parts.append(round2_summary(folder).replace("](benchmarks/", "](../benchmarks/"))

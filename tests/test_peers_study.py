@@ -130,6 +130,27 @@ def test_a_quick_annealed_study_anneals_every_amuse_run_and_finishes_its_knobs(
     assert screened and all(dict(r["spec"]["settings"])["finishers"] == chosen for r in screened)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("multiprocess")
+def test_a_quick_auto_study_runs_amuse_as_the_library_defaults_and_scores_finish(
+    tmp_path: Path,
+) -> None:
+    """Round 3c: every AMUSE run but the knob's passes ``beta_final="auto"`` (the library
+    resolves it), the knob is the earlier 0.965, and ``finish()``'s defaults are scored."""
+    payload = quick_study("lm", "auto", tmp_path)
+    for run in payload["runs"]:
+        if run["spec"]["method"] == "amuse":
+            knob = run["spec"]["phase"] == "screen"
+            assert dict(run["spec"]["settings"])["beta_final"] == (0.965 if knob else "auto")
+    methods = {r["method"] for r in payload["records"]}
+    assert {"amuse_x", "amuse_finished", "amuse_finished_default", "sf_adamw", "muon_wsd",
+            "knob:beta_final=0.965", "knob:beta_final=0.965:finished"} <= methods  # fmt: skip
+    import run_anytime
+
+    with pytest.raises(SystemExit):  # over the horizon's 6,400 steps "auto" is 0.965: round 3b
+        run_anytime.main(["horizon", "--study", "auto", "--quick"])
+
+
 def test_a_finisher_variant_with_the_auto_factor_runs_the_librarys_rule(lm_task: LMTask) -> None:
     """``lr_xauto`` is ``finish(lr_factor="auto")``: at step 4 its factor is 0.3 (0.3 min(1,
     800 / 4)), so it finishes exactly as the constant 0.3 does and not as 0.1 does."""

@@ -9,7 +9,6 @@ second check's criterion from the JSON, and applies it to the first check for co
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,48 +127,3 @@ def held_out_section(folder: Path) -> str:
             provenance(data["meta"]) + "\n",
         ]  # fmt: skip
     return "\n".join(parts)
-
-
-AUTO_COLUMNS = (
-    ("x", "muon_constant", "x − constant-lr Muon"),
-    ("finished", "muon_wsd", "finished − WSD fork"),
-    ("x", "muon_cosine", "x − cosine(t)"),
-    ("x", "sf_adamw", "x − SF-AdamW"),
-)
-
-
-def auto_rows(task: str, data: dict) -> dict[str, str]:
-    """The records of round 3b's run with the ``beta_final`` that ``"auto"`` gives for the
-    task's annealing length (its longest budget): ``amuse_x`` where that is 0.965, else the
-    knob run with that value; finished by the finisher validation preferred (the chosen one on
-    the short tasks; ``finish()``'s ``"auto"`` factor on the horizon screen, ahead of 0.1 there
-    on the sweep seed)."""
-    from amuse_lightning.optim.schedule import length_aware_beta_final
-
-    value = length_aware_beta_final(max(peers_tables.budgets_of(data["records"])))
-    screen = data["meta"]["config"]["peers"].get("screen_lr") is not None
-    if not math.isclose(value, DEFAULT):
-        x = f"knob:beta_final={value:g}"
-        finished = f"{x}:finished"
-    else:
-        x, finished = "amuse_x", "amuse_finished_default" if screen else "amuse_finished"
-    return {"x": x, "finished": finished, "value": f"{value:g}"}
-
-
-def auto_headline(tasks: dict[str, dict]) -> str:
-    """Round 3b's headline with ``beta_final="auto"``: test, per seed, with the verdict."""
-    rows = []
-    for task, data in tasks.items():
-        own = auto_rows(task, data)
-        _, _, digits, _ = peers_tables.metric(data["meta"])
-        for t in peers_tables.budgets_of(data["records"]):
-            cells = []
-            methods = {r["method"] for r in data["records"]}
-            for kind, ref, _ in AUTO_COLUMNS:
-                present = {ref, own[kind]} <= methods  # else "—": a run this study did not make
-                gap = peers_tables.comparison(data, own[kind], ref, t) if present else None
-                cells.append("—" if gap is None else peers_tables.gap_text(gap, digits, False))
-            rows.append([f"{task} ({peers_tables.unit(data['meta'])})", own["value"], f"{t:,}",
-                         *cells])  # fmt: skip
-    header = ["task", "beta_final", "budget t", *(label for _, _, label in AUTO_COLUMNS)]
-    return table(header, rows, left=3)

@@ -196,6 +196,9 @@ HEADLINE_ANNEALED = (
 finished by ``finish()``'s defaults (``lr_factor="auto"``) and by the finisher chosen on
 annealed runs."""
 
+HEADLINE_SHIPPED = (*HEADLINE_ANNEALED, ("amuse_x", "sf_adamw", "x − SF-AdamW"))
+"""Round 3c's headline (round 3b's columns, and Schedule-Free AdamW)."""
+
 
 def headline_table(tasks: dict[str, dict], table: Table, columns: tuple = HEADLINE) -> str:
     """One row per task and budget: the comparisons of ``columns`` on test, per seed, with
