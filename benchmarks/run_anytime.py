@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         "--no-reuse",
         action="store_true",
         help="peers: run every Muon + cosine reference anew instead of reusing round 2's; "
-        "annealed: run every peer anew instead of reusing round 3's where they reproduce",
+        "annealed / auto: run every peer anew instead of reusing round 3's / 3b's where they "
+        "reproduce",
     )
     parser.add_argument(
         "--budgets",
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     kind = args.study or ("finisher" if long_runs else "anytime")
     if long_runs and kind == "anytime":
         parser.error("the horizon task runs the finisher or the peers study")
+    if kind == "auto" and long_runs:
+        parser.error("round 3c runs on vision, lm and vit (over the horizon's 6,400 steps "
+                     "beta_final='auto' is 0.965, which round 3b ran)")  # fmt: skip
     factory = functools.partial(make_task, args.task, args.quick)
     task = factory()
     if args.workers is not None:
@@ -158,9 +162,6 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("round 3b runs on vision, lm, vit and horizon, not horizon_starts")
         task.peers = annealed_config(task, args.quick, args.beta_finals)
     if kind == "auto":
-        if long_runs:
-            parser.error("round 3c runs on vision, lm and vit (over the horizon's 6,400 steps "
-                         "beta_final='auto' is 0.965, which round 3b ran)")  # fmt: skip
         task.peers = auto_config(task, args.quick)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
               "annealed": "_annealed", "auto": "_auto"}.get(kind, "")  # fmt: skip

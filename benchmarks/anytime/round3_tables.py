@@ -76,7 +76,7 @@ def round3b_readme(folder: Path, full: bool = False) -> str:
     lr factor on annealed runs."""
     data, notes = load_all(folder, {t: f"anytime_{t}_annealed.json" for t in ANNEALED_TASKS})
     if not data:
-        return "\n".join(notes)
+        return shipped_headline(folder)
     chosen = ", ".join(
         f"{task} `{payload['meta']['selection']['variant']}`"
         for task, payload in data.items()
@@ -97,7 +97,8 @@ def round3b_readme(folder: Path, full: bool = False) -> str:
             "",
         ]
     parts += [
-        "**The finisher's learning rate on annealed runs** (validation, sweep seed: the model "
+        "**The finisher's learning rate on annealed runs** (round 3b's runs, annealed to "
+        "0.965; validation, sweep seed: the model "
         "finished from `x` minus the WSD fork, mean over the budgets, at a constant factor of the "
         'run\'s rate and with `lr_factor="auto"`, `0.3 min(1, 800 / t)`, which is 0.3 up to 800 '
         "steps):\n",
@@ -115,16 +116,26 @@ def shipped_headline(folder: Path) -> str:
     data, notes = load_all(folder, files)
     if not data:
         return "\n".join(notes)
+    from amuse_lightning.optim.schedule import length_aware_beta_final
+
     chosen = ", ".join(f"{task} `{data[task]['meta']['selection']['variant']}`"
                        for task in AUTO_TASKS if task in data)  # fmt: skip
+    short = sorted({length_aware_beta_final(max(peers_tables.budgets_of(data[t]["records"])))
+                    for t in AUTO_TASKS if t in data})  # fmt: skip
+    reused = [t for t in AUTO_TASKS if "runs" in data.get(t, {}).get("meta", {}).get("reused", {})]
     return "\n".join([
         "**AMUSE as the shipped configs run it** (test, 3 seeds, conventions as above): beta "
-        'annealed over the run (`beta_anneal_steps="auto"`) to `beta_final="auto"`, 0.9 on the '
-        "short tasks (round 3c) and 0.965 on the horizon's 6,400 steps (round 3b's screen). "
-        "AMUSE's learning rate and the finisher were chosen on validation on these runs "
-        f"(chosen finisher: {chosen}; the horizon's column is the factor 0.1); the peers are "
-        "round 3b's runs (they reproduce bit for bit on this CPU). The horizon ran AMUSE at lr "
-        "0.03 and Muon WSD at 0.01 on every seed, without cosine or Schedule-Free runs:\n",
+        'annealed over the run (`beta_anneal_steps="auto"`) to `beta_final="auto"`, '
+        f"{'/'.join(f'{b:g}' for b in short)} on the short tasks (round 3c) and 0.965 on the "
+        "horizon's 6,400 steps (round 3b's screen). On the short tasks AMUSE's learning rate "
+        f"and the finisher were chosen on validation on these runs (chosen finisher: {chosen}); "
+        f"their peers are round 3b's runs ({', '.join(reused) or 'none'}: reused after the "
+        "cheapest run of each method reproduced bit for bit here). The horizon ran AMUSE at lr "
+        "0.03 (round 3's choice, made on runs without annealing) and Muon WSD at 0.01 (round "
+        "3's) on every seed, without cosine or Schedule-Free runs; its chosen-finisher column "
+        "is the factor "
+        "0.1, which validation did not prefer (`finish()`'s defaults, the column before, it "
+        "did):\n",
         peers_tables.headline_table(data, table, peers_tables.HEADLINE_SHIPPED), "", *notes,
     ])  # fmt: skip
 
