@@ -133,9 +133,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--beta-finals",
         type=float,
+        nargs="*",
+        default=None,
+        help="annealed: the beta_final values to screen instead of round 3b's (none: no knobs)",
+    )
+    parser.add_argument(
+        "--finishers",
         nargs="+",
         default=None,
-        help="annealed: the beta_final values to screen instead of round 3b's",
+        help="annealed, horizon: the finisher variants instead of the screen's (the last fills "
+        "the chosen finisher's rows), e.g. x/linear/f=0.2/lr_xauto y/linear/f=0.2/lr_xauto",
     )
     args = parser.parse_args(argv)
     long_runs = args.task.startswith("horizon")
@@ -151,8 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         task.study = dataclasses.replace(task.study, workers=args.workers)
     if kind == "peers":
         task.peers = peers_config(task, args.quick)
-    if (args.budgets or args.beta_finals) and (kind != "annealed" or not args.output):
-        parser.error("--budgets and --beta-finals go with --study annealed and an --output")
+    extra = args.budgets or args.beta_finals is not None or args.finishers
+    if extra and (kind != "annealed" or not args.output):
+        parser.error("--budgets, --beta-finals and --finishers go with --study annealed and an "
+                     "--output")  # fmt: skip
+    if args.finishers and args.task != "horizon":
+        parser.error("--finishers replaces the horizon screen's finishers (the other tasks "
+                     "choose among round 3b's variants on validation)")  # fmt: skip
     if args.budgets:
         if not set(args.budgets) <= set(task.study.budgets):
             parser.error(f"--budgets must be among the task's {task.study.budgets}")
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if kind == "annealed":
         if args.task == "horizon_starts":
             parser.error("round 3b runs on vision, lm, vit and horizon, not horizon_starts")
-        task.peers = annealed_config(task, args.quick, args.beta_finals)
+        task.peers = annealed_config(task, args.quick, args.beta_finals, args.finishers)
     if kind == "auto":
         task.peers = auto_config(task, args.quick)
     suffix = {"finisher": "" if long_runs else "_finisher", "peers": "_peers",
@@ -186,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         + " --no-reuse" * args.no_reuse
         + (" --budgets " + " ".join(map(str, args.budgets)) if args.budgets else "")
         + (
-            " --beta-finals " + " ".join(f"{b:g}" for b in args.beta_finals)
-            if args.beta_finals
+            " --beta-finals" + "".join(f" {b:g}" for b in args.beta_finals)
+            if args.beta_finals is not None
             else ""
-        ),
+        )
+        + (" --finishers " + " ".join(args.finishers) if args.finishers else ""),
         schedulefree=version("schedulefree"),
         git_commit=_git_commit(),
         config=config_dict(task),
