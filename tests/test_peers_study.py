@@ -248,3 +248,22 @@ def test_a_resumed_study_keeps_its_first_date_and_lists_each_resume(tmp_path: Pa
     assert [r["date"] for r in meta["resumed"]] == ["2026-12-08T01:00:00", "2026-12-08T02:00:00"]
     assert [r["git_commit"] for r in meta["resumed"]] == ["bbb", "ccc"]
     assert "resumed 2026-12-08T01:00:00, 2026-12-08T02:00:00" in provenance(meta)
+
+
+def test_the_horizon_screen_takes_other_finishers_and_no_knobs(tmp_path: Path) -> None:
+    """``--finishers`` replaces the screen's finishers (the last fills the chosen rows, the
+    ``finish()`` defaults keep theirs) and ``--beta-finals`` with no value runs no knob."""
+    import run_anytime
+
+    out = tmp_path / "ystart.json"
+    run_anytime.main(["horizon", "--study", "annealed", "--quick", "--workers", "1",
+                      "--beta-finals", "--finishers", "x/linear/f=0.2/lr_xauto",
+                      "y/linear/f=0.2/lr_xauto", "--output", str(out)])  # fmt: skip
+    payload = json.loads(out.read_text())
+    assert payload["meta"]["selection"]["variant"] == "y/linear/f=0.2/lr_xauto"
+    methods = {r["method"] for r in payload["records"]}
+    assert {"amuse_finished", "amuse_finished_default"} <= methods
+    assert not any(m.startswith("knob:") for m in methods)
+    with pytest.raises(SystemExit):  # the short tasks choose their finisher on validation
+        run_anytime.main(["lm", "--study", "annealed", "--quick", "--finishers",
+                          "y/linear/f=0.2/lr_xauto", "--output", str(out)])  # fmt: skip
