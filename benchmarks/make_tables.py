@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from anytime import finisher_summary, finisher_tables, peers_tables
-from anytime.held_out import held_out_section
+from anytime.held_out import held_out_section, y_start_section
 from anytime.round3_tables import (
     PEERS_TASKS,
     ROUND3_STUDIES,
@@ -277,7 +277,7 @@ def full_document(folder: Path) -> str:
              .replace("](benchmarks/", "](../benchmarks/"),
              round3_summary(folder, True), round3_summary(folder, True, "annealed"),
              round3_summary(folder, True, "auto"),
-             held_out_section(folder)]  # fmt: skip
+             held_out_section(folder), y_start_section(folder)]  # fmt: skip
     parts.append("## Round 2: finisher, horizon, averages\n")
     parts.append(round2_summary(folder).replace("](benchmarks/", "](../benchmarks/"))
     for task, (file, title) in FINISHER_TASKS.items():

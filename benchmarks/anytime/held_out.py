@@ -127,3 +127,44 @@ def held_out_section(folder: Path) -> str:
             provenance(data["meta"]) + "\n",
         ]  # fmt: skip
     return "\n".join(parts)
+
+
+Y_START_FILE = "anytime_horizon_ystart.json"
+"""The finisher's start on the long run (``round3.Y_START_CHECK``)."""
+
+
+def y_start_section(folder: Path) -> str:
+    """docs/results.md: the horizon finished from ``y`` against from ``x`` (both with
+    ``lr_factor="auto"``; the ``amuse_finished`` and ``amuse_finished_default`` rows), every
+    seed, validation and test, and each against the WSD fork; with the written-down verdict."""
+    path = folder / Y_START_FILE
+    if not path.is_file():
+        return f"<!-- {Y_START_FILE} not found: the finisher-start check is skipped -->"
+    data = json.loads(path.read_text())
+    budgets = peers_tables.budgets_of(data["records"])
+    _, _, digits, _ = peers_tables.metric(data["meta"])
+    pairs = (("amuse_finished", "amuse_finished_default", "from y − from x"),
+             ("amuse_finished_default", "muon_wsd", "from x − WSD fork"),
+             ("amuse_finished", "muon_wsd", "from y − WSD fork"))  # fmt: skip
+    parts = [
+        "#### The finisher's start on the long run\n",
+        "Written down before the run (`benchmarks/anytime/round3.py`, `Y_START_CHECK`): the "
+        "horizon annealed over 6,400 steps (lr 0.03, 3 seeds), every run finished from `x` and "
+        'from `y` with `lr_factor="auto"`; a start from `y` would support changing `finish()`\'s '
+        "default if it is level with or ahead of `x` at every budget on validation (every-seed "
+        "verdict) and ahead at one at least.\n",
+    ]
+    verdicts = []
+    for split in ("val", "test"):
+        rows = []
+        for own, ref, label in pairs:
+            gaps = [peers_tables.comparison(data, own, ref, t, split) for t in budgets]
+            if split == "val" and own == "amuse_finished" and ref.endswith("default"):
+                verdicts = [g.get("verdict") for g in gaps]
+            rows.append([label, *(peers_tables.gap_text(g, digits) for g in gaps)])
+        parts += [f"{'Validation' if split == 'val' else 'Test'} (nats, + = first better):\n",
+                  table(["finished", *(f"t = {t:,}" for t in budgets)], rows), ""]  # fmt: skip
+    holds = verdicts and "behind" not in verdicts and "ahead" in verdicts
+    parts += [f"The criterion {'holds' if holds else 'does not hold'} on validation.", "",
+              provenance(data["meta"]) + "\n"]  # fmt: skip
+    return "\n".join(parts)
