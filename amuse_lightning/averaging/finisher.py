@@ -80,9 +80,12 @@ default (docs/results.md)."""
 DEFAULT_LR_FACTOR: float | str = AUTO_LR_FACTOR
 """The other defaults come from the finisher studies (chosen on validation at equal total steps;
 ``docs/results.md``): a cooldown of 20 % beat 10 % on two of three tasks; linear decay was as
-good as 1-sqrt or better (a tie on one task); the start (``x`` or ``y``) made no difference
-beyond noise; factors 1 and 3 lost everywhere. Before round 3b the factor was a constant 0.1
-(pass ``lr_factor=0.1`` for the earlier finisher)."""
+good as 1-sqrt or better (a tie on one task); on the ``rho``-rise runs of round 2 the start
+(``x`` or ``y``) made no difference beyond noise; factors 1 and 3 lost everywhere. Before round
+3b the factor was a constant 0.1 (pass ``lr_factor=0.1`` for the earlier finisher). On annealed
+runs ``start="y"`` did better than ``"x"`` on all four tasks (the short ones on one seed, the
+long run at every budget on every seed, a check written down before it ran); the default stays
+``"x"`` until a later round changes it on purpose (docs/results.md)."""
 
 
 @dataclass(frozen=True)
