@@ -77,13 +77,13 @@ def round3b_readme(folder: Path, full: bool = False) -> str:
     data, notes = load_all(folder, {t: f"anytime_{t}_annealed.json" for t in ANNEALED_TASKS})
     if not data:
         return shipped_headline(folder)
-    chosen = ", ".join(
-        f"{task} `{payload['meta']['selection']['variant']}`"
-        for task, payload in data.items()
-        if payload["meta"]["config"]["peers"].get("screen_lr") is None
-    )
     parts = [shipped_headline(folder)]
     if full:
+        chosen = ", ".join(
+            f"{task} `{payload['meta']['selection']['variant']}`"
+            for task, payload in data.items()
+            if payload["meta"]["config"]["peers"].get("screen_lr") is None
+        )
         parts += [
             "**Round 3b: every AMUSE run annealed to `beta_final=0.965`** (test, 3 seeds, "
             'conventions as above; the default before `"auto"`). On the three short tasks '
@@ -133,9 +133,8 @@ def shipped_headline(folder: Path) -> str:
         "cheapest run of each method reproduced bit for bit here). The horizon ran AMUSE at lr "
         "0.03 (round 3's choice, made on runs without annealing) and Muon WSD at 0.01 (round "
         "3's) on every seed, without cosine or Schedule-Free runs; its chosen-finisher column "
-        "is the factor "
-        "0.1, which validation did not prefer (`finish()`'s defaults, the column before, it "
-        "did):\n",
+        "is the factor 0.1, which validation did not prefer (`finish()`'s defaults, the column "
+        "before, it did):\n",
         peers_tables.headline_table(data, table, peers_tables.HEADLINE_SHIPPED), "", *notes,
     ])  # fmt: skip
 
@@ -182,9 +181,9 @@ ROUND3_STUDIES = {
 
 
 def round3_summary(folder: Path, full: bool = False, study: str = "peers") -> str:
-    """Round 3 (``study="peers"``; ``"annealed"``: round 3b): AMUSE against Muon WSD forks,
-    constant-lr Muon and Schedule-Free AdamW per task (and, with ``full``, the knob screens, the
-    finisher variants and provenance)."""
+    """Round 3 (``study="peers"``; ``"annealed"``: round 3b; ``"auto"``: round 3c): AMUSE
+    against Muon WSD forks, constant-lr Muon and Schedule-Free AdamW per task (and, with
+    ``full``, the knob screens, the finisher variants and provenance)."""
     tasks = {"peers": PEERS_TASKS, "annealed": ANNEALED_TASKS, "auto": AUTO_TASKS}[study]
     data, notes = load_all(folder, {t: f"anytime_{t}_{study}.json" for t in tasks})
     if not data:
